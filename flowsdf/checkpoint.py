@@ -1,0 +1,113 @@
+"""Checkpoints: safetensors weights with their JSON metadata in the same file, written atomically.
+
+A checkpoint holds named modules' parameters (`model.<module>.<param>`), the optimiser's tensor
+state (`optim.<index>.<key>`) and a JSON header (`meta`: epoch, optimiser hyper-parameters, any
+scalars the caller adds). Nothing is ever unpickled. One file means one atomic `os.replace`:
+a crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from flowsdf.errors import FlowSDFError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save(
+    path: Path,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Save modules (+ optimiser state, + JSON meta) to one safetensors file, atomically."""
+    path = Path(path)
+    tensors = {
+        f"model.{name}.{k}": v.detach().contiguous().cpu()
+        for name, module in modules.items()
+        for k, v in module.state_dict().items()
+    }
+    header: dict[str, Any] = {"meta": meta or {}}
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        for idx, per_param in state["state"].items():
+            for key, value in per_param.items():
+                tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).contiguous().cpu()
+        header["optimizer_groups"] = state["param_groups"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"flowsdf": json.dumps(header)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a checkpoint (meta + optimiser groups), without loading tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FlowSDFError(f"checkpoint {path} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return json.loads(metadata["flowsdf"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FlowSDFError(f"checkpoint {path} is damaged or not a flowsdf checkpoint ({e})") from e
+
+
+def load(
+    path: Path,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer | None = None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Load weights into `modules` (and the optimiser state); returns the checkpoint's meta."""
+    header = read_header(path)
+    try:
+        tensors = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError) as e:
+        raise FlowSDFError(f"checkpoint {path} is damaged ({e})") from e
+    for name, module in modules.items():
+        prefix = f"model.{name}."
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise FlowSDFError(f"checkpoint {path} does not fit the '{name}' model: {first}") from e
+    if optimizer is not None:
+        if "optimizer_groups" not in header:
+            raise FlowSDFError(f"checkpoint {path} has no optimiser state to resume from")
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, key = k.split(".", 2)
+                per_param.setdefault(int(idx), {})[key] = v
+        optimizer.load_state_dict({"state": per_param, "param_groups": header["optimizer_groups"]})
+    return header["meta"]

@@ -1,0 +1,112 @@
+"""The `flowsdf` command line. Each subcommand is a function of parsed args; `main(argv)` returns
+an exit status so tests can call it directly. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from flowsdf import config as config_mod
+from flowsdf.errors import FlowSDFError
+
+STAGES = ("cnn",)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from flowsdf.data import dataset
+
+    cfg = config_mod.preset(args.preset)
+    if args.seed is not None:
+        cfg.data.seed = args.seed
+    root = Path(args.out) if args.out else dataset.default_root(cfg.data)
+    if dataset.is_current(cfg.data, root) and not args.force:
+        print(f"dataset up to date: {root}")
+        return 0
+    if root.exists() and any(root.iterdir()) and not (root / "manifest.json").exists():
+        raise FlowSDFError(f"{root} exists and is not a flowsdf dataset; refusing to overwrite it")
+    from flowsdf.runs import ensure_writable
+
+    ensure_writable(root)
+    dataset.generate(cfg.data, root)
+    data = dataset.load(root)
+    print(f"wrote {root}: {len(data.train)} training shapes x {cfg.data.train_views} view(s), "
+          f"{len(data.heldout)} held-out shapes, {cfg.data.novel_views} novel views each, "
+          f"{cfg.data.image_size}x{cfg.data.image_size}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from flowsdf import train
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise FlowSDFError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = config_mod.preset(args.preset)
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise FlowSDFError("--epochs must be at least 1")
+        cfg.stage1.epochs = args.epochs
+    summary = train.train_stage1(cfg, Path(args.out), args.data, args.resume, not args.quiet, args.device, args.until_epoch)
+    if summary is None:
+        print(f"stopped after epoch {args.until_epoch}; continue with: flowsdf train --stage {args.stage} --out {args.out} --resume")
+        return 0
+    print(json.dumps({k: v for k, v in summary.items() if k in ("stage", "epochs", "train_loss_last_epoch", "device")}))
+    print(f"train views: BCE {summary['train_views']['bce']:.5f}  IoU {summary['train_views']['iou']:.3f} | "
+          f"novel views: BCE {summary['novel_views']['bce']:.5f}  IoU {summary['novel_views']['iou']:.3f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flowsdf",
+        description="Image-to-3-D without 3-D supervision: neural SDFs trained from 2-D silhouettes.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    presets = ", ".join(config_mod.PRESETS)
+
+    d = sub.add_parser("data", help="generate the synthetic dataset (cached by config)",
+                       description="Render procedural analytic-SDF shapes into a dataset folder.")
+    d.add_argument("--preset", default="quick", help=f"config preset ({presets}); default quick")
+    d.add_argument("--out", help="dataset folder (default: data_cache/shapes-<config hash>)")
+    d.add_argument("--seed", type=int, help="data seed (default: the preset's)")
+    d.add_argument("--force", action="store_true", help="regenerate even if the cached dataset is current")
+    d.set_defaults(func=cmd_data)
+
+    t = sub.add_parser("train", help="train a stage", description="Train one stage into a run folder (resumable).")
+    t.add_argument("--stage", required=True, choices=STAGES, help="cnn = Stage 1, Mini SDF-SRN")
+    t.add_argument("--preset", default="quick", help=f"config preset ({presets}); default quick; ignored with --resume")
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--data", type=Path, help="dataset folder (default: the preset's cached dataset, made if missing)")
+    t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    t.add_argument("--epochs", type=int, help="override the preset's number of epochs")
+    t.add_argument("--seed", type=int, help="override the training seed")
+    t.add_argument("--until-epoch", type=int, metavar="N",
+                   help="stop after epoch N (schedules unchanged); continue later with --resume")
+    t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FlowSDFError as e:
+        print(f"flowsdf: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flowsdf: interrupted; the last finished epoch is saved, continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Procedural shapes with analytic SDFs, cameras, and the on-disk dataset."""

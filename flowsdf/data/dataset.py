@@ -1,0 +1,262 @@
+"""Generate, cache and load the synthetic dataset.
+
+On-disk format (version `FORMAT_VERSION`), one folder:
+
+    manifest.json   {"format": 1, "config": DataConfig, "config_hash": "...",
+                     "splits": {"train": {"shapes": [spec, ...], "families": [...]},
+                                "heldout": {...}}}
+    train.npz       arrays for the training shapes
+    heldout.npz     arrays for the held-out shapes (never used by any training)
+
+Each .npz holds, for N shapes, V input views and M novel views (H = W = image_size):
+
+    input_images  (N, V, H, W, 3) uint8   Lambertian-shaded RGB, black background
+    input_masks   (N, V, H, W)    uint8   ground-truth silhouette (1 = the pixel's ray hits)
+    input_K       (N, V, 3, 3)    float32 intrinsics (pixel units, OpenCV convention)
+    input_c2w     (N, V, 4, 4)    float32 camera-to-world
+    input_light   (N, V, 3)       float32 unit direction towards the light, world frame
+    novel_*       the same for the M novel views (for evaluation only)
+    albedo        (N, 3)          float32 per-shape RGB albedo
+
+The folder is regenerated only when the config hash changes; files are written to a temporary
+sibling folder and moved into place, so an interrupted generation never leaves a half dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from flowsdf.data import cameras, shapes
+from flowsdf.errors import FlowSDFError
+from flowsdf.render import first_hit, lambertian
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "heldout")
+VIEW_KEYS = ("images", "masks", "K", "c2w", "light")
+# Ground truth searches a sphere just larger than any shape (shapes.MAX_RADIUS = 0.85).
+GT_BOUND = 0.9
+
+
+@dataclass
+class DataConfig:
+    n_train_shapes: int = 50
+    n_heldout_shapes: int = 20
+    train_views: int = 1  # input views per training shape (the published protocol: one)
+    novel_views: int = 6  # extra views per shape, for evaluation only
+    image_size: int = 64
+    fov_deg: float = 40.0  # a shape of radius 0.85 (shapes.MAX_RADIUS) just fits the frame
+    cam_distance: float = 2.5
+    ambient: float = 0.1
+    csg_fraction: float = 0.25  # share of shapes that are a union/difference of two primitives
+    gt_samples: int = 192  # dense samples per ray for ground truth, then bisection
+    seed: int = 0
+
+    def hash(self) -> str:
+        blob = json.dumps({"format": FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Views:
+    """A stack of views of N shapes, as float tensors ready for training."""
+
+    images: Tensor  # (N, V, 3, H, W) in [0, 1]
+    masks: Tensor  # (N, V, H, W) in {0, 1}
+    K: Tensor  # (N, V, 3, 3)
+    c2w: Tensor  # (N, V, 4, 4)
+    light: Tensor  # (N, V, 3)
+
+    def to(self, device: torch.device | str) -> "Views":
+        return Views(*(x.to(device) for x in (self.images, self.masks, self.K, self.c2w, self.light)))
+
+
+@dataclass
+class ShapeSplit:
+    shapes: list[shapes.Spec]
+    albedo: Tensor  # (N, 3)
+    input: Views
+    novel: Views
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def to(self, device: torch.device | str) -> "ShapeSplit":
+        return ShapeSplit(self.shapes, self.albedo.to(device), self.input.to(device), self.novel.to(device))
+
+
+@dataclass
+class Dataset:
+    root: Path
+    config: DataConfig
+    train: ShapeSplit
+    heldout: ShapeSplit
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        return Dataset(self.root, self.config, self.train.to(device), self.heldout.to(device))
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+
+
+def _render_view(spec: shapes.Spec, albedo: np.ndarray, K: np.ndarray, c2w: np.ndarray, cfg: DataConfig):
+    """Ground-truth image, mask and light of one view of one analytic shape."""
+    K_t, c2w_t = torch.from_numpy(K).float(), torch.from_numpy(c2w).float()
+    origins, dirs = cameras.camera_rays(K_t, c2w_t, cfg.image_size)  # (R, 3)
+
+    def field(p: Tensor, item: Tensor) -> Tensor:
+        return shapes.sdf(spec, p)
+
+    hit, depth = first_hit(field, origins, dirs, radius=GT_BOUND, n_samples=cfg.gt_samples)  # (R,)
+    # Light from over the camera's upper-left shoulder, so every view sees a lit side.
+    to_light_cam = np.array([-0.4, -0.6, -1.0]) / np.linalg.norm([-0.4, -0.6, -1.0])
+    light = (c2w[:3, :3] @ to_light_cam).astype(np.float32)
+    image = torch.zeros(origins.shape[0], 3)
+    if hit.any():
+        points = origins[hit] + depth[hit, None] * dirs[hit]  # (Hh, 3)
+        pts = points.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(shapes.sdf(spec, pts).sum(), pts)
+        normals = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        image[hit] = lambertian(normals, torch.from_numpy(albedo).float(), torch.from_numpy(light), cfg.ambient)
+    S = cfg.image_size
+    image_u8 = (image.view(S, S, 3).numpy() * 255.0 + 0.5).astype(np.uint8)
+    return image_u8, hit.view(S, S).numpy().astype(np.uint8), light
+
+
+def _render_split(specs: list[shapes.Spec], rng: np.random.Generator, cfg: DataConfig, desc: str) -> dict:
+    K = cameras.intrinsics(cfg.image_size, cfg.fov_deg)
+    n, arrays = len(specs), {}
+    albedo = rng.uniform(0.35, 1.0, size=(n, 3))
+    view_counts = {"input": cfg.train_views if desc == "train" else 1, "novel": cfg.novel_views}
+    positions = {
+        group: np.stack([cameras.random_viewpoints(rng, v, cfg.cam_distance) for _ in range(n)])
+        for group, v in view_counts.items()
+    }
+    with tqdm(total=n * sum(view_counts.values()), desc=f"rendering {desc}", unit="view", leave=False) as bar:
+        for group, v in view_counts.items():
+            out = {k: [] for k in VIEW_KEYS}
+            for i, spec in enumerate(specs):
+                per = {k: [] for k in VIEW_KEYS}
+                for j in range(v):
+                    c2w = cameras.look_at(positions[group][i, j])
+                    img, mask, light = _render_view(spec, albedo[i], K, c2w, cfg)
+                    for key, val in zip(VIEW_KEYS, (img, mask, K, c2w, light)):
+                        per[key].append(val)
+                    bar.update()
+                for key in VIEW_KEYS:
+                    out[key].append(np.stack(per[key]))
+            for key in VIEW_KEYS:
+                arr = np.stack(out[key])
+                arrays[f"{group}_{key}"] = arr if arr.dtype == np.uint8 else arr.astype(np.float32)
+    arrays["albedo"] = albedo.astype(np.float32)
+    return arrays
+
+
+def generate(cfg: DataConfig, root: Path) -> None:
+    """Render the whole dataset into `root` (replacing it atomically)."""
+    streams = np.random.SeedSequence(cfg.seed).spawn(4)
+    specs = {
+        "train": shapes.random_shapes(cfg.n_train_shapes, int(streams[0].generate_state(1)[0]), cfg.csg_fraction),
+        "heldout": shapes.random_shapes(cfg.n_heldout_shapes, int(streams[1].generate_state(1)[0]), cfg.csg_fraction),
+    }
+    manifest = {
+        "format": FORMAT_VERSION,
+        "config": dataclasses.asdict(cfg),
+        "config_hash": cfg.hash(),
+        "splits": {s: {"shapes": specs[s], "families": [shapes.family(x) for x in specs[s]]} for s in SPLITS},
+    }
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        for split, stream in zip(SPLITS, streams[2:]):
+            arrays = _render_split(specs[split], np.random.default_rng(stream), cfg, split)
+            np.savez_compressed(tmp / f"{split}.npz", **arrays)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def is_current(cfg: DataConfig, root: Path) -> bool:
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("config_hash") == cfg.hash()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def ensure(cfg: DataConfig, root: Path) -> Dataset:
+    """Load the dataset at `root`, generating it first if missing or made from another config."""
+    root = Path(root)
+    if not is_current(cfg, root):
+        if root.exists() and any(root.iterdir()) and not (root / "manifest.json").exists():
+            raise FlowSDFError(f"{root} exists and is not a flowsdf dataset; refusing to overwrite it")
+        generate(cfg, root)
+    return load(root)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _views(arrays, group: str) -> Views:
+    images = torch.from_numpy(arrays[f"{group}_images"]).float().div(255.0)  # (N, V, H, W, 3)
+    return Views(
+        images=images.permute(0, 1, 4, 2, 3).contiguous(),  # (N, V, 3, H, W)
+        masks=torch.from_numpy(arrays[f"{group}_masks"]).float(),
+        K=torch.from_numpy(arrays[f"{group}_K"]),
+        c2w=torch.from_numpy(arrays[f"{group}_c2w"]),
+        light=torch.from_numpy(arrays[f"{group}_light"]),
+    )
+
+
+def load(root: Path) -> Dataset:
+    """Load a dataset folder; any missing or damaged part is a one-line FlowSDFError."""
+    root = Path(root)
+    if not (root / "manifest.json").is_file():
+        raise FlowSDFError(f"no dataset at {root} (missing manifest.json); create one with `flowsdf data`")
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+        if manifest.get("format") != FORMAT_VERSION:
+            raise FlowSDFError(f"{root}: dataset format {manifest.get('format')} is not {FORMAT_VERSION}")
+        cfg = DataConfig(**manifest["config"])
+        splits = {}
+        for split in SPLITS:
+            with np.load(root / f"{split}.npz", allow_pickle=False) as arrays:
+                n = len(manifest["splits"][split]["shapes"])
+                s = ShapeSplit(
+                    shapes=manifest["splits"][split]["shapes"],
+                    albedo=torch.from_numpy(arrays["albedo"]),
+                    input=_views(arrays, "input"),
+                    novel=_views(arrays, "novel"),
+                )
+            if s.input.images.shape[0] != n or s.input.images.shape[-1] != cfg.image_size:
+                raise FlowSDFError(f"{root}/{split}.npz does not match its manifest")
+            splits[split] = s
+    except FlowSDFError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise FlowSDFError(f"dataset at {root} is damaged ({type(e).__name__}: {e}); regenerate it with `flowsdf data`") from e
+    return Dataset(root=root, config=cfg, **splits)
+
+
+def default_root(cfg: DataConfig, base: Path = Path("data_cache")) -> Path:
+    return base / f"shapes-{cfg.hash()}"

@@ -1,0 +1,73 @@
+"""Figures: prediction grids (the "epoch outputs") and loss curves. Matplotlib, no display."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Save through a temporary file so an interrupted run never leaves half a PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def prediction_grid(
+    rows: Sequence[dict], title: str, path: Path
+) -> None:
+    """One row per shape: input image, then (ground truth, prediction) pairs per view.
+
+    Each row is {"image": (H, W, 3), "views": [(name, gt (H, W), pred (H, W), iou), ...]}.
+    """
+    n_cols = 1 + 2 * max(len(r["views"]) for r in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.3 * n_cols, 1.4 * len(rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i, row in enumerate(rows):
+        axes[i, 0].imshow(row["image"])
+        if i == 0:
+            axes[i, 0].set_title("input", fontsize=7)
+        for j, (name, gt, pred, iou) in enumerate(row["views"]):
+            axes[i, 1 + 2 * j].imshow(gt, cmap="gray", vmin=0, vmax=1)
+            axes[i, 2 + 2 * j].imshow(pred, cmap="gray", vmin=0, vmax=1)
+            axes[i, 2 + 2 * j].text(1, 3, f"{iou:.2f}", color="orange", fontsize=6, va="top")
+            if i == 0:
+                axes[i, 1 + 2 * j].set_title(f"{name} GT", fontsize=7)
+                axes[i, 2 + 2 * j].set_title(f"{name} pred", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def loss_curves(metric_files: dict[str, Path], path: Path, key: str = "loss") -> None:
+    """Loss per epoch (log scale) of one or more runs' metrics.jsonl files."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for label, file in metric_files.items():
+        rows = [json.loads(line) for line in Path(file).read_text().splitlines() if line.strip()]
+        epochs = np.array([r["epoch"] for r in rows if key in r])
+        values = np.array([r[key] for r in rows if key in r])
+        if len(epochs):
+            ax.plot(epochs, values, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"silhouette BCE ({key})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)

@@ -1,0 +1,104 @@
+"""Run folders: what a training command reads and writes, and the checks before it starts.
+
+    RUN_DIR/config.json          the full Config (written once, when the run starts)
+    RUN_DIR/<stage>/last.safetensors   weights + optimiser + epoch (atomic, every epoch)
+    RUN_DIR/<stage>/metrics.jsonl      one JSON line per epoch
+    RUN_DIR/<stage>/figures/           prediction grids every N epochs
+    RUN_DIR/<stage>/summary.json       final figures of the stage
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from flowsdf import config as config_mod
+from flowsdf.checkpoint import atomic_write_text
+from flowsdf.config import Config
+from flowsdf.errors import FlowSDFError
+
+
+def checkpoint_path(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / stage / "last.safetensors"
+
+
+def ensure_writable(folder: Path) -> None:
+    """Fail with one clear line unless `folder` exists and is writable, or can be created.
+
+    Checks without creating anything, so a command that fails later leaves no empty folder.
+    """
+    folder = Path(folder).absolute()
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise FlowSDFError(f"cannot write to {folder}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise FlowSDFError(f"cannot write to {folder}: permission denied")
+
+
+def read_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FlowSDFError(f"{run_dir} is not a flowsdf run (no config.json)")
+    try:
+        return config_mod.loads(path.read_text())
+    except UnicodeDecodeError as e:
+        raise FlowSDFError(f"{path} is not valid UTF-8 JSON") from e
+
+
+def prepare(run_dir: Path, cfg: Config, stage: str, resume: bool) -> tuple[Config, bool]:
+    """Check that `stage` may run in `run_dir`; returns the config to use. Writes nothing.
+
+    A new stage may start in a folder that holds earlier stages of the same run (Stage 2 goes
+    into the Stage 1 folder by default) but never over a stage that already has a checkpoint,
+    unless `resume` is set: nothing is overwritten by accident. With `resume`, the run's own
+    config.json wins over whatever preset was named.
+    """
+    run_dir = Path(run_dir)
+    ensure_writable(run_dir)
+    has_ckpt = checkpoint_path(run_dir, stage).exists()
+    if resume:
+        if not has_ckpt:
+            raise FlowSDFError(f"nothing to resume: {checkpoint_path(run_dir, stage)} does not exist")
+        return read_config(run_dir), True
+    if has_ckpt:
+        raise FlowSDFError(
+            f"{run_dir} already holds a '{stage}' checkpoint; pass --resume to continue it or choose another --out"
+        )
+    if (run_dir / "config.json").exists() and read_config(run_dir) != cfg:
+        raise FlowSDFError(f"{run_dir} holds a run with a different config; choose another --out")
+    return cfg, False
+
+
+def begin(run_dir: Path, cfg: Config, stage: str) -> None:
+    """Create the run and stage folders and write config.json (once, for the first stage)."""
+    (Path(run_dir) / stage).mkdir(parents=True, exist_ok=True)
+    if not (Path(run_dir) / "config.json").exists():
+        atomic_write_text(Path(run_dir) / "config.json", config_mod.dumps(cfg))
+
+
+def append_metrics(run_dir: Path, stage: str, row: dict) -> None:
+    path = Path(run_dir) / stage / "metrics.jsonl"
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_metrics(run_dir: Path, stage: str, last_epoch: int) -> None:
+    """Drop metric lines past the checkpoint's epoch, so a resumed log has no duplicates."""
+    path = Path(run_dir) / stage / "metrics.jsonl"
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= last_epoch]
+    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+def read_metrics(run_dir: Path, stage: str) -> list[dict]:
+    path = Path(run_dir) / stage / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]

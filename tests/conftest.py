@@ -1,0 +1,35 @@
+"""Shared fixtures: one tiny dataset per test session, single-threaded torch.
+
+Single-threaded because the CI machine has 2 cores: two threads per test process contend badly
+with anything else running, and these tests are tiny.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from flowsdf import config as config_mod
+from flowsdf.data import dataset
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg() -> config_mod.Config:
+    return config_mod.preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory, tiny_cfg) -> Path:
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    dataset.generate(tiny_cfg.data, root)
+    return root

@@ -1,0 +1,58 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from flowsdf import checkpoint, runs
+from flowsdf.errors import FlowSDFError
+from flowsdf.train import build_stage1, lr_at, tau_at, train_stage1
+from flowsdf.config import TrainConfig
+
+
+def test_schedules_hit_their_endpoints():
+    tc = TrainConfig(epochs=11, lr=1e-3, lr_final_fraction=0.1, tau_start=0.1, tau_end=0.01)
+    assert tau_at(tc, 0) == pytest.approx(0.1) and tau_at(tc, 10) == pytest.approx(0.01)
+    assert tau_at(tc, 5) == pytest.approx(0.1 * 0.1**0.5)  # geometric midpoint
+    assert lr_at(tc, 0) == pytest.approx(1e-3) and lr_at(tc, 10) == pytest.approx(1e-4)
+
+
+def test_tiny_training_lowers_the_loss_and_writes_the_run(tmp_path, tiny_cfg, tiny_data_dir):
+    cfg = dataclasses.replace(tiny_cfg, stage1=dataclasses.replace(tiny_cfg.stage1, epochs=3))
+    summary = train_stage1(cfg, tmp_path / "run", tiny_data_dir, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["loss"] < rows[0]["loss"]  # same tau throughout (tiny preset)
+    assert (tmp_path / "run" / "stage1" / "figures" / "epoch_0003.png").stat().st_size > 1000
+    assert 0.0 <= summary["novel_views"]["iou"] <= 1.0
+    assert len(summary["novel_views"]["per_shape_iou"]) == cfg.data.n_train_shapes
+    assert (tmp_path / "run" / "config.json").exists()
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_cfg, tiny_data_dir):
+    four = dataclasses.replace(tiny_cfg, stage1=dataclasses.replace(tiny_cfg.stage1, epochs=4, figure_every=100))
+    train_stage1(four, tmp_path / "straight", tiny_data_dir, progress=False)
+
+    # The same 4-epoch run, stopped after epoch 2 (as if interrupted), then resumed.
+    assert train_stage1(four, tmp_path / "resumed", tiny_data_dir, progress=False, until_epoch=2) is None
+    assert runs.read_metrics(tmp_path / "resumed", "stage1")[-1]["epoch"] == 2
+    train_stage1(four, tmp_path / "resumed", tiny_data_dir, resume=True, progress=False)
+
+    enc_a, dec_a = build_stage1(four)
+    enc_b, dec_b = build_stage1(four)
+    checkpoint.load(runs.checkpoint_path(tmp_path / "straight", "stage1"), {"encoder": enc_a, "decoder": dec_a})
+    meta = checkpoint.load(runs.checkpoint_path(tmp_path / "resumed", "stage1"), {"encoder": enc_b, "decoder": dec_b})
+    assert meta["epoch"] == 4
+    for a, b in zip([*enc_a.parameters(), *dec_a.parameters()], [*enc_b.parameters(), *dec_b.parameters()]):
+        assert torch.equal(a, b)
+    losses = lambda run: [r["loss"] for r in runs.read_metrics(tmp_path / run, "stage1")]  # noqa: E731
+    assert losses("resumed") == losses("straight")
+
+
+def test_a_finished_stage_is_never_overwritten(tmp_path, tiny_cfg, tiny_data_dir):
+    cfg = dataclasses.replace(tiny_cfg, stage1=dataclasses.replace(tiny_cfg.stage1, epochs=1))
+    train_stage1(cfg, tmp_path / "run", tiny_data_dir, progress=False)
+    before = runs.checkpoint_path(tmp_path / "run", "stage1").read_bytes()
+    with pytest.raises(FlowSDFError, match="already holds"):
+        train_stage1(cfg, tmp_path / "run", tiny_data_dir, progress=False)
+    assert runs.checkpoint_path(tmp_path / "run", "stage1").read_bytes() == before
