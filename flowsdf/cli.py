@@ -11,7 +11,7 @@ from pathlib import Path
 from flowsdf import config as config_mod
 from flowsdf.errors import FlowSDFError
 
-STAGES = ("cnn",)
+STAGES = ("cnn", "flow")
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -52,8 +52,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         if args.epochs < 1:
             raise FlowSDFError("--epochs must be at least 1")
-        cfg.stage1.epochs = args.epochs
-    summary = train.train_stage1(cfg, Path(args.out), args.data, args.resume, not args.quiet, args.device, args.until_epoch)
+        if args.stage == "cnn":
+            cfg.stage1.epochs = args.epochs
+        else:
+            cfg.phase2.epochs = args.epochs
+    if args.stage == "cnn":
+        summary = train.train_stage1(cfg, Path(args.out), args.data, args.resume, not args.quiet, args.device, args.until_epoch)
+    else:
+        if args.init is None:
+            raise FlowSDFError("--stage flow needs --init STAGE1_RUN_DIR (a finished `--stage cnn` run)")
+        summary = train.train_flow(cfg, Path(args.out), args.init, args.data, args.resume, not args.quiet,
+                                   args.device, args.until_epoch)
     if summary is None:
         print(f"stopped after epoch {args.until_epoch}; continue with: flowsdf train --stage {args.stage} --out {args.out} --resume")
         return 0
@@ -61,6 +70,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"train views: BCE {summary['train_views']['bce']:.5f}  IoU {summary['train_views']['iou']:.3f} | "
           f"novel views: BCE {summary['novel_views']['bce']:.5f}  IoU {summary['novel_views']['iou']:.3f}")
     return 0
+
+
+def cmd_check_grads(args: argparse.Namespace) -> int:
+    from flowsdf.gradcheck import check_grads
+
+    r = check_grads(Path(args.run), args.data, args.device, args.batch)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0 if r["all_nonzero"] else 1
+    print(f"checkpoint {r['checkpoint']}  batch {r['batch']}  loss {r['loss']:.5f}  device {r['device']}")
+    for name, norm in r["grad_norm"].items():
+        print(f"  grad norm {name:<12} {norm:12.4f}")
+    print(f"  forward {r['forward_ms']:.1f} ms   backward {r['backward_ms']:.1f} ms")
+    print("all parts receive gradient" if r["all_nonzero"] else "SOME PART RECEIVES NO GRADIENT")
+    return 0 if r["all_nonzero"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,12 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data)
 
     t = sub.add_parser("train", help="train a stage", description="Train one stage into a run folder (resumable).")
-    t.add_argument("--stage", required=True, choices=STAGES, help="cnn = Stage 1, Mini SDF-SRN")
+    t.add_argument("--stage", required=True, choices=STAGES,
+                   help="cnn = Stage 1, Mini SDF-SRN; flow = Stage 2, Flow-SDF (Phase 1 distillation, then Phase 2)")
+    t.add_argument("--init", type=Path, metavar="STAGE1_RUN_DIR",
+                   help="with --stage flow: the finished Stage-1 run to start from (may equal --out)")
     t.add_argument("--preset", default="quick", help=f"config preset ({presets}); default quick; ignored with --resume")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--data", type=Path, help="dataset folder (default: the preset's cached dataset, made if missing)")
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    t.add_argument("--epochs", type=int, help="override the preset's number of epochs")
+    t.add_argument("--epochs", type=int, help="override the preset's epochs (Stage 1, or Phase 2 with --stage flow)")
     t.add_argument("--seed", type=int, help="override the training seed")
     t.add_argument("--until-epoch", type=int, metavar="N",
                    help="stop after epoch N (schedules unchanged); continue later with --resume")
@@ -93,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("check-grads", help="one backward pass through the whole Flow-SDF chain",
+                       description="Report each trainable part's gradient norm and forward/backward times.")
+    g.add_argument("run", type=Path, help="a run folder with a Stage-2 checkpoint")
+    g.add_argument("--data", type=Path, help="dataset folder (default: the run's cached dataset)")
+    g.add_argument("--batch", type=int, help="images in the batch (default: Phase 2's batch size)")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    g.add_argument("--json", action="store_true", help="print the result as JSON")
+    g.set_defaults(func=cmd_check_grads)
     return p
 
 

@@ -16,7 +16,10 @@ from typing import Any
 
 from flowsdf.data.dataset import DataConfig
 from flowsdf.errors import FlowSDFError
+from flowsdf.flow import FlowConfig
+from flowsdf.models.conditioner import ConditionerConfig
 from flowsdf.models.encoder import EncoderConfig
+from flowsdf.models.velocity import VelocityConfig
 from flowsdf.models.sdf import DecoderConfig
 from flowsdf.render import RenderConfig
 
@@ -37,6 +40,16 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Flow Phase 1: fit the flow to the frozen Stage-1 encoder's codes (no rendering)."""
+
+    iterations: int = 3000
+    batch_size: int = 50  # the seed's whole training set per step
+    lr: float = 3e-4
+    ablation: bool = True  # also distil a flow without noise scaling, to measure the collapse
+
+
+@dataclass
 class Config:
     preset: str = "seed"
     seed: int = 0
@@ -45,6 +58,15 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     stage1: TrainConfig = field(default_factory=TrainConfig)
+    conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
+    velocity: VelocityConfig = field(default_factory=VelocityConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    phase1: DistillConfig = field(default_factory=DistillConfig)
+    # Phase 2 continues at Stage 1's final temperature, with a smaller learning rate since every
+    # part starts trained.
+    phase2: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=200, lr=1e-4, tau_start=0.01, tau_end=0.01)
+    )
 
 
 def seed_preset() -> Config:
@@ -65,6 +87,9 @@ def quick_preset() -> Config:
     cfg.encoder = EncoderConfig(image_size=32)
     cfg.render = RenderConfig(n_samples=32, search_dtype="bfloat16")
     cfg.stage1 = TrainConfig(epochs=60, batch_size=8, lr=1e-3, figure_every=20)
+    cfg.conditioner = ConditionerConfig(image_size=32)
+    cfg.phase1 = DistillConfig(iterations=600)
+    cfg.phase2 = TrainConfig(epochs=30, batch_size=8, lr=2e-4, tau_start=0.01, tau_end=0.01, figure_every=10)
     return cfg
 
 
@@ -76,6 +101,10 @@ def tiny_preset() -> Config:
     cfg.render = RenderConfig(n_samples=12)
     # Constant tau so that epoch losses are comparable (the test checks that training lowers it).
     cfg.stage1 = TrainConfig(epochs=2, batch_size=1, lr=1e-3, tau_start=0.05, tau_end=0.05, figure_every=1, figure_shapes=2)
+    cfg.conditioner = ConditionerConfig(image_size=16, channels=(16, 32, 32, 64), embed_dim=64)
+    cfg.velocity = VelocityConfig(cond_dim=64, hidden=128, depth=6, mlp_ratio=2, time_embed_dim=64)
+    cfg.phase1 = DistillConfig(iterations=40, batch_size=4, lr=1e-3)
+    cfg.phase2 = TrainConfig(epochs=2, batch_size=1, lr=1e-4, tau_start=0.05, tau_end=0.05, figure_every=1, figure_shapes=2)
     return cfg
 
 

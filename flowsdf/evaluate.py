@@ -102,3 +102,58 @@ def prediction_rows(
                 row["views"].append((name, gt[v].numpy(), probs[g][i, v].numpy(), iou[v].item()))
         rows.append(row)
     return rows, {g: sum(v) / max(len(v), 1) for g, v in ious.items()}
+
+
+@torch.no_grad()
+def flow_trajectories(
+    conditioner, velocity, decoder: SDFDecoder, views: Views, sigma: float, steps: int, render_cfg: RenderConfig,
+    tau: float, seed: int,
+) -> tuple[Tensor, Tensor]:
+    """Latents and decoded silhouettes after each Euler step, for the B views' images.
+
+    views holds one view per item (B, ...). Returns latents (steps + 1, B, D) and silhouette
+    probabilities (steps + 1, B, H, W), each state rendered from the item's own camera.
+    """
+    from flowsdf.flow import sample_latents
+
+    cond = conditioner(views.images)  # (B, C)
+    _, traj = sample_latents(velocity, cond, velocity.config.latent_dim, sigma, steps, seed=seed, return_trajectory=True)
+    size = views.masks.shape[-1]
+    sils = torch.stack([
+        torch.sigmoid(silhouette_logits(render_views(decoder.field(z), views.K, views.c2w, size, render_cfg), tau))
+        for z in traj
+    ])  # (steps + 1, B, H, W)
+    return traj, sils
+
+
+@torch.no_grad()
+def sample_diversity(
+    conditioner, velocity, decoder: SDFDecoder, split: ShapeSplit, sigma: float, steps: int, render_cfg: RenderConfig,
+    tau: float, k: int = 4, n_shapes: int = 8, seed: int = 0,
+) -> dict:
+    """K samples per image from K seeds: mean pairwise code distance and silhouette difference.
+
+    Silhouette difference is the mean absolute difference of the soft silhouettes on the input
+    view (0 = identical). Also the mean code norm, to read the distance against.
+    """
+    from flowsdf.flow import sample_latents
+
+    n = min(n_shapes, len(split))
+    images = split.input.images[:n, 0]  # (n, 3, H, W)
+    cond = conditioner(images).repeat_interleave(k, dim=0)  # (n*k, C)
+    seeds = [seed + j for j in range(k)] * n
+    codes = sample_latents(velocity, cond, velocity.config.latent_dim, sigma, steps, seed=seeds)  # (n*k, D)
+    K, c2w = split.input.K[:n, 0].repeat_interleave(k, 0), split.input.c2w[:n, 0].repeat_interleave(k, 0)
+    size = split.input.masks.shape[-1]
+    sils = torch.sigmoid(silhouette_logits(render_views(decoder.field(codes), K, c2w, size, render_cfg), tau))
+    codes, sils = codes.view(n, k, -1), sils.view(n, k, -1)
+    pair = ~torch.eye(k, dtype=torch.bool, device=codes.device)  # off-diagonal pairs
+    code_d = torch.cdist(codes, codes)[:, pair]  # (n, k*(k-1))
+    sil_d = (sils[:, :, None] - sils[:, None]).abs().mean(-1)[:, pair]
+    return {
+        "k": k,
+        "shapes": n,
+        "code_pairwise_l2": code_d.mean().item(),
+        "code_norm": codes.norm(dim=-1).mean().item(),
+        "silhouette_pairwise_l1": sil_d.mean().item(),
+    }

@@ -71,3 +71,29 @@ def loss_curves(metric_files: dict[str, Path], path: Path, key: str = "loss") ->
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def flow_strip(strips: Sequence[dict], path: Path) -> None:
+    """The 8-step flow strip: per image, the latent and its decoded silhouette after each step.
+
+    Each strip is {"label": str, "latents": (S+1, D), "silhouettes": (S+1, H, W), "gt": (H, W)}.
+    Latents are drawn as a small heat map (D reshaped to 8 rows) on a shared colour scale.
+    """
+    n_steps = strips[0]["latents"].shape[0]
+    fig, axes = plt.subplots(2 * len(strips), n_steps + 1, figsize=(1.25 * (n_steps + 1), 2.4 * len(strips)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i, strip in enumerate(strips):
+        lat = np.asarray(strip["latents"])
+        lim = float(np.abs(lat[-1]).max()) or 1.0
+        for s in range(n_steps):
+            axes[2 * i, s].imshow(lat[s].reshape(8, -1), cmap="coolwarm", vmin=-lim, vmax=lim)
+            axes[2 * i + 1, s].imshow(strip["silhouettes"][s], cmap="gray", vmin=0, vmax=1)
+            if i == 0:
+                axes[0, s].set_title(f"step {s}", fontsize=7)
+        axes[2 * i + 1, n_steps].imshow(strip["gt"], cmap="gray", vmin=0, vmax=1)
+        axes[2 * i + 1, n_steps].set_title("ground truth", fontsize=7)
+        axes[2 * i, n_steps].text(0.0, 0.5, strip["label"].replace(": ", ":\n"), fontsize=6, va="center",
+                                  transform=axes[2 * i, n_steps].transAxes, wrap=True)
+    fig.suptitle("rectified flow, Euler steps: latent (top) and decoded silhouette (bottom)", fontsize=9)
+    save_figure(fig, path)

@@ -67,16 +67,29 @@ def prepare(run_dir: Path, cfg: Config, stage: str, resume: bool) -> tuple[Confi
         raise FlowSDFError(
             f"{run_dir} already holds a '{stage}' checkpoint; pass --resume to continue it or choose another --out"
         )
-    if (run_dir / "config.json").exists() and read_config(run_dir) != cfg:
-        raise FlowSDFError(f"{run_dir} holds a run with a different config; choose another --out")
+    if (run_dir / "config.json").exists():
+        keep = STAGE2_FIELDS if stage in ("phase1", "phase2") else ()
+        if _without(read_config(run_dir), keep) != _without(cfg, keep):
+            raise FlowSDFError(f"{run_dir} holds a run with a different config; choose another --out")
     return cfg, False
 
 
+# Config fields that only Stage 2 reads: a Stage-2 run may set them in a Stage-1 run folder.
+STAGE2_FIELDS = ("conditioner", "velocity", "flow", "phase1", "phase2")
+
+
+def _without(cfg: Config, names: tuple[str, ...]) -> dict:
+    d = config_mod.to_dict(cfg)
+    return {k: v for k, v in d.items() if k not in names}
+
+
 def begin(run_dir: Path, cfg: Config, stage: str) -> None:
-    """Create the run and stage folders and write config.json (once, for the first stage)."""
+    """Create the stage folder and write config.json: the whole config for a new run, and the
+    Stage-2 fields when Stage 2 starts in a Stage-1 folder (prepare() checked the rest)."""
     (Path(run_dir) / stage).mkdir(parents=True, exist_ok=True)
-    if not (Path(run_dir) / "config.json").exists():
-        atomic_write_text(Path(run_dir) / "config.json", config_mod.dumps(cfg))
+    path = Path(run_dir) / "config.json"
+    if not path.exists() or (stage in ("phase1", "phase2") and read_config(run_dir) != cfg):
+        atomic_write_text(path, config_mod.dumps(cfg))
 
 
 def append_metrics(run_dir: Path, stage: str, row: dict) -> None:

@@ -1,7 +1,8 @@
 """Training: plain functions, one epoch loop shared by every stage that renders silhouettes.
 
 Stage 1 (Mini SDF-SRN): image -> CNN encoder -> code -> SDF decoder -> renderer -> BCE against
-the silhouette. Flow Phase 2 reuses `fit_silhouettes` with a different image -> code function.
+the silhouette. Stage 2 (Flow-SDF): Phase 1 distils the Stage-1 codes into a rectified flow (no
+rendering); Phase 2 reuses `fit_silhouettes` with image -> conditioner -> 8 Euler steps -> code.
 
 Determinism: the model is initialised from `cfg.seed`, and each epoch's shuffle (and any noise
 a phase draws) comes from a generator seeded by (seed, epoch). A checkpoint at the end of every
@@ -29,10 +30,13 @@ from flowsdf.config import Config, TrainConfig
 from flowsdf.data import dataset as data_mod
 from flowsdf.data.dataset import Dataset, Views
 from flowsdf.errors import FlowSDFError
-from flowsdf.evaluate import evaluate_views, prediction_rows
-from flowsdf.figures import prediction_grid
+from flowsdf.evaluate import evaluate_views, flow_trajectories, prediction_rows, sample_diversity
+from flowsdf.figures import flow_strip, prediction_grid
+from flowsdf.flow import euler_sample, flow_loss, noise_scale, sample_noise
+from flowsdf.models.conditioner import ImageConditioner
 from flowsdf.models.encoder import CNNEncoder
 from flowsdf.models.sdf import SDFDecoder
+from flowsdf.models.velocity import VelocityNet
 from flowsdf.render import RenderConfig, render_views, silhouette_logits
 
 # image batch (B, 3, H, W) + a generator for any noise -> latent codes (B, D)
@@ -251,3 +255,215 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# --- Stage 2: Flow-SDF ------------------------------------------------------------------------
+
+
+def build_flow(cfg: Config) -> tuple[ImageConditioner, VelocityNet]:
+    torch.manual_seed(cfg.seed + 1)
+    return ImageConditioner(cfg.conditioner), VelocityNet(cfg.velocity)
+
+
+def flow_predictor(conditioner: ImageConditioner, velocity: VelocityNet, sigma: float, steps: int) -> Predictor:
+    """image -> conditioner -> `steps` Euler steps from sigma-scaled noise -> code (differentiable)."""
+
+    def predict(images: Tensor, gen: torch.Generator) -> Tensor:
+        cond = conditioner(images)  # (B, C)
+        z0 = sample_noise((images.shape[0], velocity.config.latent_dim), sigma, gen, images.device)  # (B, D)
+        return euler_sample(velocity, z0, cond, steps=steps)  # (B, D)
+
+    return predict
+
+
+def check_stage1_run(init_dir: Path, cfg: Config) -> Path:
+    """The finished Stage-1 checkpoint that Stage 2 starts from, checked against `cfg`."""
+    init_dir = Path(init_dir)
+    s1 = runs.read_config(init_dir)
+    ckpt = runs.checkpoint_path(init_dir, "stage1")
+    meta = checkpoint.read_header(ckpt)["meta"]
+    if meta.get("epoch") != s1.stage1.epochs:
+        raise FlowSDFError(
+            f"Stage-1 run {init_dir} is unfinished (epoch {meta.get('epoch')} of {s1.stage1.epochs}); resume it first"
+        )
+    for part in ("data", "encoder", "decoder"):
+        if getattr(s1, part) != getattr(cfg, part):
+            raise FlowSDFError(
+                f"Stage-1 run {init_dir} was trained with a different {part} config than preset '{cfg.preset}'"
+            )
+    return ckpt
+
+
+@torch.no_grad()
+def code_agreement(
+    conditioner: ImageConditioner, velocity: VelocityNet, images: Tensor, targets: Tensor, sigma: float, steps: int, seed: int
+) -> dict:
+    """How well sampled codes match their targets: mean cosine and norm ratio (and the norms)."""
+    gen = torch.Generator().manual_seed(seed)
+    z0 = sample_noise(targets.shape, sigma, gen, targets.device)  # (N, D)
+    samples = euler_sample(velocity, z0, conditioner(images), steps=steps)  # (N, D)
+    cos = F.cosine_similarity(samples, targets, dim=-1)  # (N,)
+    s_norm, t_norm = samples.norm(dim=-1), targets.norm(dim=-1)  # (N,)
+    return {
+        "cosine": cos.mean().item(),
+        "norm_ratio": (s_norm / t_norm).mean().item(),
+        "sample_norm": s_norm.mean().item(),
+        "target_norm": t_norm.mean().item(),
+        "noise_norm": z0.norm(dim=-1).mean().item(),
+    }
+
+
+def distill(
+    cfg: Config, images: Tensor, targets: Tensor, sigma: float, progress: bool, label: str
+) -> tuple[ImageConditioner, VelocityNet, list[dict]]:
+    """Phase 1: fit conditioner + velocity net to the target codes (velocity + sampling loss)."""
+    pc, device = cfg.phase1, targets.device
+    conditioner, velocity = (m.to(device) for m in build_flow(cfg))
+    params = [*conditioner.parameters(), *velocity.parameters()]
+    optimizer = torch.optim.Adam(params, lr=pc.lr)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    history = []
+    bar = tqdm(range(pc.iterations), desc=label, leave=False, disable=not progress)
+    for it in bar:
+        idx = torch.randperm(len(targets), generator=gen)[: pc.batch_size].to(device)
+        loss, parts = flow_loss(velocity, targets[idx], conditioner(images[idx]), sigma, cfg.flow, gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if it % 50 == 0 or it == pc.iterations - 1:
+            history.append({"iteration": it + 1, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
+            bar.set_postfix(loss=f"{loss.item():.5f}")
+    return conditioner, velocity, history
+
+
+def train_flow(
+    cfg: Config,
+    run_dir: Path,
+    init_dir: Path,
+    data_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+    until_epoch: int | None = None,
+) -> dict | None:
+    """Stage 2: Phase 1 (distil the Stage-1 codes) then Phase 2 (end to end through the renderer).
+
+    Phase 1 is short and saved once done; `resume` continues Phase 2 from its last epoch (or starts
+    it, reusing a finished Phase 1). Returns Phase 2's summary, or None if stopped early.
+    """
+    dev = pick_device(device)
+    run_dir = Path(run_dir)
+    if resume:
+        cfg = runs.read_config(run_dir)
+    init_ckpt = check_stage1_run(init_dir, cfg)
+    p1_ckpt = runs.checkpoint_path(run_dir, "phase1")
+    resume_p2 = resume and runs.checkpoint_path(run_dir, "phase2").exists()
+    if resume and not (resume_p2 or p1_ckpt.exists()):
+        raise FlowSDFError(f"nothing to resume in {run_dir}: no Stage-2 checkpoint yet")
+    cfg, _ = runs.prepare(run_dir, cfg, "phase2", resume_p2)
+    data = load_data(cfg, data_dir).to(dev)
+    runs.begin(run_dir, cfg, "phase2")
+    (run_dir / "phase1").mkdir(exist_ok=True)
+
+    encoder, decoder = (m.to(dev) for m in build_stage1(cfg))
+    checkpoint.load(init_ckpt, {"encoder": encoder, "decoder": decoder}, map_location=dev)
+    train_views = flatten_views(data.train.input)
+    with torch.no_grad():
+        targets = encoder.eval()(train_views.images)  # (M, D) the Stage-1 codes
+    sigma = noise_scale(targets) if cfg.flow.noise_scaling else 1.0
+
+    if p1_ckpt.exists():
+        conditioner, velocity = (m.to(dev) for m in build_flow(cfg))
+        sigma = checkpoint.load(p1_ckpt, {"conditioner": conditioner, "velocity": velocity}, map_location=dev)["sigma"]
+    else:
+        conditioner, velocity = phase1(cfg, run_dir, train_views.images, targets, sigma, progress)
+
+    phase = Phase(
+        name="phase2",
+        modules={"conditioner": conditioner, "velocity": velocity, "decoder": decoder},
+        predict=flow_predictor(conditioner, velocity, sigma, cfg.flow.steps),
+        decoder=decoder,
+        train=cfg.phase2,
+        extra_meta={"sigma": sigma},
+    )
+    t0 = time.perf_counter()
+    if not fit_silhouettes(phase, cfg, data, run_dir, resume_p2, progress, until_epoch):
+        return None
+    summary = finish(phase, cfg, data, run_dir, time.perf_counter() - t0)
+    for m in phase.modules.values():
+        m.eval()
+    tau = cfg.phase2.tau_end
+    summary["sigma"] = sigma
+    summary["diversity"] = sample_diversity(
+        conditioner, velocity, decoder, data.train, sigma, cfg.flow.steps, cfg.render, tau, seed=cfg.seed
+    )
+    summary["flow_strip"] = str(flow_strip_figure(cfg, run_dir, data, conditioner, velocity, decoder, sigma, init_ckpt))
+    atomic_write_text(run_dir / "phase2" / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def flow_strip_figure(
+    cfg: Config, run_dir: Path, data: Dataset, conditioner, velocity, decoder: SDFDecoder, sigma: float, init_ckpt: Path,
+    n_images: int = 3,
+) -> Path:
+    """The flow-step strip for a few training images: the trained model with its noise scaling,
+    and (when Phase 1 ran the ablation) the flow distilled without scaling, decoded by the
+    Stage-1 decoder whose codes it was fitted to."""
+    dev = next(decoder.parameters()).device
+    views = index_views(flatten_views(data.train.input), torch.arange(min(n_images, len(data.train)), device=dev))
+    tau, steps = cfg.phase2.tau_end, cfg.flow.steps
+    models = [(f"noise scaling on (sigma={sigma:.3f})", conditioner, velocity, decoder, sigma)]
+    ablation = Path(run_dir) / "phase1" / "noscale.safetensors"
+    if ablation.exists():
+        c_off, v_off = (m.to(dev).eval() for m in build_flow(cfg))
+        checkpoint.load(ablation, {"conditioner": c_off, "velocity": v_off}, map_location=dev)
+        enc1, dec1 = (m.to(dev).eval() for m in build_stage1(cfg))
+        checkpoint.load(init_ckpt, {"encoder": enc1, "decoder": dec1}, map_location=dev)
+        models.append(("noise scaling off (sigma=1, Phase-1 ablation)", c_off, v_off, dec1, 1.0))
+    strips = []
+    for label, c, v, d, s in models:
+        latents, sils = flow_trajectories(c, v, d, views, s, steps, cfg.render, tau, cfg.seed)
+        for i in range(views.images.shape[0]):
+            strips.append({
+                "label": f"image {i}: {label}",
+                "latents": latents[:, i].cpu().numpy(),
+                "silhouettes": sils[:, i].cpu().numpy(),
+                "gt": views.masks[i].cpu().numpy(),
+            })
+    path = Path(run_dir) / "phase2" / "figures" / "flow_strip.png"
+    flow_strip(strips, path)
+    return path
+
+
+def phase1(
+    cfg: Config, run_dir: Path, images: Tensor, targets: Tensor, sigma: float, progress: bool
+) -> tuple[ImageConditioner, VelocityNet]:
+    """Distil with noise scaling (and, for the ablation, without); save and report both."""
+    t0 = time.perf_counter()
+    conditioner, velocity, history = distill(cfg, images, targets, sigma, progress, "phase1 distil")
+    seconds = time.perf_counter() - t0
+    steps = cfg.flow.steps
+    report = {
+        "sigma": sigma,
+        "seconds": seconds,
+        "iterations": cfg.phase1.iterations,
+        "history": history,
+        "with_scaling": code_agreement(conditioner, velocity, images, targets, sigma, steps, cfg.seed),
+    }
+    checkpoint.save(runs.checkpoint_path(run_dir, "phase1"), {"conditioner": conditioner, "velocity": velocity},
+                    meta={"sigma": sigma, "stage": "phase1"})
+    if cfg.phase1.ablation:
+        c_off, v_off, hist_off = distill(cfg, images, targets, 1.0, progress, "phase1 ablation (no scaling)")
+        report["without_scaling"] = code_agreement(c_off, v_off, images, targets, 1.0, steps, cfg.seed)
+        report["history_without_scaling"] = hist_off
+        checkpoint.save(Path(run_dir) / "phase1" / "noscale.safetensors", {"conditioner": c_off, "velocity": v_off},
+                        meta={"sigma": 1.0, "stage": "phase1-ablation"})
+    atomic_write_text(Path(run_dir) / "phase1" / "summary.json", json.dumps(report, indent=2))
+    if progress:
+        w = report["with_scaling"]
+        line = f"phase1: sigma {sigma:.4f}  cosine {w['cosine']:.3f}  norm ratio {w['norm_ratio']:.3f}"
+        if "without_scaling" in report:
+            wo = report["without_scaling"]
+            line += f"  | no scaling: cosine {wo['cosine']:.3f}  norm ratio {wo['norm_ratio']:.3f}"
+        tqdm.write(line)
+    return conditioner, velocity

@@ -1,0 +1,85 @@
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+from flowsdf import checkpoint, runs
+from flowsdf.cli import main
+from flowsdf.errors import FlowSDFError
+from flowsdf.gradcheck import check_grads
+from safetensors.torch import load_file
+
+from flowsdf.train import train_flow
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory, tiny_cfg, tiny_stage1_run, tiny_data_dir):
+    """Stage 2 trained into a copy of the tiny Stage-1 run folder (3 Phase-2 epochs)."""
+    run = tmp_path_factory.mktemp("flow") / "run"
+    shutil.copytree(tiny_stage1_run, run)
+    cfg = dataclasses.replace(tiny_cfg, phase2=dataclasses.replace(tiny_cfg.phase2, epochs=3))
+    summary = train_flow(cfg, run, run, tiny_data_dir, progress=False)
+    return run, summary
+
+
+def test_phase1_distillation_lowers_its_loss_and_reports_the_ablation(flow_run):
+    run, _ = flow_run
+    report = json.loads((run / "phase1" / "summary.json").read_text())
+    history = report["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    for key in ("with_scaling", "without_scaling"):
+        assert -1.0 <= report[key]["cosine"] <= 1.0 and report[key]["norm_ratio"] > 0
+    # sigma is the std of the Stage-1 codes, stored with the checkpoint
+    meta = checkpoint.read_header(runs.checkpoint_path(run, "phase1"))["meta"]
+    assert meta["sigma"] == pytest.approx(report["sigma"]) and 0 < meta["sigma"] < 1
+    assert (run / "phase1" / "noscale.safetensors").exists()
+
+
+def test_phase2_lowers_the_silhouette_loss_and_writes_its_outputs(flow_run):
+    run, summary = flow_run
+    rows = runs.read_metrics(run, "phase2")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["loss"] < rows[0]["loss"]  # constant tau in the tiny preset
+    assert (run / "phase2" / "figures" / "flow_strip.png").stat().st_size > 1000
+    assert summary["diversity"]["code_pairwise_l2"] > 0  # different seeds, different codes
+    assert 0 <= summary["novel_views"]["iou"] <= 1
+    # The Stage-1 checkpoint in the same folder is untouched and config.json still describes it.
+    assert runs.checkpoint_path(run, "stage1").exists()
+
+
+def test_gradient_check_reaches_all_three_parts(flow_run):
+    run, _ = flow_run
+    r = check_grads(run, device="cpu", batch_size=2)
+    assert set(r["grad_norm"]) == {"conditioner", "velocity", "decoder"}
+    assert all(v > 0 and v == v for v in r["grad_norm"].values())  # non-zero, not NaN
+    assert r["all_nonzero"] and r["forward_ms"] > 0 and r["backward_ms"] > 0
+
+
+def test_phase2_resume_equals_an_uninterrupted_run(tmp_path, tiny_cfg, tiny_stage1_run, tiny_data_dir, flow_run):
+    run_full, _ = flow_run
+    cfg = dataclasses.replace(tiny_cfg, phase2=dataclasses.replace(tiny_cfg.phase2, epochs=3))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_stage1_run, run)
+    assert train_flow(cfg, run, run, tiny_data_dir, progress=False, until_epoch=1) is None
+    train_flow(cfg, run, run, tiny_data_dir, resume=True, progress=False)
+    ta = load_file(str(runs.checkpoint_path(run_full, "phase2")))
+    tb = load_file(str(runs.checkpoint_path(run, "phase2")))
+    model_keys = [k for k in ta if k.startswith("model.")]
+    assert model_keys and all(torch.equal(ta[k], tb[k]) for k in model_keys)
+
+
+def test_stage2_refuses_a_missing_unfinished_or_mismatched_stage1(tmp_path, tiny_cfg, tiny_stage1_run, tiny_data_dir, capsys):
+    with pytest.raises(FlowSDFError, match="not a flowsdf run"):
+        train_flow(tiny_cfg, tmp_path / "out", tmp_path / "missing", tiny_data_dir, progress=False)
+    other = dataclasses.replace(tiny_cfg, decoder=dataclasses.replace(tiny_cfg.decoder, hidden=200))
+    with pytest.raises(FlowSDFError, match="different decoder config"):
+        train_flow(other, tmp_path / "out", tiny_stage1_run, tiny_data_dir, progress=False)
+    assert not (tmp_path / "out").exists()
+    code = main(["train", "--stage", "flow", "--preset", "quick", "--init", str(tiny_stage1_run),
+                 "--out", str(tmp_path / "out2"), "--data", str(tiny_data_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "different" in err and "Traceback" not in err
+    code = main(["train", "--stage", "flow", "--preset", "tiny", "--out", str(tmp_path / "out3")])
+    assert code == 2 and "--init" in capsys.readouterr().err
