@@ -87,6 +87,31 @@ def cmd_check_grads(args: argparse.Namespace) -> int:
     return 0 if r["all_nonzero"] else 1
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from flowsdf.eval_run import evaluate_run, markdown_tables, write
+
+    if args.k < 1:
+        raise FlowSDFError("--k must be at least 1")
+    out = Path(args.out) if args.out else Path(args.run) / "eval" / "eval.json"
+    from flowsdf.runs import ensure_writable
+
+    ensure_writable(out.parent)
+    result = evaluate_run(Path(args.run), args.data, args.device, args.k, args.mesh_resolution)
+    write(result, out)
+    print(markdown_tables(result))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from flowsdf.reproduce import reproduce
+
+    out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.preset}"
+    report = reproduce(args.preset, out, args.device, not args.quiet)
+    print(f"report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="flowsdf",
@@ -129,6 +154,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
     g.add_argument("--json", action="store_true", help="print the result as JSON")
     g.set_defaults(func=cmd_check_grads)
+
+    e = sub.add_parser("eval", help="2-D and 3-D metrics and timings of a trained run",
+                       description="Evaluate every finished model of a run on training views, novel views and "
+                                   "held-out shapes; write JSON (per-shape too) and a Markdown table.")
+    e.add_argument("run", type=Path, help="a run folder")
+    e.add_argument("--out", type=Path, help="JSON file to write (default: RUN/eval/eval.json; .md beside it)")
+    e.add_argument("--data", type=Path, help="dataset folder (default: the run's cached dataset)")
+    e.add_argument("--k", type=int, default=4, help="flow samples per image for best-of-K / mean-of-K (default 4)")
+    e.add_argument("--mesh-resolution", type=int, default=64, help="marching-cubes grid for 3-D metrics (default 64)")
+    e.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("reproduce", help="data -> Stage 1 -> Stage 2 -> eval -> report.md (resumable)",
+                       description="Regenerate the published table and figures; rerun the same command to continue.")
+    r.add_argument("--preset", default="quick", help=f"config preset ({presets}); default quick")
+    r.add_argument("--out", type=Path, help="run folder (default: runs/reproduce-PRESET)")
+    r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_reproduce)
     return p
 
 

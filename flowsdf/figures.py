@@ -97,3 +97,34 @@ def flow_strip(strips: Sequence[dict], path: Path) -> None:
                                   transform=axes[2 * i, n_steps].transAxes, wrap=True)
     fig.suptitle("rectified flow, Euler steps: latent (top) and decoded silhouette (bottom)", fontsize=9)
     save_figure(fig, path)
+
+
+def mesh_gallery(rows: Sequence[dict], path: Path, azimuths: Sequence[float] = (30.0, 150.0, 270.0)) -> None:
+    """Extracted meshes from several angles: one row per mesh, one column per azimuth.
+
+    Each row is {"label": str, "vertices": (V, 3), "faces": (F, 3)}; an empty mesh shows a note.
+    """
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    fig = plt.figure(figsize=(2.0 * len(azimuths), 2.0 * len(rows)))
+    light = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
+    for i, row in enumerate(rows):
+        v, f = np.asarray(row["vertices"]), np.asarray(row["faces"])
+        for j, az in enumerate(azimuths):
+            ax = fig.add_subplot(len(rows), len(azimuths), i * len(azimuths) + j + 1, projection="3d")
+            ax.set_axis_off()
+            if len(f) == 0:
+                ax.text2D(0.3, 0.5, "empty mesh", transform=ax.transAxes, fontsize=7)
+            else:
+                tri = v[f]  # (F, 3, 3)
+                n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+                n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+                shade = 0.25 + 0.75 * np.clip(n @ light, 0, 1)
+                ax.add_collection3d(Poly3DCollection(tri, facecolors=plt.cm.Greys(0.2 + 0.6 * shade), linewidths=0))
+            ax.set_xlim(-0.9, 0.9)
+            ax.set_ylim(-0.9, 0.9)
+            ax.set_zlim(-0.9, 0.9)
+            ax.view_init(elev=20, azim=az)
+            if j == 0:
+                ax.set_title(row["label"], fontsize=7, loc="left")
+    save_figure(fig, path)

@@ -1,0 +1,196 @@
+"""`flowsdf eval RUN`: every figure of a trained run, in JSON and as a Markdown table.
+
+For each finished model in the run (the Stage-1 CNN, the Stage-2 flow) and each split:
+
+- training views; the 6 novel views of the training shapes; held-out shapes (input view and
+  their novel views), never used in training;
+- 2-D: silhouette BCE (the training loss, at the model's final tau) and IoU (threshold 0.5);
+- 3-D against the analytic SDF: volumetric IoU, Chamfer-L1 and F-score@0.02 (see evaluate3d),
+  for the code predicted from each shape's input view;
+- flows: best-of-K and mean-of-K novel-view IoU over K seeds, and sample diversity;
+- timing: encoder, conditioner + flow at 1/2/4/8 steps, mesh extraction, batch 1 and 32.
+
+Per-shape figures are kept so a bad shape can be found.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowsdf import checkpoint, runs
+from flowsdf.checkpoint import atomic_write_text
+from flowsdf.data.dataset import ShapeSplit
+from flowsdf.errors import FlowSDFError
+from flowsdf.evaluate import evaluate_views, predict_codes, render_group, sample_diversity
+from flowsdf.evaluate3d import evaluate_shapes
+from flowsdf.metrics import silhouette_iou
+from flowsdf.timing import device_name, inference_latency
+from flowsdf.train import build_flow, build_stage1, flow_predictor, load_data, pick_device
+
+
+def _finished(run_dir: Path, stage: str, epochs: int) -> bool:
+    path = runs.checkpoint_path(run_dir, stage)
+    return path.exists() and checkpoint.read_header(path)["meta"].get("epoch") == epochs
+
+
+def load_models(run_dir: Path, cfg, dev: torch.device) -> dict[str, dict[str, Any]]:
+    """The finished models of a run: {"cnn": {...}, "flow": {...}} with predictors and modules."""
+    models: dict[str, dict[str, Any]] = {}
+    if _finished(run_dir, "stage1", cfg.stage1.epochs):
+        enc, dec = (m.to(dev).eval() for m in build_stage1(cfg))
+        checkpoint.load(runs.checkpoint_path(run_dir, "stage1"), {"encoder": enc, "decoder": dec}, map_location=dev)
+        models["cnn"] = {"predict": lambda im, gen, enc=enc: enc(im), "decoder": dec, "encoder": enc,
+                         "tau": cfg.stage1.tau_end, "stages": ["stage1"]}
+    if _finished(run_dir, "phase2", cfg.phase2.epochs):
+        cond, vel = (m.to(dev).eval() for m in build_flow(cfg))
+        _, dec = (m.to(dev).eval() for m in build_stage1(cfg))
+        meta = checkpoint.load(runs.checkpoint_path(run_dir, "phase2"),
+                               {"conditioner": cond, "velocity": vel, "decoder": dec}, map_location=dev)
+        models["flow"] = {"predict": flow_predictor(cond, vel, meta["sigma"], cfg.flow.steps), "decoder": dec,
+                          "conditioner": cond, "velocity": vel, "sigma": meta["sigma"], "tau": cfg.phase2.tau_end,
+                          "stages": ["stage1", "phase1", "phase2"]}
+    if not models:
+        raise FlowSDFError(f"{run_dir} has no finished stage to evaluate")
+    return models
+
+
+def training_seconds(run_dir: Path, stages: list[str]) -> float:
+    total = 0.0
+    for stage in stages:
+        if stage == "phase1":
+            path = Path(run_dir) / "phase1" / "summary.json"
+            total += json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+        else:
+            total += sum(r["seconds"] for r in runs.read_metrics(run_dir, stage))
+    return total
+
+
+@torch.no_grad()
+def best_and_mean_of_k(model: dict, split: ShapeSplit, cfg, k: int, tau: float) -> dict:
+    """Novel-view IoU of K samples per shape (seeds 0..K-1): the best sample's and the mean."""
+    ious = []
+    for seed in range(k):
+        gen = torch.Generator().manual_seed(seed)
+        codes = predict_codes(model["predict"], split, gen)
+        probs = torch.sigmoid(render_group(model["decoder"], codes, split.novel, cfg.render, tau))  # (N, V, H, W)
+        iou = silhouette_iou(probs.flatten(0, 1), split.novel.masks.flatten(0, 1)).view(len(split), -1).mean(1)
+        ious.append(iou)
+    ious_t = torch.stack(ious)  # (K, N)
+    return {"k": k, "best_of_k_iou": ious_t.max(0).values.mean().item(), "mean_of_k_iou": ious_t.mean().item()}
+
+
+def evaluate_run(
+    run_dir: Path, data_dir: Path | None = None, device: str = "auto", k: int = 4, mesh_resolution: int = 64,
+    timing_repeats: int = 5,
+) -> dict:
+    """Every figure for every finished model of `run_dir` (see the module docstring)."""
+    dev = pick_device(device)
+    run_dir = Path(run_dir)
+    cfg = runs.read_config(run_dir)
+    data = load_data(cfg, data_dir).to(dev)
+    result: dict[str, Any] = {"run": str(run_dir), "preset": cfg.preset, "device": device_name(dev), "models": {}}
+    for name, model in load_models(run_dir, cfg, dev).items():
+        tau, gen = model["tau"], torch.Generator().manual_seed(cfg.seed)
+        ev = lambda split, group: evaluate_views(model["predict"], model["decoder"], split, group, cfg.render, tau, gen)  # noqa: E731
+        r: dict[str, Any] = {
+            "tau": tau,
+            "training_seconds": training_seconds(run_dir, model["stages"]),
+            "train_loss_last_epoch": runs.read_metrics(run_dir, model["stages"][-1])[-1]["loss"],
+            "silhouettes": {
+                "train_views": ev(data.train, "input"),
+                "novel_views": ev(data.train, "novel"),
+                "heldout_input": ev(data.heldout, "input"),
+                "heldout_novel": ev(data.heldout, "novel"),
+            },
+        }
+        r["shapes_3d"] = {
+            split: evaluate_shapes(model["decoder"], predict_codes(model["predict"], s, gen), s.shapes,
+                                   resolution=mesh_resolution)
+            for split, s in (("train", data.train), ("heldout", data.heldout))
+        }
+        if name == "flow":
+            r["sampling"] = {
+                "novel_views": best_and_mean_of_k(model, data.train, cfg, k, tau),
+                "heldout_novel": best_and_mean_of_k(model, data.heldout, cfg, k, tau),
+                "diversity": sample_diversity(model["conditioner"], model["velocity"], model["decoder"], data.train,
+                                              model["sigma"], cfg.flow.steps, cfg.render, tau, k=k, seed=cfg.seed),
+            }
+        r["latency"] = inference_latency(
+            model.get("encoder"), model.get("conditioner"), model.get("velocity"), model["decoder"],
+            model.get("sigma", 1.0), cfg.data.image_size, dev, mesh_resolution=mesh_resolution,
+            repeats=timing_repeats,
+        )
+        result["models"][name] = r
+    return result
+
+
+MODEL_NAMES = {"cnn": "CNN encoder (Stage 1, Mini SDF-SRN)", "flow": "Rectified flow (Stage 2, Flow-SDF)"}
+
+
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def markdown_tables(result: dict) -> str:
+    """The published table with our values, then the 2-D / 3-D columns, per model."""
+    dev = result["device"]
+    lines = [
+        f"Device: {dev}. Silhouette loss = BCE on the training views at the model's final tau.",
+        "",
+        "| Model | Silhouette loss | Training time | Inference (batch 1) |",
+        "|---|---|---|---|",
+    ]
+    for name, r in result["models"].items():
+        lat = r["latency"]["batch"]["1"]
+        if name == "flow":
+            inf = f"{lat['flow']['8']['mean_ms']:.1f} ms (8 steps, incl. conditioner)"
+        else:
+            inf = f"{lat['encoder']['mean_ms']:.1f} ms (one forward pass)"
+        lines.append(f"| {MODEL_NAMES[name]} | {r['silhouettes']['train_views']['bce']:.4f} | "
+                     f"{r['training_seconds'] / 60:.1f} min | {inf} |")
+    lines += [
+        "",
+        "| Model | train IoU | novel-view IoU | held-out IoU (input / novel) | 3-D vol. IoU (train / held-out) "
+        "| Chamfer-L1 (train / held-out) | F@0.02 (train / held-out) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["models"].items():
+        s, t, h = r["silhouettes"], r["shapes_3d"]["train"]["mean"], r["shapes_3d"]["heldout"]["mean"]
+        lines.append(
+            f"| {MODEL_NAMES[name]} | {s['train_views']['iou']:.3f} | {s['novel_views']['iou']:.3f} | "
+            f"{s['heldout_input']['iou']:.3f} / {s['heldout_novel']['iou']:.3f} | "
+            f"{_fmt(t['volumetric_iou'], '.3f')} / {_fmt(h['volumetric_iou'], '.3f')} | "
+            f"{_fmt(t['chamfer_l1'])} / {_fmt(h['chamfer_l1'])} | {_fmt(t['fscore'], '.3f')} / {_fmt(h['fscore'], '.3f')} |"
+        )
+    if "flow" in result["models"]:
+        smp = result["models"]["flow"]["sampling"]
+        d = smp["diversity"]
+        lines += [
+            "",
+            f"Flow sampling, K = {smp['novel_views']['k']} seeds: novel-view IoU best-of-K "
+            f"{smp['novel_views']['best_of_k_iou']:.3f}, mean-of-K {smp['novel_views']['mean_of_k_iou']:.3f}; "
+            f"held-out best-of-K {smp['heldout_novel']['best_of_k_iou']:.3f}, mean-of-K "
+            f"{smp['heldout_novel']['mean_of_k_iou']:.3f}. Diversity: mean pairwise code distance "
+            f"{d['code_pairwise_l2']:.4f} (mean code norm {d['code_norm']:.3f}), mean pairwise silhouette "
+            f"difference {d['silhouette_pairwise_l1']:.4f}.",
+        ]
+    lines += ["", "Latency (ms, mean):", "", "| Model | batch | encoder | flow 1 / 2 / 4 / 8 steps | mesh extraction |",
+              "|---|---|---|---|---|"]
+    for name, r in result["models"].items():
+        lat = r["latency"]
+        for b, row in lat["batch"].items():
+            enc = f"{row['encoder']['mean_ms']:.2f}" if "encoder" in row else "-"
+            flow = " / ".join(f"{row['flow'][s]['mean_ms']:.2f}" for s in ("1", "2", "4", "8")) if "flow" in row else "-"
+            lines.append(f"| {name} | {b} | {enc} | {flow} | {lat['mesh']['mean_ms']:.0f} (res {lat['mesh_resolution']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict, out: Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=2))
+    atomic_write_text(out.with_suffix(".md"), markdown_tables(result))

@@ -1,0 +1,54 @@
+"""The whole tiny protocol end to end: reproduce -> report, eval JSON, and a rerun that skips."""
+
+import json
+
+import pytest
+
+from flowsdf import runs
+from flowsdf.cli import main
+from flowsdf.reproduce import reproduce
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("repro") / "tiny"
+    return out, reproduce("tiny", out, device="cpu", progress=False)
+
+
+def test_report_regenerates_the_published_table_and_embeds_the_figures(tiny_report):
+    out, report = tiny_report
+    text = report.read_text()
+    assert "| Model | Silhouette loss | Training time | Inference (batch 1) |" in text
+    assert "CNN encoder (Stage 1" in text and "Rectified flow (Stage 2" in text
+    for link in ("report_figures/loss_curves.png", "report_figures/meshes.png", "phase2/figures/flow_strip.png"):
+        assert f"]({link})" in text and (out / link).stat().st_size > 1000
+
+
+def test_eval_json_has_every_split_and_per_shape_figures(tiny_report):
+    out, _ = tiny_report
+    result = json.loads((out / "eval" / "eval.json").read_text())
+    cfg = runs.read_config(out)
+    for name in ("cnn", "flow"):
+        m = result["models"][name]
+        assert set(m["silhouettes"]) == {"train_views", "novel_views", "heldout_input", "heldout_novel"}
+        assert len(m["silhouettes"]["heldout_novel"]["per_shape_iou"]) == cfg.data.n_heldout_shapes
+        assert len(m["shapes_3d"]["train"]["per_shape"]) == cfg.data.n_train_shapes
+        assert 0.0 <= m["shapes_3d"]["heldout"]["mean"]["volumetric_iou"] <= 1.0
+        assert m["latency"]["device"]
+    s = result["models"]["flow"]["sampling"]["novel_views"]
+    assert s["best_of_k_iou"] >= s["mean_of_k_iou"]  # the best of K can never be below their mean
+
+
+def test_rerunning_reproduce_skips_finished_steps(tiny_report):
+    out, _ = tiny_report
+    stamps = {s: runs.checkpoint_path(out, s).stat().st_mtime_ns for s in ("stage1", "phase1", "phase2")}
+    eval_stamp = (out / "eval" / "eval.json").stat().st_mtime_ns
+    reproduce("tiny", out, device="cpu", progress=False)
+    assert {s: runs.checkpoint_path(out, s).stat().st_mtime_ns for s in stamps} == stamps
+    assert (out / "eval" / "eval.json").stat().st_mtime_ns == eval_stamp
+
+
+def test_eval_command_on_a_run_without_a_finished_stage(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", str(tmp_path / "empty")]) == 2
+    assert "not a flowsdf run" in capsys.readouterr().err
