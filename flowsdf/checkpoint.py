@@ -29,6 +29,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -60,6 +61,7 @@ def save(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"flowsdf": json.dumps(header)})
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

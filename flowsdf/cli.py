@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flowsdf: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("flowsdf: interrupted; the last finished epoch is saved, continue with --resume", file=sys.stderr)
+        print("flowsdf: interrupted; finished epochs are saved: continue with `train ... --resume`, "
+              "or rerun the same `reproduce` command", file=sys.stderr)
         return 130
 
 

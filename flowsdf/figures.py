@@ -23,6 +23,7 @@ def save_figure(fig, path: Path, dpi: int = 110) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
         os.replace(tmp, path)
     finally:
         plt.close(fig)
@@ -127,4 +128,26 @@ def mesh_gallery(rows: Sequence[dict], path: Path, azimuths: Sequence[float] = (
             ax.view_init(elev=20, azim=az)
             if j == 0:
                 ax.set_title(row["label"], fontsize=7, loc="left")
+    save_figure(fig, path)
+
+
+def sample_grid(rows: Sequence[dict], path: Path) -> None:
+    """K flow samples per image: input, ground truth, then each seed's decoded silhouette.
+
+    Each row is {"image": (H, W, 3), "gt": (H, W), "samples": [(H, W), ...]}.
+    """
+    k = max(len(r["samples"]) for r in rows)
+    fig, axes = plt.subplots(len(rows), k + 2, figsize=(1.3 * (k + 2), 1.4 * len(rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i, row in enumerate(rows):
+        axes[i, 0].imshow(row["image"])
+        axes[i, 1].imshow(row["gt"], cmap="gray", vmin=0, vmax=1)
+        for j, sil in enumerate(row["samples"]):
+            axes[i, 2 + j].imshow(sil, cmap="gray", vmin=0, vmax=1)
+            if i == 0:
+                axes[0, 2 + j].set_title(f"seed {j}", fontsize=7)
+    axes[0, 0].set_title("input", fontsize=7)
+    axes[0, 1].set_title("ground truth", fontsize=7)
+    fig.suptitle("flow samples from different seeds (novel view 1)", fontsize=9)
     save_figure(fig, path)

@@ -26,15 +26,11 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
 from torch import Tensor
 
 Field = Callable[[Tensor], Tensor]
 PointCloud = Tensor | np.ndarray
-
-# cdist's matrix-multiplication path loses ~1e-3 to cancellation (a point's distance to itself is
-# not 0), which is a large fraction of the 0.02 F-score threshold; the direct path is exact and
-# just as fast on CPU for 3-D points.
-_CDIST_MODE = "donot_use_mm_for_euclid_dist"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,11 +145,11 @@ def _points(x: PointCloud) -> Tensor:
     return t
 
 
-def nearest_distances(query: PointCloud, ref: PointCloud, chunk: int = 4096) -> Tensor:
-    """Distance from each query point to its nearest reference point.
+def nearest_distances(query: PointCloud, ref: PointCloud) -> Tensor:
+    """Distance from each query point to its nearest reference point (exact, via a k-d tree).
 
-    Both sets are processed in blocks of ``chunk`` points, keeping a running minimum, so memory is
-    bounded by a (chunk, chunk) distance matrix whatever the sizes (64 MB at the default).
+    scipy's cKDTree answers 10 k x 10 k queries in milliseconds with O(N + M) memory; a dense
+    distance matrix (the naive reference in the tests) needs O(N M) work.
 
     Args:
         query: (N, 3) points.
@@ -164,15 +160,8 @@ def nearest_distances(query: PointCloud, ref: PointCloud, chunk: int = 4096) -> 
     q, r = _points(query), _points(ref)  # (N, 3), (M, 3)
     if r.shape[0] == 0:
         raise ValueError("nearest_distances needs at least one reference point")
-    out = torch.empty(q.shape[0])  # (N,)
-    for qs in range(0, q.shape[0], chunk):
-        qc = q[qs : qs + chunk]  # (C, 3)
-        best = torch.full((qc.shape[0],), float("inf"))  # (C,)
-        for rs in range(0, r.shape[0], chunk):
-            d = torch.cdist(qc, r[rs : rs + chunk], compute_mode=_CDIST_MODE)  # (C, C')
-            best = torch.minimum(best, d.min(dim=1).values)  # (C,)
-        out[qs : qs + chunk] = best
-    return out
+    dist, _ = cKDTree(r.double().numpy()).query(q.double().numpy(), k=1)  # (N,)
+    return torch.from_numpy(dist).float()
 
 
 def _chamfer_from(d_pred_to_gt: Tensor, d_gt_to_pred: Tensor) -> dict[str, float]:

@@ -19,7 +19,9 @@ from flowsdf.errors import FlowSDFError
 from flowsdf.eval_run import MODEL_NAMES, evaluate_run, load_models, markdown_tables, write
 from flowsdf.evaluate import predict_codes
 from flowsdf.evaluate3d import bounded, decoder_field, gt_field
-from flowsdf.figures import loss_curves, mesh_gallery
+from flowsdf.figures import loss_curves, mesh_gallery, sample_grid
+from flowsdf.flow import sample_latents
+from flowsdf.render import render_views, silhouette_logits
 from flowsdf.mesh import extract_mesh
 from flowsdf.train import load_data, pick_device, train_flow, train_stage1
 
@@ -84,7 +86,26 @@ def make_figures(out: Path, data_root: Path, device: str, resolution: int) -> di
                      for i in idx]
     rows.sort(key=lambda r: r["label"])
     mesh_gallery(rows, figs / "meshes.png")
-    return {"loss_curves": "report_figures/loss_curves.png", "meshes": "report_figures/meshes.png"}
+    samples_figure(load_models(out, cfg, dev)["flow"], data, cfg, figs / "flow_samples.png")
+    return {name: f"report_figures/{name}.png" for name in ("loss_curves", "meshes", "flow_samples")}
+
+
+@torch.no_grad()
+def samples_figure(flow: dict, data, cfg, path: Path, n_images: int = 4, k: int = 4) -> None:
+    """Silhouettes of K seeds' samples per image, seen from a novel view (diversity at a glance)."""
+    split = data.train
+    n = min(n_images, len(split))
+    cond = flow["conditioner"](split.input.images[:n, 0]).repeat_interleave(k, 0)  # (n*k, C)
+    codes = sample_latents(flow["velocity"], cond, flow["velocity"].config.latent_dim, flow["sigma"], cfg.flow.steps,
+                           seed=list(range(k)) * n)  # (n*k, D)
+    views = split.novel
+    K, c2w = views.K[:n, 0].repeat_interleave(k, 0), views.c2w[:n, 0].repeat_interleave(k, 0)
+    size = views.masks.shape[-1]
+    sils = torch.sigmoid(silhouette_logits(render_views(flow["decoder"].field(codes), K, c2w, size, cfg.render),
+                                           flow["tau"])).view(n, k, size, size).cpu()
+    rows = [{"image": split.input.images[i, 0].permute(1, 2, 0).cpu().numpy(), "gt": views.masks[i, 0].cpu().numpy(),
+             "samples": [s.numpy() for s in sils[i]]} for i in range(n)]
+    sample_grid(rows, path)
 
 
 def _mesh(field, resolution: int, dev) -> dict:
@@ -92,9 +113,8 @@ def _mesh(field, resolution: int, dev) -> dict:
     return {"vertices": v, "faces": f}
 
 
-def _last_figure(out: Path, stage: str) -> str | None:
-    files = sorted((out / stage / "figures").glob("epoch_*.png"))
-    return str(files[-1].relative_to(out)) if files else None
+def _epoch_figures(out: Path, stage: str) -> list[str]:
+    return [str(f.relative_to(out)) for f in sorted((out / stage / "figures").glob("epoch_*.png"))]
 
 
 def render_report(cfg, out: Path, result: dict, figures: dict[str, str], seconds: float) -> str:
@@ -122,11 +142,11 @@ def render_report(cfg, out: Path, result: dict, figures: dict[str, str], seconds
         lines.append(f"Without scaling (sigma = 1): cosine {wo['cosine']:.3f}, norm ratio {wo['norm_ratio']:.3f} "
                      f"(sample {wo['sample_norm']:.3f}, noise {wo['noise_norm']:.3f}). Published: cosine 0.08 -> 0.95.")
     lines += ["", "## Figures", "", f"![loss curves]({figures['loss_curves']})", ""]
-    for stage, title in (("stage1", "Stage 1 predictions (last epoch)"), ("phase2", "Stage 2 predictions (last epoch)")):
-        fig = _last_figure(out, stage)
-        if fig:
-            lines += [f"### {title}", "", f"![{title}]({fig})", ""]
+    for stage, title in (("stage1", "Stage 1 predictions"), ("phase2", "Stage 2 (Phase 2) predictions")):
+        lines += [f"### {title} per epoch (training view, two novel views; IoU in orange)", ""]
+        lines += [f"![{title} {Path(f).stem}]({f})" for f in _epoch_figures(out, stage)] + [""]
     lines += ["### The 8-step flow strip", "", "![flow strip](phase2/figures/flow_strip.png)", "",
+              "### Sample diversity", "", f"![flow samples]({figures['flow_samples']})", "",
               "### Extracted meshes (prediction vs ground truth, three angles)", "", f"![meshes]({figures['meshes']})", "",
               f"Per-shape figures: `eval/eval.json`. This report took {seconds / 60:.1f} min in this session.", ""]
     return "\n".join(lines)

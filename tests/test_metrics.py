@@ -91,11 +91,12 @@ def test_volumetric_iou_is_seeded():
 # --- surfaces ------------------------------------------------------------------------------
 
 
-def test_nearest_distances_match_brute_force_with_small_chunks():
+def test_nearest_distances_match_brute_force():
     gen = torch.Generator().manual_seed(0)
-    q, r = torch.rand(37, 3, generator=gen), torch.rand(53, 3, generator=gen)
-    brute = ((q[:, None] - r[None]) ** 2).sum(-1).sqrt().min(dim=1).values  # (37,)
-    assert torch.allclose(nearest_distances(q, r, chunk=8), brute, atol=1e-6)
+    q, r = torch.rand(370, 3, generator=gen), torch.rand(530, 3, generator=gen)
+    brute = ((q[:, None] - r[None]) ** 2).sum(-1).sqrt().min(dim=1).values  # (370,)
+    assert torch.allclose(nearest_distances(q, r), brute, atol=1e-6)
+    assert torch.equal(nearest_distances(r, r), torch.zeros(530))  # every point is its own neighbour
 
 
 def test_chamfer_of_concentric_spheres_is_radius_gap():

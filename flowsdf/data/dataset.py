@@ -185,6 +185,7 @@ def generate(cfg: DataConfig, root: Path) -> None:
             arrays = _render_split(specs[split], np.random.default_rng(stream), cfg, split)
             np.savez_compressed(tmp / f"{split}.npz", **arrays)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a dataset is meant to be shared
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
