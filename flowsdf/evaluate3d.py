@@ -87,15 +87,21 @@ def gt_field(spec: shapes.Spec) -> Field:
 
 
 def bounded(field: Field, radius: float = BOUND_RADIUS) -> Field:
-    """Intersect a field with the ball of ``radius``: max(field(p), |p| - radius).
+    """Intersect a field with the ball of ``radius``.
 
-    Outside the ball the result is positive (empty space); a surface the field has inside the
-    ball is kept, and a field that is negative up to the ball's edge is closed by the sphere.
+    Inside the ball: max(field(p), |p| - radius); outside: |p| - radius. A surface the field has
+    inside the ball is kept, a field that is negative up to the ball's edge is closed by the
+    sphere, and everything outside is empty space. Outside the ball this differs from the plain
+    max(field, |p| - radius) only in magnitude, never in sign, so the inside set (volumetric IoU)
+    is identical; but the field is never evaluated there, which skips ~60 % of a [-1, 1]^3 grid.
     """
 
     def clipped(points: Tensor) -> Tensor:
-        ball = torch.linalg.vector_norm(points, dim=-1) - radius  # (P,)
-        return torch.maximum(field(points).reshape(-1), ball)  # (P,)
+        out = torch.linalg.vector_norm(points, dim=-1) - radius  # (P,)
+        inside = out < 0  # (P,)
+        if inside.any():
+            out[inside] = torch.maximum(field(points[inside]).reshape(-1).to(out.dtype), out[inside])
+        return out
 
     return clipped
 

@@ -66,6 +66,24 @@ def test_bounded_closes_an_all_inside_field_to_the_ball():
     assert torch.equal(bounded(small)(inner), small(inner))
 
 
+def test_bounded_matches_the_plain_maximum_inside_and_skips_points_outside_the_ball():
+    seen = []
+
+    def wavy(p):
+        seen.append(p.norm(dim=-1).max().item())
+        return torch.sin(5 * p).sum(-1) - 0.5
+
+    p = torch.rand(5000, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    plain = torch.maximum(wavy(p), p.norm(dim=-1) - 0.9)
+    seen.clear()
+    out = bounded(wavy, radius=0.9)(p)
+    inside = p.norm(dim=-1) < 0.9
+    assert torch.allclose(out[inside], plain[inside], atol=1e-6)
+    assert torch.equal(out < 0, plain < 0)  # the same inside set everywhere
+    assert (out[~inside] > 0).all()
+    assert max(seen) < 0.9  # the field never saw a point outside the ball
+
+
 def test_decoder_field_matches_the_plain_forward():
     torch.manual_seed(0)
     decoder = SDFDecoder(DecoderConfig(latent_dim=8, hidden=32))
