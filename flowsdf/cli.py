@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flowsdf import config as config_mod
 from flowsdf.errors import FlowSDFError
+from flowsdf.runs import ensure_writable
 
 STAGES = ("cnn", "flow")
 
@@ -24,10 +25,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if dataset.is_current(cfg.data, root) and not args.force:
         print(f"dataset up to date: {root}")
         return 0
-    if root.exists() and any(root.iterdir()) and not (root / "manifest.json").exists():
-        raise FlowSDFError(f"{root} exists and is not a flowsdf dataset; refusing to overwrite it")
-    from flowsdf.runs import ensure_writable
-
+    dataset.check_replaceable(root)
     ensure_writable(root)
     dataset.generate(cfg.data, root)
     data = dataset.load(root)
@@ -49,6 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_mod.preset(args.preset)
     if args.seed is not None:
         cfg.seed = args.seed
+    if args.until_epoch is not None and args.until_epoch < 1:
+        raise FlowSDFError("--until-epoch must be at least 1")
     if args.epochs is not None:
         if args.epochs < 1:
             raise FlowSDFError("--epochs must be at least 1")
@@ -64,7 +64,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train.train_flow(cfg, Path(args.out), args.init, args.data, args.resume, not args.quiet,
                                    args.device, args.until_epoch)
     if summary is None:
-        print(f"stopped after epoch {args.until_epoch}; continue with: flowsdf train --stage {args.stage} --out {args.out} --resume")
+        init = f" --init {args.init}" if args.stage == "flow" else ""
+        print(f"stopped after epoch {args.until_epoch}; continue with: "
+              f"flowsdf train --stage {args.stage}{init} --out {args.out} --resume")
         return 0
     print(json.dumps({k: v for k, v in summary.items() if k in ("stage", "epochs", "train_loss_last_epoch", "device")}))
     print(f"train views: BCE {summary['train_views']['bce']:.5f}  IoU {summary['train_views']['iou']:.3f} | "
@@ -93,8 +95,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise FlowSDFError("--k must be at least 1")
     out = Path(args.out) if args.out else Path(args.run) / "eval" / "eval.json"
-    from flowsdf.runs import ensure_writable
-
     ensure_writable(out.parent)
     result = evaluate_run(Path(args.run), args.data, args.device, args.k, args.mesh_resolution)
     write(result, out)
@@ -137,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--data", type=Path, help="dataset folder (default: the preset's cached dataset, made if missing)")
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    t.add_argument("--epochs", type=int, help="override the preset's epochs (Stage 1, or Phase 2 with --stage flow)")
-    t.add_argument("--seed", type=int, help="override the training seed")
+    t.add_argument("--epochs", type=int, help="override the preset's epochs (Stage 1, or Phase 2 with --stage flow); ignored with --resume")
+    t.add_argument("--seed", type=int, help="override the training seed; ignored with --resume")
     t.add_argument("--until-epoch", type=int, metavar="N",
                    help="stop after epoch N (schedules unchanged); continue later with --resume")
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")

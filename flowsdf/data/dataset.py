@@ -208,10 +208,16 @@ def ensure(cfg: DataConfig, root: Path) -> Dataset:
     """Load the dataset at `root`, generating it first if missing or made from another config."""
     root = Path(root)
     if not is_current(cfg, root):
-        if root.exists() and any(root.iterdir()) and not (root / "manifest.json").exists():
-            raise FlowSDFError(f"{root} exists and is not a flowsdf dataset; refusing to overwrite it")
+        check_replaceable(root)
         generate(cfg, root)
     return load(root)
+
+
+def check_replaceable(root: Path) -> None:
+    """Refuse to regenerate into a non-empty folder that is not a flowsdf dataset."""
+    root = Path(root)
+    if root.exists() and any(root.iterdir()) and not (root / "manifest.json").exists():
+        raise FlowSDFError(f"{root} exists and is not a flowsdf dataset; refusing to overwrite it")
 
 
 # ---------------------------------------------------------------------------------------------
