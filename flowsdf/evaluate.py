@@ -92,14 +92,15 @@ def prediction_rows(
     probs = {g: torch.sigmoid(render_group(decoder, codes, getattr(sub, g), render_cfg, tau)) for g in ("input", "novel")}
     rows, ious = [], {"input": [], "novel": []}
     for i in range(k):
-        row = {"image": sub.input.images[i, 0].permute(1, 2, 0).numpy(), "views": []}
+        row = {"image": sub.input.images[i, 0].permute(1, 2, 0).cpu().numpy(), "views": []}
         for g in ("input", "novel"):
             gt = getattr(sub, g).masks[i]  # (V, H, W)
             iou = silhouette_iou(probs[g][i], gt)  # (V,)
             ious[g] += iou.tolist()
+            gt_np, pred_np = gt.cpu().numpy(), probs[g][i].cpu().numpy()
             for v in range(gt.shape[0]):
                 name = "train view" if g == "input" else f"novel {v + 1}"
-                row["views"].append((name, gt[v].numpy(), probs[g][i, v].numpy(), iou[v].item()))
+                row["views"].append((name, gt_np[v], pred_np[v], iou[v].item()))
         rows.append(row)
     return rows, {g: sum(v) / max(len(v), 1) for g, v in ious.items()}
 
