@@ -29,11 +29,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def publish(tmp: str | Path, path: Path) -> None:
+    """Make a finished temporary file durable and move it over `path` in one step.
+
+    fsync before the rename, so a power cut cannot leave a renamed but empty file; 0644 because
+    mkstemp makes private files and results are meant to be shared.
+    """
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 def save(
@@ -61,8 +72,7 @@ def save(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"flowsdf": json.dumps(header)})
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -78,7 +88,10 @@ def read_header(path: Path) -> dict[str, Any]:
 
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        return json.loads(metadata["flowsdf"])
+        header = json.loads(metadata["flowsdf"])
+        if not isinstance(header, dict) or not isinstance(header.get("meta"), dict):
+            raise KeyError("meta")
+        return header
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FlowSDFError(f"checkpoint {path} is damaged or not a flowsdf checkpoint ({e})") from e
 
@@ -110,6 +123,11 @@ def load(
         for k, v in tensors.items():
             if k.startswith("optim."):
                 _, idx, key = k.split(".", 2)
-                per_param.setdefault(int(idx), {})[key] = v
-        optimizer.load_state_dict({"state": per_param, "param_groups": header["optimizer_groups"]})
+                # Adam keeps its step count on the CPU unless fused/capturable; a CUDA step tensor
+                # would force a device sync per parameter per step after a resume.
+                per_param.setdefault(int(idx), {})[key] = v.cpu() if key == "step" else v
+        try:
+            optimizer.load_state_dict({"state": per_param, "param_groups": header["optimizer_groups"]})
+        except (ValueError, KeyError) as e:
+            raise FlowSDFError(f"checkpoint {path}: optimiser state does not fit ({e})") from e
     return header["meta"]

@@ -77,6 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_check_grads(args: argparse.Namespace) -> int:
     from flowsdf.gradcheck import check_grads
 
+    if args.batch is not None and args.batch < 1:
+        raise FlowSDFError("--batch must be at least 1")
     r = check_grads(Path(args.run), args.data, args.device, args.batch)
     if args.json:
         print(json.dumps(r, indent=2))
@@ -94,7 +96,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise FlowSDFError("--k must be at least 1")
+    if args.mesh_resolution < 8:
+        raise FlowSDFError("--mesh-resolution must be at least 8")
     out = Path(args.out) if args.out else Path(args.run) / "eval" / "eval.json"
+    if out.is_dir():
+        raise FlowSDFError(f"--out {out} is a folder; give a file name such as {out / 'eval.json'}")
     ensure_writable(out.parent)
     result = evaluate_run(Path(args.run), args.data, args.device, args.k, args.mesh_resolution)
     write(result, out)

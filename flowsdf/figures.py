@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from flowsdf.checkpoint import publish  # noqa: E402
+
 
 def save_figure(fig, path: Path, dpi: int = 110) -> None:
     """Save through a temporary file so an interrupted run never leaves half a PNG."""
@@ -23,8 +25,7 @@ def save_figure(fig, path: Path, dpi: int = 110) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         plt.close(fig)
         if os.path.exists(tmp):

@@ -14,15 +14,15 @@ import torch
 
 from flowsdf import checkpoint, runs
 from flowsdf.errors import FlowSDFError
+from flowsdf.timing import device_name
 from flowsdf.train import (
     build_flow,
     build_stage1,
-    describe_device,
     flatten_views,
     flow_predictor,
     index_views,
-    load_data,
     pick_device,
+    run_data,
     silhouette_loss,
 )
 
@@ -50,7 +50,7 @@ def check_grads(run_dir: Path, data_dir: Path | None = None, device: str = "auto
         checkpoint.load(s1, {"decoder": decoder, "encoder": build_stage1(cfg)[0]}, map_location=dev)
     else:
         raise FlowSDFError(f"{run_dir} has no Stage-2 checkpoint (phase2/ or phase1/ + stage1/)")
-    data = load_data(cfg, data_dir).to(dev)
+    data = run_data(cfg, run_dir, data_dir).to(dev)
     views = flatten_views(data.train.input)
     b = batch_size or cfg.phase2.batch_size
     batch = index_views(views, torch.arange(min(b, views.images.shape[0]), device=dev))
@@ -81,5 +81,5 @@ def check_grads(run_dir: Path, data_dir: Path | None = None, device: str = "auto
         "all_nonzero": all(v > 0 for v in norms.values()),
         "forward_ms": 1000 * (t1 - t0),
         "backward_ms": 1000 * (t2 - t1),
-        "device": describe_device(dev),
+        "device": device_name(dev),
     }

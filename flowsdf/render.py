@@ -27,6 +27,9 @@ from torch import Tensor
 
 Field = Callable[[Tensor, Tensor], Tensor]
 
+# min_sdf reported for rays that miss the bounding sphere: far from every surface.
+MISS_SDF = 1.0
+
 
 @dataclass
 class RenderConfig:
@@ -73,7 +76,7 @@ def render_min_sdf(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfi
     origins, dirs (B, R, 3) -> min_sdf (B, R), differentiable w.r.t. whatever `field` depends on.
     """
     B, R, _ = origins.shape
-    hit, t_near, t_far, clearance = sphere_interval(origins, dirs, cfg.bound_radius)  # (B, R)
+    hit, t_near, t_far, _ = sphere_interval(origins, dirs, cfg.bound_radius)  # (B, R)
     item = torch.arange(B, device=origins.device)[:, None].expand(B, R)[hit]  # (H,)
     o, d = origins[hit], dirs[hit]  # (H, 3)
     t = sample_depths(t_near[hit], t_far[hit], cfg.n_samples)  # (H, S)
@@ -86,7 +89,7 @@ def render_min_sdf(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfi
         best = argmin_depth(field, o, d, item, t, cfg)  # (H,) no grad
         ray_min = field(o + best[:, None] * d, item)  # (H,) the only points with grad
 
-    out = clearance.to(ray_min.dtype).clone()  # (B, R) missed rays keep their clearance
+    out = torch.full((B, R), MISS_SDF, dtype=ray_min.dtype, device=origins.device)  # (B, R)
     out[hit] = ray_min
     return out
 

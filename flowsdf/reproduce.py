@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from flowsdf import checkpoint, config as config_mod, runs
+from flowsdf import config as config_mod, runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.data import dataset
 from flowsdf.errors import FlowSDFError
@@ -23,19 +23,19 @@ from flowsdf.figures import loss_curves, mesh_gallery, sample_grid
 from flowsdf.flow import sample_latents
 from flowsdf.render import render_views, silhouette_logits
 from flowsdf.mesh import extract_mesh
-from flowsdf.train import load_data, pick_device, train_flow, train_stage1
+from flowsdf.train import pick_device, run_data, train_flow, train_stage1
 
 # Marching-cubes resolution of the 3-D metrics per preset: 64 where a GPU or time allows;
 # 32 keeps the quick report inside its CPU budget (see evaluate3d for what it changes).
 EVAL_RESOLUTION = {"seed": 64, "quick": 32, "tiny": 16}
 
 
-def _stage_state(run: Path, stage: str, epochs: int) -> str:
-    """'done', 'partial' (a checkpoint before the last epoch) or 'new'."""
-    path = runs.checkpoint_path(run, stage)
-    if not path.exists():
-        return "new"
-    return "done" if checkpoint.read_header(path)["meta"].get("epoch") == epochs else "partial"
+def _stage_state(run: Path, stage: str) -> str:
+    """'done' (its summary.json is written last, after the final evaluation), 'partial' (a
+    checkpoint exists: resume it, which also redoes an interrupted final evaluation) or 'new'."""
+    if (run / stage / "summary.json").exists():
+        return "done"
+    return "partial" if runs.checkpoint_path(run, stage).exists() else "new"
 
 
 def reproduce(preset: str, out: Path, device: str = "auto", progress: bool = True) -> Path:
@@ -49,10 +49,10 @@ def reproduce(preset: str, out: Path, device: str = "auto", progress: bool = Tru
     data_root = dataset.default_root(cfg.data)
     dataset.ensure(cfg.data, data_root)
 
-    s1 = _stage_state(out, "stage1", cfg.stage1.epochs)
+    s1 = _stage_state(out, "stage1")
     if s1 != "done":
         train_stage1(cfg, out, data_root, resume=s1 == "partial", progress=progress, device=device)
-    p2 = _stage_state(out, "phase2", cfg.phase2.epochs)
+    p2 = _stage_state(out, "phase2")
     if p2 != "done":
         resume = p2 == "partial" or runs.checkpoint_path(out, "phase1").exists()
         train_flow(cfg, out, out, data_root, resume=resume, progress=progress, device=device)
@@ -75,7 +75,7 @@ def make_figures(out: Path, data_root: Path, device: str, resolution: int) -> di
                 figs / "loss_curves.png")
     dev = pick_device(device)
     cfg = runs.read_config(out)
-    data = load_data(cfg, data_root).to(dev)
+    data = run_data(cfg, out, data_root).to(dev)
     rows = []
     for split_name, split in (("train", data.train), ("held-out", data.heldout)):
         idx = list(range(min(2, len(split))))

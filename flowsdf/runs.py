@@ -92,6 +92,27 @@ def begin(run_dir: Path, cfg: Config, stage: str) -> None:
         atomic_write_text(path, config_mod.dumps(cfg))
 
 
+def record_data(run_dir: Path, root: Path, config_hash: str) -> None:
+    """Remember which dataset folder a run was trained on (data.json beside config.json)."""
+    text = json.dumps({"path": str(Path(root).resolve()), "config_hash": config_hash}, indent=1)
+    atomic_write_text(Path(run_dir) / "data.json", text)
+
+
+def recorded_data(run_dir: Path, config_hash: str) -> Path | None:
+    """The dataset folder recorded for a run, if it is still there with the same config hash."""
+    path = Path(run_dir) / "data.json"
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FlowSDFError(f"{path} is damaged ({e})") from e
+    root = Path(rec.get("path", ""))
+    if rec.get("config_hash") == config_hash and (root / "manifest.json").is_file():
+        return root
+    return None
+
+
 def append_metrics(run_dir: Path, stage: str, row: dict) -> None:
     path = Path(run_dir) / stage / "metrics.jsonl"
     with path.open("a") as f:

@@ -11,9 +11,9 @@ epoch therefore carries everything needed: resuming after epoch k replays epochs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from flowsdf.models.encoder import CNNEncoder
 from flowsdf.models.sdf import SDFDecoder
 from flowsdf.models.velocity import VelocityNet
 from flowsdf.render import RenderConfig, render_views, silhouette_logits
+from flowsdf.timing import device_name
 
 # image batch (B, 3, H, W) + a generator for any noise -> latent codes (B, D)
 Predictor = Callable[[Tensor, torch.Generator], Tensor]
@@ -180,21 +181,37 @@ def pick_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FlowSDFError(f"device {name!r} requested but CUDA is not available")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as e:
         raise FlowSDFError(f"unknown device {name!r}") from e
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FlowSDFError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
 
 
-def load_data(cfg: Config, data_dir: Path | None) -> Dataset:
-    """The dataset given by --data (must exist), or the preset's cached one (made if missing)."""
+def load_data(cfg: Config, data_dir: Path | None, run_dirs: tuple[Path, ...] = ()) -> Dataset:
+    """The dataset a command works on, checked against `cfg`.
+
+    `data_dir` (--data) must exist. Otherwise the folder recorded by the first of `run_dirs`
+    that has one, else the preset's cached dataset (generated, deterministically, if missing).
+    """
     if data_dir is not None:
         data = data_mod.load(Path(data_dir))
     else:
-        data = data_mod.ensure(cfg.data, data_mod.default_root(cfg.data))
+        recorded = next((r for r in (runs.recorded_data(d, cfg.data.hash()) for d in run_dirs) if r), None)
+        data = data_mod.load(recorded) if recorded else data_mod.ensure(cfg.data, data_mod.default_root(cfg.data))
     if data.config.image_size != cfg.encoder.image_size:
         raise FlowSDFError(
             f"dataset images are {data.config.image_size}px but the config expects {cfg.encoder.image_size}px"
         )
+    return data
+
+
+def run_data(cfg: Config, run_dir: Path, data_dir: Path | None, search: tuple[Path, ...] = ()) -> Dataset:
+    """The dataset of an existing run: the one it recorded, or --data if it is the same data."""
+    data = load_data(cfg, data_dir, (Path(run_dir), *search))
+    if data.config != cfg.data:
+        raise FlowSDFError(f"the dataset at {data.root} is not the one {run_dir} was trained on (different config)")
     return data
 
 
@@ -212,9 +229,16 @@ def train_stage1(
     Returns the final summary, or None when `until_epoch` stopped the run before its end.
     """
     dev = pick_device(device)
+    if resume:
+        cfg = runs.read_config(run_dir)
+        data = run_data(cfg, run_dir, data_dir)
+    else:
+        data = load_data(cfg, data_dir)
+        cfg = dataclasses.replace(cfg, data=data.config)  # the run records the data it really used
     cfg, resume = runs.prepare(run_dir, cfg, "stage1", resume)
-    data = load_data(cfg, data_dir).to(dev)
+    data = data.to(dev)
     runs.begin(run_dir, cfg, "stage1")
+    runs.record_data(run_dir, data.root, cfg.data.hash())
     encoder, decoder = (m.to(dev) for m in build_stage1(cfg))
     phase = Phase(
         name="stage1",
@@ -242,19 +266,12 @@ def finish(phase: Phase, cfg: Config, data: Dataset, run_dir: Path, wall_seconds
         "train_loss_last_epoch": metrics[-1]["loss"] if metrics else None,
         "train_seconds_total": sum(r["seconds"] for r in metrics),
         "wall_seconds_this_session": wall_seconds,
-        "device": describe_device(next(phase.decoder.parameters()).device),
+        "device": device_name(next(phase.decoder.parameters()).device),
         "train_views": evaluate_views(phase.predict, phase.decoder, data.train, "input", cfg.render, tau, gen),
         "novel_views": evaluate_views(phase.predict, phase.decoder, data.train, "novel", cfg.render, tau, gen),
     }
     atomic_write_text(Path(run_dir) / phase.name / "summary.json", json.dumps(summary, indent=2))
     return summary
-
-
-def describe_device(device: torch.device) -> str:
-    """A human-readable name for timings: the GPU model, or the CPU and its thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 # --- Stage 2: Flow-SDF ------------------------------------------------------------------------
@@ -352,17 +369,24 @@ def train_flow(
     it, reusing a finished Phase 1). Returns Phase 2's summary, or None if stopped early.
     """
     dev = pick_device(device)
-    run_dir = Path(run_dir)
+    run_dir, init_dir = Path(run_dir), Path(init_dir)
     if resume:
         cfg = runs.read_config(run_dir)
+    else:
+        # Stage 2 continues the Stage-1 run: its config, with the preset's Stage-2 sections.
+        base = runs.read_config(run_dir if (run_dir / "config.json").exists() else init_dir)
+        if base.preset != cfg.preset:
+            raise FlowSDFError(f"{init_dir} was made with preset '{base.preset}', not '{cfg.preset}'")
+        cfg = dataclasses.replace(base, **{f: getattr(cfg, f) for f in runs.STAGE2_FIELDS})
     init_ckpt = check_stage1_run(init_dir, cfg)
     p1_ckpt = runs.checkpoint_path(run_dir, "phase1")
     resume_p2 = resume and runs.checkpoint_path(run_dir, "phase2").exists()
     if resume and not (resume_p2 or p1_ckpt.exists()):
         raise FlowSDFError(f"nothing to resume in {run_dir}: no Stage-2 checkpoint yet")
     cfg, _ = runs.prepare(run_dir, cfg, "phase2", resume_p2)
-    data = load_data(cfg, data_dir).to(dev)
+    data = run_data(cfg, run_dir, data_dir, (init_dir,)).to(dev)
     runs.begin(run_dir, cfg, "phase2")
+    runs.record_data(run_dir, data.root, cfg.data.hash())
     (run_dir / "phase1").mkdir(exist_ok=True)
 
     encoder, decoder = (m.to(dev) for m in build_stage1(cfg))
@@ -372,11 +396,14 @@ def train_flow(
         targets = encoder.eval()(train_views.images)  # (M, D) the Stage-1 codes
     sigma = noise_scale(targets) if cfg.flow.noise_scaling else 1.0
 
-    if p1_ckpt.exists():
+    if p1_ckpt.exists():  # written last by phase1(): its presence means Phase 1 finished
         conditioner, velocity = (m.to(dev) for m in build_flow(cfg))
-        sigma = checkpoint.load(p1_ckpt, {"conditioner": conditioner, "velocity": velocity}, map_location=dev)["sigma"]
+        meta = checkpoint.load(p1_ckpt, {"conditioner": conditioner, "velocity": velocity}, map_location=dev)
+        if meta.get("init") != str(init_ckpt.resolve()):
+            raise FlowSDFError(f"{p1_ckpt} was distilled from {meta.get('init')}, not {init_ckpt.resolve()}")
+        sigma = meta["sigma"]
     else:
-        conditioner, velocity = phase1(cfg, run_dir, train_views.images, targets, sigma, progress)
+        conditioner, velocity = phase1(cfg, run_dir, train_views.images, targets, sigma, progress, init_ckpt)
 
     phase = Phase(
         name="phase2",
@@ -436,9 +463,13 @@ def flow_strip_figure(
 
 
 def phase1(
-    cfg: Config, run_dir: Path, images: Tensor, targets: Tensor, sigma: float, progress: bool
+    cfg: Config, run_dir: Path, images: Tensor, targets: Tensor, sigma: float, progress: bool, init_ckpt: Path
 ) -> tuple[ImageConditioner, VelocityNet]:
-    """Distil with noise scaling (and, for the ablation, without); save and report both."""
+    """Distil with noise scaling (and, for the ablation, without); save and report both.
+
+    The main checkpoint is written last, so its presence means all of Phase 1 is done; an
+    interruption anywhere before simply reruns Phase 1 (about a minute on the quick preset).
+    """
     t0 = time.perf_counter()
     conditioner, velocity, history = distill(cfg, images, targets, sigma, progress, "phase1 distil")
     seconds = time.perf_counter() - t0
@@ -450,8 +481,6 @@ def phase1(
         "history": history,
         "with_scaling": code_agreement(conditioner, velocity, images, targets, sigma, steps, cfg.seed),
     }
-    checkpoint.save(runs.checkpoint_path(run_dir, "phase1"), {"conditioner": conditioner, "velocity": velocity},
-                    meta={"sigma": sigma, "stage": "phase1"})
     if cfg.phase1.ablation:
         c_off, v_off, hist_off = distill(cfg, images, targets, 1.0, progress, "phase1 ablation (no scaling)")
         report["without_scaling"] = code_agreement(c_off, v_off, images, targets, 1.0, steps, cfg.seed)
@@ -459,6 +488,8 @@ def phase1(
         checkpoint.save(Path(run_dir) / "phase1" / "noscale.safetensors", {"conditioner": c_off, "velocity": v_off},
                         meta={"sigma": 1.0, "stage": "phase1-ablation"})
     atomic_write_text(Path(run_dir) / "phase1" / "summary.json", json.dumps(report, indent=2))
+    checkpoint.save(runs.checkpoint_path(run_dir, "phase1"), {"conditioner": conditioner, "velocity": velocity},
+                    meta={"sigma": sigma, "stage": "phase1", "init": str(Path(init_ckpt).resolve())})
     if progress:
         w = report["with_scaling"]
         line = f"phase1: sigma {sigma:.4f}  cosine {w['cosine']:.3f}  norm ratio {w['norm_ratio']:.3f}"

@@ -9,6 +9,7 @@ from flowsdf.data import cameras, shapes
 from flowsdf.data.dataset import load
 from flowsdf.models.sdf import DecoderConfig, SDFDecoder
 from flowsdf.render import (
+    MISS_SDF,
     RenderConfig,
     first_hit,
     lambertian,
@@ -55,8 +56,9 @@ def test_min_sdf_along_rays_that_miss_and_hit():
     o = torch.tensor([[[0.0, 0.95, -3.0], [0.0, 0.3, -3.0]]])
     d = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]])
     m = render_min_sdf(sphere_field(0.5), o, d, RenderConfig(n_samples=48, bound_radius=0.9))
-    # The first ray misses the bounding sphere (radius 0.9) by 0.05: it reports that clearance.
-    assert m[0, 0].item() == pytest.approx(0.05, abs=1e-6)
+    # The first ray misses the bounding sphere (radius 0.9): no surface, silhouette ~0.
+    assert m[0, 0].item() == MISS_SDF
+    assert torch.sigmoid(silhouette_logits(m[0, 0], 0.01)).item() < 1e-40
     # The second passes 0.3 from the centre of a 0.5 sphere: its minimum SDF is 0.3 - 0.5.
     assert m[0, 1].item() == pytest.approx(-0.2, abs=2e-3)
 
@@ -109,6 +111,18 @@ def test_bfloat16_search_stays_close_to_the_exact_search():
     # bf16 may pick a neighbouring sample, never a smaller value than the true minimum.
     assert (bf16 >= exact - 1e-6).all()
     assert (bf16 - exact).abs().max() < 0.05 * exact.abs().max()
+
+
+def test_an_empty_scene_costs_no_loss_anywhere_in_the_frame():
+    """No constant BCE floor: every ray, including those grazing the bounding sphere's rim in the
+    image corners, sees an empty field as empty."""
+    size = 64
+    K = torch.tensor(cameras.intrinsics(size, 40.0)).float()[None]
+    c2w = torch.tensor(cameras.look_at(np.array([0.0, -2.5, 0.5]))).float()[None]
+    empty = lambda p, item: torch.full(p.shape[:1], 0.2)  # noqa: E731  (positive everywhere)
+    logits = silhouette_logits(render_views(empty, K, c2w, size, RenderConfig(n_samples=48)), 0.01)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+    assert loss.item() < 1e-6
 
 
 def test_renderer_on_the_analytic_sdf_reproduces_the_ground_truth_silhouettes(tiny_data_dir):
