@@ -74,8 +74,7 @@ def best_and_mean_of_k(model: dict, split: ShapeSplit, cfg, k: int, tau: float) 
     """Novel-view IoU of K samples per shape (seeds 0..K-1): the best sample's and the mean."""
     ious = []
     for seed in range(k):
-        gen = torch.Generator().manual_seed(seed)
-        codes = predict_codes(model["predict"], split, gen)
+        codes = predict_codes(model["predict"], split, seed)
         probs = torch.sigmoid(render_group(model["decoder"], codes, split.novel, cfg.render, tau))  # (N, V, H, W)
         iou = silhouette_iou(probs.flatten(0, 1), split.novel.masks.flatten(0, 1)).view(len(split), -1).mean(1)
         ious.append(iou)
@@ -95,8 +94,9 @@ def evaluate_run(
     result: dict[str, Any] = {"run": str(run_dir), "data": str(data.root.resolve()), "preset": cfg.preset,
                               "device": device_name(dev), "mesh_resolution": mesh_resolution, "models": {}}
     for name, model in load_models(run_dir, cfg, dev).items():
-        tau, gen = model["tau"], torch.Generator().manual_seed(cfg.seed)
-        ev = lambda split, group: evaluate_views(model["predict"], model["decoder"], split, group, cfg.render, tau, gen)  # noqa: E731
+        tau = model["tau"]
+        # Every metric of a split scores the same codes (for a flow: the same samples, seed cfg.seed).
+        ev = lambda split, group: evaluate_views(model["predict"], model["decoder"], split, group, cfg.render, tau, cfg.seed)  # noqa: E731
         r: dict[str, Any] = {
             "tau": tau,
             "training_seconds": training_seconds(run_dir, model["stages"]),
@@ -109,8 +109,8 @@ def evaluate_run(
             },
         }
         r["shapes_3d"] = {
-            split: evaluate_shapes(model["decoder"], predict_codes(model["predict"], s, gen), s.shapes,
-                                   resolution=mesh_resolution)
+            split: evaluate_shapes(model["decoder"], predict_codes(model["predict"], s, cfg.seed), s.shapes,
+                                   bound_radius=cfg.render.bound_radius, resolution=mesh_resolution)
             for split, s in (("train", data.train), ("heldout", data.heldout))
         }
         if name == "flow":

@@ -21,8 +21,13 @@ Predictor = Callable[[Tensor, torch.Generator], Tensor]
 
 
 @torch.no_grad()
-def predict_codes(predict: Predictor, split: ShapeSplit, gen: torch.Generator, batch: int = 32) -> Tensor:
-    """One code per shape (N, D), predicted from the shape's first input view."""
+def predict_codes(predict: Predictor, split: ShapeSplit, seed: int, batch: int = 32) -> Tensor:
+    """One code per shape (N, D), predicted from the shape's first input view.
+
+    A flow's noise comes from a fresh generator seeded by `seed`, so every metric computed for
+    the same split and seed scores the very same samples.
+    """
+    gen = torch.Generator().manual_seed(seed)
     images = split.input.images[:, 0]  # (N, 3, H, W)
     return torch.cat([predict(images[s : s + batch], gen) for s in range(0, len(images), batch)])
 
@@ -52,11 +57,11 @@ def evaluate_views(
     group: str,
     render_cfg: RenderConfig,
     tau: float,
-    gen: torch.Generator,
+    seed: int,
 ) -> dict:
     """BCE and IoU over all `group` ("input" or "novel") views of `split`, with per-shape IoU."""
     views: Views = getattr(split, group)
-    codes = predict_codes(predict, split, gen)
+    codes = predict_codes(predict, split, seed)
     logits = render_group(decoder, codes, views, render_cfg, tau)  # (N, V, H, W)
     N, V = logits.shape[:2]
     bce = silhouette_bce_per_item(logits.flatten(0, 1), views.masks.flatten(0, 1)).view(N, V)
@@ -78,7 +83,7 @@ def prediction_rows(
     k: int,
     render_cfg: RenderConfig,
     tau: float,
-    gen: torch.Generator,
+    seed: int,
     novel: int = 2,
 ) -> tuple[list[dict], dict]:
     """Rows for figures.prediction_grid: the first `k` shapes, input view + `novel` novel views."""
@@ -88,7 +93,7 @@ def prediction_rows(
         input=Views(*(x[:k, :1] for x in vars(split.input).values())),
         novel=Views(*(x[:k, :novel] for x in vars(split.novel).values())),
     )
-    codes = predict_codes(predict, sub, gen)
+    codes = predict_codes(predict, sub, seed)
     probs = {g: torch.sigmoid(render_group(decoder, codes, getattr(sub, g), render_cfg, tau)) for g in ("input", "novel")}
     rows, ious = [], {"input": [], "novel": []}
     for i in range(k):

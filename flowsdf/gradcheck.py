@@ -59,6 +59,13 @@ def check_grads(run_dir: Path, data_dir: Path | None = None, device: str = "auto
         m.train()
         m.zero_grad(set_to_none=True)
 
+    # One untimed pass first: the timed one should not pay for allocator or kernel warm-up.
+    warm, _ = silhouette_loss(decoder, predict(batch.images, torch.Generator().manual_seed(cfg.seed)), batch,
+                              cfg.render, cfg.phase2.tau_end)
+    warm.backward()
+    for m in modules.values():
+        m.zero_grad(set_to_none=True)
+
     gen = torch.Generator().manual_seed(cfg.seed)
     _sync(dev)
     t0 = time.perf_counter()

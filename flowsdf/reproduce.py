@@ -81,7 +81,7 @@ def make_figures(out: Path, data_root: Path, device: str, resolution: int) -> di
         idx = list(range(min(2, len(split))))
         rows += [{"label": f"{split_name} #{i} ground truth", **_mesh(gt_field(split.shapes[i]), resolution, dev)} for i in idx]
         for name, model in load_models(out, cfg, dev).items():
-            codes = predict_codes(model["predict"], split, torch.Generator().manual_seed(cfg.seed))
+            codes = predict_codes(model["predict"], split, cfg.seed)
             rows += [{"label": f"{split_name} #{i} {name}", **_mesh(bounded(decoder_field(model["decoder"], codes[i])), resolution, dev)}
                      for i in idx]
     rows.sort(key=lambda r: r["label"])

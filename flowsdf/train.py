@@ -163,15 +163,16 @@ def epoch_figure(phase: Phase, cfg: Config, data: Dataset, run_dir: Path, epoch:
     for m in phase.modules.values():
         m.eval()
     k = min(phase.train.figure_shapes, len(data.train))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rows, ious = prediction_rows(phase.predict, phase.decoder, data.train, k, cfg.render, tau, gen, novel=2)
+    rows, ious = prediction_rows(phase.predict, phase.decoder, data.train, k, cfg.render, tau, cfg.seed, novel=2)
     prediction_grid(rows, f"{phase.name} epoch {epoch}", Path(run_dir) / phase.name / "figures" / f"epoch_{epoch:04d}.png")
     return {"figure_train_iou": ious["input"], "figure_novel_iou": ious["novel"]}
 
 
 def build_stage1(cfg: Config) -> tuple[CNNEncoder, SDFDecoder]:
-    torch.manual_seed(cfg.seed)
-    return CNNEncoder(cfg.encoder), SDFDecoder(cfg.decoder)
+    """Stage-1 models initialised from cfg.seed (the caller's global RNG state is left alone)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return CNNEncoder(cfg.encoder), SDFDecoder(cfg.decoder)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -259,7 +260,6 @@ def finish(phase: Phase, cfg: Config, data: Dataset, run_dir: Path, wall_seconds
         m.eval()
     metrics = runs.read_metrics(run_dir, phase.name)
     tau = phase.train.tau_end
-    gen = torch.Generator().manual_seed(cfg.seed)
     summary = {
         "stage": phase.name,
         "epochs": phase.train.epochs,
@@ -267,8 +267,8 @@ def finish(phase: Phase, cfg: Config, data: Dataset, run_dir: Path, wall_seconds
         "train_seconds_total": sum(r["seconds"] for r in metrics),
         "wall_seconds_this_session": wall_seconds,
         "device": device_name(next(phase.decoder.parameters()).device),
-        "train_views": evaluate_views(phase.predict, phase.decoder, data.train, "input", cfg.render, tau, gen),
-        "novel_views": evaluate_views(phase.predict, phase.decoder, data.train, "novel", cfg.render, tau, gen),
+        "train_views": evaluate_views(phase.predict, phase.decoder, data.train, "input", cfg.render, tau, cfg.seed),
+        "novel_views": evaluate_views(phase.predict, phase.decoder, data.train, "novel", cfg.render, tau, cfg.seed),
     }
     atomic_write_text(Path(run_dir) / phase.name / "summary.json", json.dumps(summary, indent=2))
     return summary
@@ -278,8 +278,10 @@ def finish(phase: Phase, cfg: Config, data: Dataset, run_dir: Path, wall_seconds
 
 
 def build_flow(cfg: Config) -> tuple[ImageConditioner, VelocityNet]:
-    torch.manual_seed(cfg.seed + 1)
-    return ImageConditioner(cfg.conditioner), VelocityNet(cfg.velocity)
+    """Stage-2 models initialised from cfg.seed (the caller's global RNG state is left alone)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        return ImageConditioner(cfg.conditioner), VelocityNet(cfg.velocity)
 
 
 def flow_predictor(conditioner: ImageConditioner, velocity: VelocityNet, sigma: float, steps: int) -> Predictor:
