@@ -33,8 +33,7 @@ from flowsdf.train import build_flow, build_stage1, flow_predictor, pick_device,
 
 
 def _finished(run_dir: Path, stage: str, epochs: int) -> bool:
-    path = runs.checkpoint_path(run_dir, stage)
-    return path.exists() and checkpoint.read_header(path)["meta"].get("epoch") == epochs
+    return runs.checkpoint_epoch(run_dir, stage) == epochs
 
 
 def load_models(run_dir: Path, cfg, dev: torch.device) -> dict[str, dict[str, Any]]:

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from flowsdf import config as config_mod
+from flowsdf import checkpoint, config as config_mod
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.config import Config
 from flowsdf.errors import FlowSDFError
@@ -21,6 +21,14 @@ from flowsdf.errors import FlowSDFError
 
 def checkpoint_path(run_dir: Path, stage: str) -> Path:
     return Path(run_dir) / stage / "last.safetensors"
+
+
+def checkpoint_epoch(run_dir: Path, stage: str) -> int | None:
+    """The last finished epoch recorded in a stage's checkpoint, or None if there is none."""
+    path = checkpoint_path(run_dir, stage)
+    if not path.exists():
+        return None
+    return checkpoint.read_header(path)["meta"].get("epoch")
 
 
 def ensure_writable(folder: Path) -> None:

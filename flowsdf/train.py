@@ -300,11 +300,11 @@ def check_stage1_run(init_dir: Path, cfg: Config) -> Path:
     init_dir = Path(init_dir)
     s1 = runs.read_config(init_dir)
     ckpt = runs.checkpoint_path(init_dir, "stage1")
-    meta = checkpoint.read_header(ckpt)["meta"]
-    if meta.get("epoch") != s1.stage1.epochs:
-        raise FlowSDFError(
-            f"Stage-1 run {init_dir} is unfinished (epoch {meta.get('epoch')} of {s1.stage1.epochs}); resume it first"
-        )
+    epoch = runs.checkpoint_epoch(init_dir, "stage1")
+    if epoch is None:
+        raise FlowSDFError(f"checkpoint {ckpt} does not exist")
+    if epoch != s1.stage1.epochs:
+        raise FlowSDFError(f"Stage-1 run {init_dir} is unfinished (epoch {epoch} of {s1.stage1.epochs}); resume it first")
     for part in ("data", "encoder", "decoder"):
         if getattr(s1, part) != getattr(cfg, part):
             raise FlowSDFError(
