@@ -7,7 +7,7 @@ sphere: `n_samples` depths at the bin midpoints of [t_near, t_far]. The soft sil
     silhouette = sigmoid(-min_k sdf(x_k) / tau)
 
 and training uses its logit, `-min_sdf / tau`, with BCE-with-logits. Rays that miss the bounding
-sphere see no surface; their `min_sdf` is the ray's clearance from the sphere (> 0), a constant.
+sphere see no surface: their `min_sdf` is MISS_SDF, a constant far above any tau.
 
 The fast path uses one fact: the gradient of a minimum flows only through its argmin. So the
 search over all samples runs without autograd (in chunks, optionally in bfloat16) and only each
