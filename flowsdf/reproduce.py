@@ -141,6 +141,11 @@ def render_report(cfg, out: Path, result: dict, figures: dict[str, str], seconds
     if wo:
         lines.append(f"Without scaling (sigma = 1): cosine {wo['cosine']:.3f}, norm ratio {wo['norm_ratio']:.3f} "
                      f"(sample {wo['sample_norm']:.3f}, noise {wo['noise_norm']:.3f}). Published: cosine 0.08 -> 0.95.")
+    start_file = out / "phase2" / "start.json"
+    if start_file.exists():
+        start = json.loads(start_file.read_text())
+        lines += ["", f"Phase 2 starts from the distilled flow's codes through the Stage-1 decoder: training-view BCE "
+                      f"{start['bce']:.4f}, IoU {start['iou']:.3f}."]
     lines += ["", "## Figures", "", f"![loss curves]({figures['loss_curves']})", ""]
     for stage, title in (("stage1", "Stage 1 predictions"), ("phase2", "Stage 2 (Phase 2) predictions")):
         lines += [f"### {title} per epoch (training view, two novel views; IoU in orange)", ""]

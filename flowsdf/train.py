@@ -61,6 +61,13 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * frac))
 
 
+def warmup_factor(cfg: TrainConfig, step: int) -> float:
+    """Multiplier of the lr at optimiser step `step` (0-based): linear up to 1 over warmup_steps."""
+    if cfg.warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / cfg.warmup_steps)
+
+
 def flatten_views(views: Views) -> Views:
     """(N, V, ...) -> (N*V, ...): every view is one training sample."""
     return Views(*(x.flatten(0, 1) for x in (views.images, views.masks, views.K, views.c2w, views.light)))
@@ -111,7 +118,12 @@ def fit_silhouettes(
     """
     tc, stage = phase.train, phase.name
     params = [p for m in phase.modules.values() for p in m.parameters()]
-    optimizer = torch.optim.Adam(params, lr=tc.lr)
+    unknown = set(tc.lr_scale) - set(phase.modules)
+    if unknown:
+        raise FlowSDFError(f"lr_scale names {sorted(unknown)}, not modules of {stage} ({', '.join(phase.modules)})")
+    # One parameter group per module, so each can have its own share of the scheduled lr.
+    groups = [{"params": list(m.parameters()), "name": name} for name, m in phase.modules.items()]
+    optimizer = torch.optim.Adam(groups, lr=tc.lr)
     ckpt = runs.checkpoint_path(run_dir, stage)
     start_epoch = 0
     if resume:
@@ -121,18 +133,20 @@ def fit_silhouettes(
 
     train_views = flatten_views(data.train.input)
     n = train_views.images.shape[0]
+    steps_per_epoch = math.ceil(n / tc.batch_size)
     last = tc.epochs if until_epoch is None else min(until_epoch, tc.epochs)
     for epoch in range(start_epoch, last):
-        tau, lr = tau_at(tc, epoch), lr_at(tc, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        tau = tau_at(tc, epoch)
         gen = epoch_generator(cfg.seed, epoch)
         order = torch.randperm(n, generator=gen).to(train_views.images.device)
         t0, total, seen = time.perf_counter(), 0.0, 0
         for m in phase.modules.values():
             m.train()
         bar = tqdm(range(0, n, tc.batch_size), desc=f"{stage} {epoch + 1}/{tc.epochs}", leave=False, disable=not progress)
-        for s in bar:
+        for i, s in enumerate(bar):
+            lr = lr_at(tc, epoch) * warmup_factor(tc, epoch * steps_per_epoch + i)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * tc.lr_scale.get(group["name"], 1.0)
             batch = index_views(train_views, order[s : s + tc.batch_size])
             codes = phase.predict(batch.images, gen)  # (B, D)
             loss, _ = silhouette_loss(phase.decoder, codes, batch, cfg.render, tau)
@@ -415,6 +429,15 @@ def train_flow(
         train=cfg.phase2,
         extra_meta={"sigma": sigma},
     )
+    start_file = run_dir / "phase2" / "start.json"
+    if not resume_p2:
+        # Where Phase 2 begins: the distilled flow's codes through the Stage-1 decoder. Epoch 1's
+        # mean loss also shows what the first optimiser steps did to it.
+        for m in phase.modules.values():
+            m.eval()
+        start = evaluate_views(phase.predict, decoder, data.train, "input", cfg.render, cfg.phase2.tau_start, cfg.seed)
+        (run_dir / "phase2").mkdir(exist_ok=True)
+        atomic_write_text(start_file, json.dumps({k: start[k] for k in ("views", "bce", "iou")}, indent=2))
     t0 = time.perf_counter()
     if not fit_silhouettes(phase, cfg, data, run_dir, resume_p2, progress, until_epoch):
         return None
@@ -423,6 +446,8 @@ def train_flow(
         m.eval()
     tau = cfg.phase2.tau_end
     summary["sigma"] = sigma
+    if start_file.exists():  # runs from before this record have none
+        summary["start_train_views"] = json.loads(start_file.read_text())
     summary["diversity"] = sample_diversity(
         conditioner, velocity, decoder, data.train, sigma, cfg.flow.steps, cfg.render, tau, seed=cfg.seed
     )

@@ -20,6 +20,8 @@ def test_report_regenerates_the_published_table_and_embeds_the_figures(tiny_repo
     text = report.read_text()
     assert "| Model | Silhouette loss | Training time | Inference (batch 1) |" in text
     assert "CNN encoder (Stage 1" in text and "Rectified flow (Stage 2" in text
+    start = json.loads((out / "phase2" / "start.json").read_text())
+    assert f"training-view BCE {start['bce']:.4f}" in text
     for link in ("report_figures/loss_curves.png", "report_figures/meshes.png", "report_figures/flow_samples.png",
                  "phase2/figures/flow_strip.png", "stage1/figures/epoch_0001.png", "phase2/figures/epoch_0002.png"):
         assert f"]({link})" in text and (out / link).stat().st_size > 1000

@@ -6,7 +6,7 @@ import torch
 
 from flowsdf import checkpoint, runs
 from flowsdf.errors import FlowSDFError
-from flowsdf.train import build_stage1, lr_at, tau_at, train_stage1
+from flowsdf.train import build_stage1, lr_at, tau_at, train_stage1, warmup_factor
 from flowsdf.config import TrainConfig
 
 
@@ -15,6 +15,12 @@ def test_schedules_hit_their_endpoints():
     assert tau_at(tc, 0) == pytest.approx(0.1) and tau_at(tc, 10) == pytest.approx(0.01)
     assert tau_at(tc, 5) == pytest.approx(0.1 * 0.1**0.5)  # geometric midpoint
     assert lr_at(tc, 0) == pytest.approx(1e-3) and lr_at(tc, 10) == pytest.approx(1e-4)
+
+
+def test_warmup_ramps_linearly_to_one():
+    assert [warmup_factor(TrainConfig(warmup_steps=0), s) for s in (0, 5)] == [1.0, 1.0]
+    tc = TrainConfig(warmup_steps=4)
+    assert [warmup_factor(tc, s) for s in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
 
 
 def test_tiny_training_lowers_the_loss_and_writes_the_run(tmp_path, tiny_cfg, tiny_data_dir):
@@ -30,7 +36,10 @@ def test_tiny_training_lowers_the_loss_and_writes_the_run(tmp_path, tiny_cfg, ti
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_cfg, tiny_data_dir):
-    four = dataclasses.replace(tiny_cfg, stage1=dataclasses.replace(tiny_cfg.stage1, epochs=4, figure_every=100))
+    # The warm-up (4 steps per epoch here) runs across the interruption, so a resumed run must
+    # pick up the step count where it stopped.
+    stage1 = dataclasses.replace(tiny_cfg.stage1, epochs=4, figure_every=100, warmup_steps=12)
+    four = dataclasses.replace(tiny_cfg, stage1=stage1)
     train_stage1(four, tmp_path / "straight", tiny_data_dir, progress=False)
 
     # The same 4-epoch run, stopped after epoch 2 (as if interrupted), then resumed.
@@ -56,3 +65,19 @@ def test_a_finished_stage_is_never_overwritten(tmp_path, tiny_cfg, tiny_data_dir
     with pytest.raises(FlowSDFError, match="already holds"):
         train_stage1(cfg, tmp_path / "run", tiny_data_dir, progress=False)
     assert runs.checkpoint_path(tmp_path / "run", "stage1").read_bytes() == before
+
+
+def test_lr_scale_gives_each_module_its_share_of_the_lr(tmp_path, tiny_cfg, tiny_data_dir):
+    stage1 = dataclasses.replace(tiny_cfg.stage1, epochs=1, lr_scale={"decoder": 0.0})
+    train_stage1(dataclasses.replace(tiny_cfg, stage1=stage1), tmp_path / "run", tiny_data_dir, progress=False)
+    enc0, dec0 = build_stage1(tiny_cfg)
+    enc1, dec1 = build_stage1(tiny_cfg)
+    checkpoint.load(runs.checkpoint_path(tmp_path / "run", "stage1"), {"encoder": enc1, "decoder": dec1})
+    assert all(torch.equal(a, b) for a, b in zip(dec0.parameters(), dec1.parameters()))  # lr 0: untouched
+    assert not all(torch.equal(a, b) for a, b in zip(enc0.parameters(), enc1.parameters()))
+
+
+def test_lr_scale_rejects_a_module_the_phase_does_not_have(tmp_path, tiny_cfg, tiny_data_dir):
+    stage1 = dataclasses.replace(tiny_cfg.stage1, epochs=1, lr_scale={"velocity": 0.1})
+    with pytest.raises(FlowSDFError, match="velocity"):
+        train_stage1(dataclasses.replace(tiny_cfg, stage1=stage1), tmp_path / "run", tiny_data_dir, progress=False)

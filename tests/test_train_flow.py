@@ -11,7 +11,9 @@ from flowsdf.errors import FlowSDFError
 from flowsdf.gradcheck import check_grads
 from safetensors.torch import load_file
 
-from flowsdf.train import train_flow
+from flowsdf.data import dataset
+from flowsdf.evaluate import evaluate_views
+from flowsdf.train import build_flow, build_stage1, flow_predictor, train_flow
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,21 @@ def test_phase2_lowers_the_silhouette_loss_and_writes_its_outputs(flow_run, tiny
     recorded = runs.read_config(run)
     assert recorded.stage1 == tiny_cfg.stage1 and recorded.decoder == tiny_cfg.decoder
     assert recorded.phase2.epochs == 3
+
+
+def test_phase2_records_where_it_starts(flow_run, tiny_cfg, tiny_data_dir):
+    """start.json is the Phase-1 flow's codes through the Stage-1 decoder, before any Phase-2 step."""
+    run, summary = flow_run
+    _, decoder = build_stage1(tiny_cfg)
+    checkpoint.load(runs.checkpoint_path(run, "stage1"), {"encoder": build_stage1(tiny_cfg)[0], "decoder": decoder})
+    conditioner, velocity = build_flow(tiny_cfg)
+    meta = checkpoint.load(runs.checkpoint_path(run, "phase1"), {"conditioner": conditioner, "velocity": velocity})
+    predict = flow_predictor(conditioner.eval(), velocity.eval(), meta["sigma"], tiny_cfg.flow.steps)
+    data = dataset.load(tiny_data_dir)
+    expected = evaluate_views(predict, decoder.eval(), data.train, "input", tiny_cfg.render, tiny_cfg.phase2.tau_start, tiny_cfg.seed)
+    assert summary["start_train_views"]["bce"] == pytest.approx(expected["bce"], rel=1e-5)
+    assert summary["start_train_views"]["iou"] == pytest.approx(expected["iou"], rel=1e-5)
+    assert summary["start_train_views"]["bce"] != pytest.approx(summary["train_views"]["bce"])  # training moved it
 
 
 def test_gradient_check_reaches_all_three_parts(flow_run):
