@@ -95,7 +95,7 @@ def quick_preset() -> Config:
     cfg.stage1 = TrainConfig(epochs=60, batch_size=8, lr=1e-3, figure_every=20)
     cfg.conditioner = ConditionerConfig(image_size=32)
     cfg.phase1 = DistillConfig(iterations=300)
-    cfg.phase2 = TrainConfig(epochs=30, batch_size=8, lr=2e-4, tau_start=0.01, tau_end=0.01, figure_every=10)
+    cfg.phase2 = TrainConfig(epochs=30, batch_size=8, lr=2e-4, warmup_steps=35, tau_start=0.01, tau_end=0.01, figure_every=10)
     return cfg
 
 
