@@ -69,7 +69,7 @@ class Config:
     phase1: DistillConfig = field(default_factory=DistillConfig)
     # Phase 2 continues at Stage 1's final temperature. Every part starts trained, and the flow
     # does not tolerate much: at lr 1e-4 the seed loss climbs from 0.014 to 0.08 within 10 epochs,
-    # so a short warm-up (5 epochs of the seed) leads to a peak of 5e-5 (README, "Measured").
+    # so a short warm-up (5 epochs of the seed) leads to a peak of 5e-5 (README, "Measured so far").
     phase2: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=200, lr=5e-5, warmup_steps=35, tau_start=0.01, tau_end=0.01)
     )
