@@ -102,7 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise FlowSDFError(f"--out {out} is a folder; give a file name such as {out / 'eval.json'}")
     ensure_writable(out.parent)
-    result = evaluate_run(Path(args.run), args.data, args.device, args.k, args.mesh_resolution)
+    result = evaluate_run(Path(args.run), args.data, args.device, args.k, args.mesh_resolution, progress=not args.quiet)
     write(result, out)
     print(markdown_tables(result))
     print(f"wrote {out} and {out.with_suffix('.md')}")
@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=int, default=4, help="flow samples per image for best-of-K / mean-of-K (default 4)")
     e.add_argument("--mesh-resolution", type=int, default=64, help="marching-cubes grid for 3-D metrics (default 64)")
     e.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("reproduce", help="data -> Stage 1 -> Stage 2 -> eval -> report.md (resumable)",

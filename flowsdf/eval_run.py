@@ -83,7 +83,7 @@ def best_and_mean_of_k(model: dict, split: ShapeSplit, cfg, k: int, tau: float) 
 
 def evaluate_run(
     run_dir: Path, data_dir: Path | None = None, device: str = "auto", k: int = 4, mesh_resolution: int = 64,
-    timing_repeats: int = 5,
+    timing_repeats: int = 5, progress: bool = True,
 ) -> dict:
     """Every figure for every finished model of `run_dir` (see the module docstring)."""
     dev = pick_device(device)
@@ -109,7 +109,7 @@ def evaluate_run(
         }
         r["shapes_3d"] = {
             split: evaluate_shapes(model["decoder"], predict_codes(model["predict"], s, cfg.seed), s.shapes,
-                                   bound_radius=cfg.render.bound_radius, resolution=mesh_resolution)
+                                   bound_radius=cfg.render.bound_radius, resolution=mesh_resolution, progress=progress)
             for split, s in (("train", data.train), ("heldout", data.heldout))
         }
         if name == "flow":

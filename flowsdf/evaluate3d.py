@@ -167,6 +167,7 @@ def evaluate_shapes(
     codes: Tensor,
     specs: Sequence[shapes.Spec],
     bound_radius: float | None = BOUND_RADIUS,
+    progress: bool = True,
     **kw: Any,
 ) -> dict[str, Any]:
     """3-D metrics of each predicted code (N, D) against its ground-truth spec, and their means.
@@ -176,6 +177,7 @@ def evaluate_shapes(
         codes: (N, D) one code per shape, in the order of ``specs``.
         specs: N ground-truth shape specs.
         bound_radius: clip each prediction to this ball (``bounded``); None to leave it as is.
+        progress: show a progress bar over the shapes.
         **kw: passed to ``shape_metrics`` (resolution, n_surface, n_volume, seed,
             fscore_threshold). ``device`` defaults to the decoder's.
     Returns:
@@ -187,7 +189,7 @@ def evaluate_shapes(
         raise ValueError(f"{len(codes)} codes for {len(specs)} shapes")
     kw.setdefault("device", next(decoder.parameters()).device)
     rows = []
-    for i in tqdm(range(len(specs)), desc="3-D metrics", leave=False):
+    for i in tqdm(range(len(specs)), desc="3-D metrics", leave=False, disable=not progress):
         field = decoder_field(decoder, codes[i])
         if bound_radius is not None:
             field = bounded(field, bound_radius)

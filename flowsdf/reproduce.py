@@ -59,7 +59,7 @@ def reproduce(preset: str, out: Path, device: str = "auto", progress: bool = Tru
 
     eval_json = out / "eval" / "eval.json"
     if not eval_json.exists():
-        result = evaluate_run(out, data_root, device, mesh_resolution=EVAL_RESOLUTION.get(preset, 64))
+        result = evaluate_run(out, data_root, device, mesh_resolution=EVAL_RESOLUTION.get(preset, 64), progress=progress)
         write(result, eval_json)
     result = json.loads(eval_json.read_text())
     figures = make_figures(out, data_root, device, EVAL_RESOLUTION.get(preset, 64))

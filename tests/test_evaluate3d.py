@@ -144,3 +144,13 @@ def test_evaluate_shapes_random_decoder_is_finite_or_flagged():
         assert all(r[k] is None or math.isfinite(r[k]) for k in METRIC_KEYS)
         assert (r["chamfer_l1"] is None) == r["empty_mesh"]
     json.dumps(out, allow_nan=False)
+
+
+def test_evaluate_shapes_progress_bar_can_be_silenced(capsys):
+    decoder = SDFDecoder(DecoderConfig(latent_dim=8, hidden=32))
+    codes, specs = torch.zeros(1, 8), shapes.random_shapes(1, seed=0)
+    small = dict(resolution=16, n_surface=200, n_volume=2000)
+    evaluate_shapes(decoder, codes, specs, progress=False, **small)
+    assert "3-D metrics" not in capsys.readouterr().err
+    evaluate_shapes(decoder, codes, specs, progress=True, **small)
+    assert "3-D metrics" in capsys.readouterr().err
