@@ -117,12 +117,12 @@ def fit_silhouettes(
     a long run can be done in pieces. Returns True when the phase has run all its epochs.
     """
     tc, stage = phase.train, phase.name
-    params = [p for m in phase.modules.values() for p in m.parameters()]
     unknown = set(tc.lr_scale) - set(phase.modules)
     if unknown:
         raise FlowSDFError(f"lr_scale names {sorted(unknown)}, not modules of {stage} ({', '.join(phase.modules)})")
     # One parameter group per module, so each can have its own share of the scheduled lr.
     groups = [{"params": list(m.parameters()), "name": name} for name, m in phase.modules.items()]
+    params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.Adam(groups, lr=tc.lr)
     ckpt = runs.checkpoint_path(run_dir, stage)
     start_epoch = 0
@@ -136,7 +136,7 @@ def fit_silhouettes(
     steps_per_epoch = math.ceil(n / tc.batch_size)
     last = tc.epochs if until_epoch is None else min(until_epoch, tc.epochs)
     for epoch in range(start_epoch, last):
-        tau = tau_at(tc, epoch)
+        tau, epoch_lr = tau_at(tc, epoch), lr_at(tc, epoch)
         gen = epoch_generator(cfg.seed, epoch)
         order = torch.randperm(n, generator=gen).to(train_views.images.device)
         t0, total, seen = time.perf_counter(), 0.0, 0
@@ -144,7 +144,7 @@ def fit_silhouettes(
             m.train()
         bar = tqdm(range(0, n, tc.batch_size), desc=f"{stage} {epoch + 1}/{tc.epochs}", leave=False, disable=not progress)
         for i, s in enumerate(bar):
-            lr = lr_at(tc, epoch) * warmup_factor(tc, epoch * steps_per_epoch + i)
+            lr = epoch_lr * warmup_factor(tc, epoch * steps_per_epoch + i)
             for group in optimizer.param_groups:
                 group["lr"] = lr * tc.lr_scale.get(group["name"], 1.0)
             batch = index_views(train_views, order[s : s + tc.batch_size])

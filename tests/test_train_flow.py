@@ -59,8 +59,8 @@ def test_phase2_lowers_the_silhouette_loss_and_writes_its_outputs(flow_run, tiny
 def test_phase2_records_where_it_starts(flow_run, tiny_cfg, tiny_data_dir):
     """start.json is the Phase-1 flow's codes through the Stage-1 decoder, before any Phase-2 step."""
     run, summary = flow_run
-    _, decoder = build_stage1(tiny_cfg)
-    checkpoint.load(runs.checkpoint_path(run, "stage1"), {"encoder": build_stage1(tiny_cfg)[0], "decoder": decoder})
+    encoder, decoder = build_stage1(tiny_cfg)
+    checkpoint.load(runs.checkpoint_path(run, "stage1"), {"encoder": encoder, "decoder": decoder})
     conditioner, velocity = build_flow(tiny_cfg)
     meta = checkpoint.load(runs.checkpoint_path(run, "phase1"), {"conditioner": conditioner, "velocity": velocity})
     predict = flow_predictor(conditioner.eval(), velocity.eval(), meta["sigma"], tiny_cfg.flow.steps)
