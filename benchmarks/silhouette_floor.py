@@ -12,13 +12,39 @@ scores well above zero; a learned field can only go lower by being steeper than 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from flowsdf import config
+from flowsdf import config, runs
 from flowsdf.data import dataset, shapes
+from flowsdf.eval_run import load_models
+from flowsdf.evaluate import predict_codes, render_group
 from flowsdf.render import render_views, silhouette_logits
+from flowsdf.train import run_data
+
+
+def print_table(title: str, min_sdf: torch.Tensor, masks: torch.Tensor, steepness: list[float], taus: list[float]) -> None:
+    """BCE of min-SDF images (N, H, W) against masks at each steepness factor and tau."""
+    wrong = ((min_sdf < 0).float() != masks).float().mean().item()
+    print(f"{title}; pixels misclassified: {wrong:.4%}")
+    print("steepness | " + " | ".join(f"BCE at tau {t:g}" for t in taus))
+    for k in steepness:
+        bces = [F.binary_cross_entropy_with_logits(silhouette_logits(k * min_sdf, t), masks).item() for t in taus]
+        print(f"{k:9g} | " + " | ".join(f"{b:.5f}" for b in bces))
+
+
+def trained_min_sdf(run_dir: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Min-SDF images (N, H, W) of each finished model of a run on its training views, and the masks."""
+    cfg = runs.read_config(run_dir)
+    split = run_data(cfg, run_dir, None).train
+    out = {}
+    for name, model in load_models(run_dir, cfg, torch.device("cpu")).items():
+        codes = predict_codes(model["predict"], split, seed=cfg.seed)  # (N, D)
+        logits = render_group(model["decoder"], codes, split.input, cfg.render, tau=1.0)  # (N, V, H, W)
+        out[name] = -logits[:, 0]  # at tau 1 the logit is -min_sdf
+    return out, split.input.masks[:, 0]
 
 
 def main() -> None:
@@ -26,7 +52,14 @@ def main() -> None:
     p.add_argument("--preset", default="seed", help="dataset and renderer of this preset (default seed)")
     p.add_argument("--tau", type=float, nargs="+", default=[0.01])
     p.add_argument("--steepness", type=float, nargs="+", default=[1, 2, 4, 10, 30])
+    p.add_argument("--run", type=Path, help="score this trained run's models instead of the exact SDF")
     args = p.parse_args()
+
+    if args.run is not None:
+        fields, masks = trained_min_sdf(args.run)
+        for name, min_sdf in fields.items():
+            print_table(f"{args.run} {name}, training views", min_sdf, masks, args.steepness, args.tau)
+        return
 
     cfg = config.preset(args.preset)
     data = dataset.ensure(cfg.data, dataset.default_root(cfg.data))
@@ -39,14 +72,8 @@ def main() -> None:
         min_sdf.append(render_views(field, views.K[i, :1], views.c2w[i, :1], size, cfg.render)[0])
     min_sdf = torch.stack(min_sdf)  # (N, H, W)
     masks = views.masks[:, 0]  # (N, H, W)
-    wrong = ((min_sdf < 0).float() != masks).float().mean().item()
-
-    print(f"{len(data.train)} shapes, {size}x{size}, {cfg.render.n_samples} samples/ray; "
-          f"pixels misclassified by the exact SDF: {wrong:.4%}")
-    print("steepness | " + " | ".join(f"BCE at tau {t:g}" for t in args.tau))
-    for k in args.steepness:
-        bces = [F.binary_cross_entropy_with_logits(silhouette_logits(k * min_sdf, t), masks).item() for t in args.tau]
-        print(f"{k:9g} | " + " | ".join(f"{b:.5f}" for b in bces))
+    title = f"{len(data.train)} shapes, {size}x{size}, {cfg.render.n_samples} samples/ray, exact SDF"
+    print_table(title, min_sdf, masks, args.steepness, args.tau)
 
 
 if __name__ == "__main__":
