@@ -40,6 +40,9 @@ class TrainConfig:
     tau_start: float = 0.05  # silhouette temperature, annealed geometrically ...
     tau_end: float = 0.01  # ... to this by the last epoch
     grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    # Per-step decay of an exponential moving average of the weights; the average is the model
+    # the phase keeps (its checkpoint, figures and summary). 0 = off: the last weights.
+    ema_decay: float = 0.0
     figure_every: int = 25  # epochs between prediction-grid figures (always at the end too)
     figure_shapes: int = 6  # shapes shown in each figure
 

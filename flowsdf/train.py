@@ -11,6 +11,7 @@ epoch therefore carries everything needed: resuming after epoch k replays epochs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,6 +30,7 @@ from flowsdf.checkpoint import atomic_write_text
 from flowsdf.config import Config, TrainConfig
 from flowsdf.data import dataset as data_mod
 from flowsdf.data.dataset import Dataset, Views
+from flowsdf.ema import WeightAverage
 from flowsdf.errors import FlowSDFError
 from flowsdf.evaluate import evaluate_views, flow_trajectories, prediction_rows, sample_diversity
 from flowsdf.figures import flow_strip, prediction_grid
@@ -114,20 +116,27 @@ def fit_silhouettes(
     """The epoch loop: lr and tau schedules, steps, metrics, figures, checkpoints; resumable.
 
     `until_epoch` stops early (after that epoch's checkpoint) without changing any schedule, so
-    a long run can be done in pieces. Returns True when the phase has run all its epochs.
+    a long run can be done in pieces. Returns True when the phase has run all its epochs; with
+    `ema_decay` the modules then hold the averaged weights, the phase's final model.
     """
     tc, stage = phase.train, phase.name
     unknown = set(tc.lr_scale) - set(phase.modules)
     if unknown:
         raise FlowSDFError(f"lr_scale names {sorted(unknown)}, not modules of {stage} ({', '.join(phase.modules)})")
+    if not 0.0 <= tc.ema_decay < 1.0:
+        raise FlowSDFError(f"ema_decay must be in [0, 1), got {tc.ema_decay}")
     # One parameter group per module, so each can have its own share of the scheduled lr.
     groups = [{"params": list(m.parameters()), "name": name} for name, m in phase.modules.items()]
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.Adam(groups, lr=tc.lr)
+    ema = WeightAverage(phase.modules, tc.ema_decay) if tc.ema_decay > 0 else None
+    # With an average, the checkpoint's modules are the averaged weights (what every reader of a
+    # run loads) and the live training weights are stored beside them, for resume.
+    stored = phase.modules if ema is None else {**ema.averages, **{f"live_{n}": m for n, m in phase.modules.items()}}
     ckpt = runs.checkpoint_path(run_dir, stage)
     start_epoch = 0
     if resume:
-        meta = checkpoint.load(ckpt, phase.modules, optimizer, map_location=params[0].device)
+        meta = checkpoint.load(ckpt, stored, optimizer, map_location=params[0].device)
         start_epoch = int(meta["epoch"])
         runs.truncate_metrics(run_dir, stage, start_epoch)
 
@@ -155,6 +164,8 @@ def fit_silhouettes(
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             optimizer.step()
+            if ema is not None:
+                ema.update(phase.modules)
             b = batch.images.shape[0]
             total, seen = total + loss.item() * b, seen + b
             bar.set_postfix(loss=f"{total / seen:.4f}", tau=f"{tau:.3f}")
@@ -162,12 +173,15 @@ def fit_silhouettes(
         row = {"epoch": epoch + 1, "loss": total / seen, "tau": tau, "lr": lr, "seconds": seconds, "images_per_s": seen / seconds}
         done = epoch + 1 == tc.epochs
         if (epoch + 1) % tc.figure_every == 0 or done:
-            row.update(epoch_figure(phase, cfg, data, run_dir, epoch + 1, tau))
+            with ema.applied(phase.modules) if ema is not None else contextlib.nullcontext():
+                row.update(epoch_figure(phase, cfg, data, run_dir, epoch + 1, tau))
         runs.append_metrics(run_dir, stage, row)
         meta = {"epoch": epoch + 1, "stage": stage, **(phase.extra_meta or {})}
-        checkpoint.save(ckpt, phase.modules, optimizer, meta)
+        checkpoint.save(ckpt, stored, optimizer, meta)
         if progress:
             tqdm.write(f"{stage} epoch {epoch + 1}/{tc.epochs}  loss {row['loss']:.5f}  tau {tau:.4f}  {seconds:.1f}s")
+    if ema is not None and last == tc.epochs:
+        ema.copy_to(phase.modules)
     return last == tc.epochs
 
 

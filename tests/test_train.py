@@ -81,3 +81,39 @@ def test_lr_scale_rejects_a_module_the_phase_does_not_have(tmp_path, tiny_cfg, t
     stage1 = dataclasses.replace(tiny_cfg.stage1, epochs=1, lr_scale={"velocity": 0.1})
     with pytest.raises(FlowSDFError, match="velocity"):
         train_stage1(dataclasses.replace(tiny_cfg, stage1=stage1), tmp_path / "run", tiny_data_dir, progress=False)
+
+
+def test_weight_average_is_what_the_stage_keeps_and_resumes_exactly(tmp_path, tiny_cfg, tiny_data_dir):
+    def cfg_with(ema_decay):
+        stage1 = dataclasses.replace(tiny_cfg.stage1, epochs=4, figure_every=100, ema_decay=ema_decay)
+        return dataclasses.replace(tiny_cfg, stage1=stage1)
+
+    def weights(run, prefix=""):
+        enc, dec = build_stage1(tiny_cfg)
+        checkpoint.load(runs.checkpoint_path(tmp_path / run, "stage1"), {f"{prefix}encoder": enc, f"{prefix}decoder": dec})
+        return [p.detach() for p in (*enc.parameters(), *dec.parameters())]
+
+    train_stage1(cfg_with(0.0), tmp_path / "plain", tiny_data_dir, progress=False)
+    # A decay this close to 1 leaves the average at the initial weights.
+    frozen = cfg_with(1.0 - 1e-9)
+    train_stage1(frozen, tmp_path / "frozen", tiny_data_dir, progress=False)
+    initial = [p.detach() for m in build_stage1(tiny_cfg) for p in m.parameters()]
+    for a, b in zip(weights("frozen"), initial):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+    assert not all(torch.equal(a, b) for a, b in zip(weights("plain"), initial))
+    # Averaging never changes training: the live weights are those of the run without it.
+    assert all(torch.equal(a, b) for a, b in zip(weights("frozen", "live_"), weights("plain")))
+
+    decayed = cfg_with(0.5)
+    train_stage1(decayed, tmp_path / "straight", tiny_data_dir, progress=False)
+    assert train_stage1(decayed, tmp_path / "resumed", tiny_data_dir, progress=False, until_epoch=2) is None
+    train_stage1(decayed, tmp_path / "resumed", tiny_data_dir, resume=True, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(weights("straight"), weights("resumed")))
+    assert all(torch.equal(a, b) for a, b in zip(weights("straight", "live_"), weights("resumed", "live_")))
+    assert not all(torch.equal(a, b) for a, b in zip(weights("straight"), weights("plain")))
+
+
+def test_ema_decay_outside_zero_to_one_is_one_clear_error(tmp_path, tiny_cfg, tiny_data_dir):
+    stage1 = dataclasses.replace(tiny_cfg.stage1, epochs=1, ema_decay=1.0)
+    with pytest.raises(FlowSDFError, match="ema_decay"):
+        train_stage1(dataclasses.replace(tiny_cfg, stage1=stage1), tmp_path / "run", tiny_data_dir, progress=False)
