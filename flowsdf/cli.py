@@ -27,7 +27,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     dataset.check_replaceable(root)
     ensure_writable(root)
-    dataset.generate(cfg.data, root)
+    dataset.generate(cfg.data, root, progress=not args.quiet)
     data = dataset.load(root)
     print(f"wrote {root}: {len(data.train)} training shapes x {cfg.data.train_views} view(s), "
           f"{len(data.heldout)} held-out shapes, {cfg.data.novel_views} novel views each, "
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="dataset folder (default: data_cache/shapes-<config hash>)")
     d.add_argument("--seed", type=int, help="data seed (default: the preset's)")
     d.add_argument("--force", action="store_true", help="regenerate even if the cached dataset is current")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_data)
 
     t = sub.add_parser("train", help="train a stage", description="Train one stage into a run folder (resumable).")

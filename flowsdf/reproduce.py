@@ -47,7 +47,7 @@ def reproduce(preset: str, out: Path, device: str = "auto", progress: bool = Tru
         raise FlowSDFError(f"{out} holds a reproduction of another preset; choose another --out")
     t0 = time.perf_counter()
     data_root = dataset.default_root(cfg.data)
-    dataset.ensure(cfg.data, data_root)
+    dataset.ensure(cfg.data, data_root, progress)
 
     s1 = _stage_state(out, "stage1")
     if s1 != "done":

@@ -218,7 +218,9 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def load_data(cfg: Config, data_dir: Path | None, run_dirs: tuple[Path, ...] = ()) -> Dataset:
+def load_data(
+    cfg: Config, data_dir: Path | None, run_dirs: tuple[Path, ...] = (), progress: bool = True
+) -> Dataset:
     """The dataset a command works on, checked against `cfg`.
 
     `data_dir` (--data) must exist. Otherwise the folder recorded by the first of `run_dirs`
@@ -228,7 +230,7 @@ def load_data(cfg: Config, data_dir: Path | None, run_dirs: tuple[Path, ...] = (
         data = data_mod.load(Path(data_dir))
     else:
         recorded = next((r for r in (runs.recorded_data(d, cfg.data.hash()) for d in run_dirs) if r), None)
-        data = data_mod.load(recorded) if recorded else data_mod.ensure(cfg.data, data_mod.default_root(cfg.data))
+        data = data_mod.load(recorded) if recorded else data_mod.ensure(cfg.data, data_mod.default_root(cfg.data), progress)
     if data.config.image_size != cfg.encoder.image_size:
         raise FlowSDFError(
             f"dataset images are {data.config.image_size}px but the config expects {cfg.encoder.image_size}px"
@@ -236,9 +238,11 @@ def load_data(cfg: Config, data_dir: Path | None, run_dirs: tuple[Path, ...] = (
     return data
 
 
-def run_data(cfg: Config, run_dir: Path, data_dir: Path | None, search: tuple[Path, ...] = ()) -> Dataset:
+def run_data(
+    cfg: Config, run_dir: Path, data_dir: Path | None, search: tuple[Path, ...] = (), progress: bool = True
+) -> Dataset:
     """The dataset of an existing run: the one it recorded, or --data if it is the same data."""
-    data = load_data(cfg, data_dir, (Path(run_dir), *search))
+    data = load_data(cfg, data_dir, (Path(run_dir), *search), progress)
     if data.config != cfg.data:
         raise FlowSDFError(f"the dataset at {data.root} is not the one {run_dir} was trained on (different config)")
     return data
@@ -260,9 +264,9 @@ def train_stage1(
     dev = pick_device(device)
     if resume:
         cfg = runs.read_config(run_dir)
-        data = run_data(cfg, run_dir, data_dir)
+        data = run_data(cfg, run_dir, data_dir, progress=progress)
     else:
-        data = load_data(cfg, data_dir)
+        data = load_data(cfg, data_dir, progress=progress)
         cfg = dataclasses.replace(cfg, data=data.config)  # the run records the data it really used
     cfg, resume = runs.prepare(run_dir, cfg, "stage1", resume)
     data = data.to(dev)
@@ -414,7 +418,7 @@ def train_flow(
     if resume and not (resume_p2 or p1_ckpt.exists()):
         raise FlowSDFError(f"nothing to resume in {run_dir}: no Stage-2 checkpoint yet")
     cfg, _ = runs.prepare(run_dir, cfg, "phase2", resume_p2)
-    data = run_data(cfg, run_dir, data_dir, (init_dir,)).to(dev)
+    data = run_data(cfg, run_dir, data_dir, (init_dir,), progress).to(dev)
     runs.begin(run_dir, cfg, "phase2")
     runs.record_data(run_dir, data.root, cfg.data.hash())
     (run_dir / "phase1").mkdir(exist_ok=True)

@@ -71,10 +71,13 @@ def test_corrupt_checkpoint_on_resume(capsys, tmp_path, tiny_data_dir):
 
 
 def test_data_command_writes_and_then_reuses_the_cache(capsys, tmp_path):
-    code, out, _ = run_cli(capsys, "data", "--preset", "tiny", "--out", str(tmp_path / "d"))
+    code, out, err = run_cli(capsys, "data", "--preset", "tiny", "--out", str(tmp_path / "d"))
     assert code == 0 and "wrote" in out
+    assert "rendering train" in err  # the progress bar
     code, out, _ = run_cli(capsys, "data", "--preset", "tiny", "--out", str(tmp_path / "d"))
     assert code == 0 and "up to date" in out
+    code, out, err = run_cli(capsys, "data", "--preset", "tiny", "--out", str(tmp_path / "d"), "--force", "--quiet")
+    assert code == 0 and "wrote" in out and err == ""
 
 
 @pytest.mark.parametrize("argv", [["train", "--stage", "cnn"], ["nope"]])

@@ -136,7 +136,9 @@ def _render_view(spec: shapes.Spec, albedo: np.ndarray, K: np.ndarray, c2w: np.n
     return image_u8, hit.view(S, S).numpy().astype(np.uint8), light
 
 
-def _render_split(specs: list[shapes.Spec], rng: np.random.Generator, cfg: DataConfig, desc: str) -> dict:
+def _render_split(
+    specs: list[shapes.Spec], rng: np.random.Generator, cfg: DataConfig, desc: str, progress: bool = True
+) -> dict:
     K = cameras.intrinsics(cfg.image_size, cfg.fov_deg)
     n, arrays = len(specs), {}
     albedo = rng.uniform(0.35, 1.0, size=(n, 3))
@@ -145,7 +147,8 @@ def _render_split(specs: list[shapes.Spec], rng: np.random.Generator, cfg: DataC
         group: np.stack([cameras.random_viewpoints(rng, v, cfg.cam_distance) for _ in range(n)])
         for group, v in view_counts.items()
     }
-    with tqdm(total=n * sum(view_counts.values()), desc=f"rendering {desc}", unit="view", leave=False) as bar:
+    with tqdm(total=n * sum(view_counts.values()), desc=f"rendering {desc}", unit="view", leave=False,
+              disable=not progress) as bar:
         for group, v in view_counts.items():
             out = {k: [] for k in VIEW_KEYS}
             for i, spec in enumerate(specs):
@@ -165,8 +168,8 @@ def _render_split(specs: list[shapes.Spec], rng: np.random.Generator, cfg: DataC
     return arrays
 
 
-def generate(cfg: DataConfig, root: Path) -> None:
-    """Render the whole dataset into `root` (replacing it atomically)."""
+def generate(cfg: DataConfig, root: Path, progress: bool = True) -> None:
+    """Render the whole dataset into `root` (replacing it atomically); `progress` shows a bar."""
     streams = np.random.SeedSequence(cfg.seed).spawn(4)
     specs = {
         "train": shapes.random_shapes(cfg.n_train_shapes, int(streams[0].generate_state(1)[0]), cfg.csg_fraction),
@@ -182,7 +185,7 @@ def generate(cfg: DataConfig, root: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         for split, stream in zip(SPLITS, streams[2:]):
-            arrays = _render_split(specs[split], np.random.default_rng(stream), cfg, split)
+            arrays = _render_split(specs[split], np.random.default_rng(stream), cfg, split, progress)
             np.savez_compressed(tmp / f"{split}.npz", **arrays)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a dataset is meant to be shared
@@ -204,12 +207,12 @@ def is_current(cfg: DataConfig, root: Path) -> bool:
         return False
 
 
-def ensure(cfg: DataConfig, root: Path) -> Dataset:
+def ensure(cfg: DataConfig, root: Path, progress: bool = True) -> Dataset:
     """Load the dataset at `root`, generating it first if missing or made from another config."""
     root = Path(root)
     if not is_current(cfg, root):
         check_replaceable(root)
-        generate(cfg, root)
+        generate(cfg, root, progress)
     return load(root)
 
 
