@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from flowsdf.data import cameras
+from flowsdf.eval.timing import device_name
 from flowsdf.models.sdf import DecoderConfig, SDFDecoder
-from flowsdf.render import RenderConfig, render_min_sdf, silhouette_logits
-from flowsdf.timing import device_name
+from flowsdf.render.silhouette import RenderConfig, render_min_sdf, silhouette_logits
 
 
 def step(decoder: SDFDecoder, z: torch.Tensor, o, d, target, cfg: RenderConfig) -> None:

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from flowsdf import config, runs
 from flowsdf.data import dataset, shapes
-from flowsdf.eval_run import load_models
-from flowsdf.evaluate import predict_codes, render_group
-from flowsdf.render import render_views, silhouette_logits
-from flowsdf.train import run_data
+from flowsdf.eval.run import load_models
+from flowsdf.eval.views import predict_codes, render_group
+from flowsdf.render.silhouette import render_views, silhouette_logits
+from flowsdf.runs import run_data
 
 
 def print_table(title: str, min_sdf: torch.Tensor, masks: torch.Tensor, steepness: list[float], taus: list[float]) -> None:

@@ -19,9 +19,9 @@ from flowsdf.errors import FlowSDFError
 from flowsdf.flow import FlowConfig
 from flowsdf.models.conditioner import ConditionerConfig
 from flowsdf.models.encoder import EncoderConfig
-from flowsdf.models.velocity import VelocityConfig
 from flowsdf.models.sdf import DecoderConfig
-from flowsdf.render import RenderConfig
+from flowsdf.models.velocity import VelocityConfig
+from flowsdf.render.silhouette import RenderConfig
 
 
 @dataclass

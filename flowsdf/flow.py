@@ -18,11 +18,15 @@ e.g. a :class:`flowsdf.models.velocity.VelocityNet`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:  # annotations only: the models import nothing from here
+    from flowsdf.models.conditioner import ImageConditioner
+    from flowsdf.models.velocity import VelocityNet
 
 VelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -217,3 +221,14 @@ def sample_latents(
         rows = [sample_noise((latent_dim,), sigma, g, "cpu", torch.float32) for g in gens]
         z0 = torch.stack(rows).to(device=cond.device, dtype=cond.dtype)  # (B, D)
     return euler_sample(velocity_fn, z0, cond, steps=steps, return_trajectory=return_trajectory)
+
+
+def flow_predictor(conditioner: ImageConditioner, velocity: VelocityNet, sigma: float, steps: int) -> Callable[[Tensor, torch.Generator], Tensor]:
+    """image -> conditioner -> `steps` Euler steps from sigma-scaled noise -> code (differentiable)."""
+
+    def predict(images: Tensor, gen: torch.Generator) -> Tensor:
+        cond = conditioner(images)  # (B, C)
+        z0 = sample_noise((images.shape[0], velocity.config.latent_dim), sigma, gen, images.device)  # (B, D)
+        return euler_sample(velocity, z0, cond, steps=steps)  # (B, D)
+
+    return predict

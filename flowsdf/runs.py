@@ -13,9 +13,12 @@ import json
 import os
 from pathlib import Path
 
-from flowsdf import checkpoint, config as config_mod
+from flowsdf import checkpoint
+from flowsdf import config as config_mod
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.config import Config
+from flowsdf.data import dataset as data_mod
+from flowsdf.data.dataset import Dataset
 from flowsdf.errors import FlowSDFError
 
 
@@ -144,3 +147,33 @@ def read_metrics(run_dir: Path, stage: str) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def load_data(
+    cfg: Config, data_dir: Path | None, run_dirs: tuple[Path, ...] = (), progress: bool = True
+) -> Dataset:
+    """The dataset a command works on, checked against `cfg`.
+
+    `data_dir` (--data) must exist. Otherwise the folder recorded by the first of `run_dirs`
+    that has one, else the preset's cached dataset (generated, deterministically, if missing).
+    """
+    if data_dir is not None:
+        data = data_mod.load(Path(data_dir))
+    else:
+        recorded = next((r for r in (recorded_data(d, cfg.data.hash()) for d in run_dirs) if r), None)
+        data = data_mod.load(recorded) if recorded else data_mod.ensure(cfg.data, data_mod.default_root(cfg.data), progress)
+    if data.config.image_size != cfg.encoder.image_size:
+        raise FlowSDFError(
+            f"dataset images are {data.config.image_size}px but the config expects {cfg.encoder.image_size}px"
+        )
+    return data
+
+
+def run_data(
+    cfg: Config, run_dir: Path, data_dir: Path | None, search: tuple[Path, ...] = (), progress: bool = True
+) -> Dataset:
+    """The dataset of an existing run: the one it recorded, or --data if it is the same data."""
+    data = load_data(cfg, data_dir, (Path(run_dir), *search), progress)
+    if data.config != cfg.data:
+        raise FlowSDFError(f"the dataset at {data.root} is not the one {run_dir} was trained on (different config)")
+    return data

@@ -38,7 +38,7 @@ def tiny_data_dir(tmp_path_factory, tiny_cfg) -> Path:
 @pytest.fixture(scope="session")
 def tiny_stage1_run(tmp_path_factory, tiny_cfg, tiny_data_dir) -> Path:
     """A finished tiny Stage-1 run (copy it before writing into it)."""
-    from flowsdf.train import train_stage1
+    from flowsdf.train.stage1 import train_stage1
 
     run = tmp_path_factory.mktemp("runs") / "stage1"
     train_stage1(tiny_cfg, run, tiny_data_dir, progress=False)

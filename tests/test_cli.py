@@ -25,7 +25,7 @@ def assert_one_line_error(code, err, needle):
 
 def test_console_script_help():
     for args in ([], ["data"], ["train"]):
-        res = subprocess.run([sys.executable, "-m", "flowsdf.cli", *args, "--help"], capture_output=True, text=True)
+        res = subprocess.run([sys.executable, "-m", "flowsdf", *args, "--help"], capture_output=True, text=True)
         assert res.returncode == 0 and "usage: flowsdf" in res.stdout
 
 

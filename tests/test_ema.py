@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from flowsdf.ema import WeightAverage
+from flowsdf.train.ema import WeightAverage
 
 
 def _pair():

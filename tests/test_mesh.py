@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowsdf.mesh import extract_mesh, sample_surface, surface_points
+from flowsdf.mesh.extract import extract_mesh, sample_surface, surface_points
 
 CENTER = np.array([0.2, -0.1, 0.3], dtype=np.float32)
 RADIUS = 0.4

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from flowsdf.metrics import (
+from flowsdf.eval.metrics import (
     chamfer_l1,
     fscore,
     nearest_distances,

@@ -1,4 +1,3 @@
-import dataclasses
 import math
 
 import numpy as np
@@ -8,11 +7,10 @@ import torch
 from flowsdf.data import cameras, shapes
 from flowsdf.data.dataset import load
 from flowsdf.models.sdf import DecoderConfig, SDFDecoder
-from flowsdf.render import (
+from flowsdf.render.shading import first_hit, lambertian
+from flowsdf.render.silhouette import (
     MISS_SDF,
     RenderConfig,
-    first_hit,
-    lambertian,
     render_min_sdf,
     render_views,
     silhouette_logits,

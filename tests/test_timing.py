@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
+from flowsdf.eval.timing import device_name, inference_latency, time_call
 from flowsdf.models.conditioner import ConditionerConfig, ImageConditioner
 from flowsdf.models.encoder import CNNEncoder, EncoderConfig
 from flowsdf.models.sdf import DecoderConfig, SDFDecoder
 from flowsdf.models.velocity import VelocityConfig, VelocityNet
-from flowsdf.timing import device_name, inference_latency, time_call
 
 SIZE = 16
 

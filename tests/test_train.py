@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from flowsdf import checkpoint, runs
-from flowsdf.errors import FlowSDFError
-from flowsdf.train import build_stage1, lr_at, tau_at, train_stage1, warmup_factor
 from flowsdf.config import TrainConfig
+from flowsdf.errors import FlowSDFError
+from flowsdf.models.build import build_stage1
+from flowsdf.train.loop import lr_at, tau_at, warmup_factor
+from flowsdf.train.stage1 import train_stage1
 
 
 def test_schedules_hit_their_endpoints():

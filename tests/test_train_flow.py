@@ -4,16 +4,17 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from flowsdf import checkpoint, runs
 from flowsdf.cli import main
-from flowsdf.errors import FlowSDFError
-from flowsdf.gradcheck import check_grads
-from safetensors.torch import load_file
-
 from flowsdf.data import dataset
-from flowsdf.evaluate import evaluate_views
-from flowsdf.train import build_flow, build_stage1, flow_predictor, train_flow
+from flowsdf.errors import FlowSDFError
+from flowsdf.eval.views import evaluate_views
+from flowsdf.flow import flow_predictor
+from flowsdf.models.build import build_flow, build_stage1
+from flowsdf.train.flow import train_flow
+from flowsdf.train.gradcheck import check_grads
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_stage2_refuses_a_missing_unfinished_or_mismatched_stage1(tmp_path, tiny
         train_flow(tiny_cfg, tmp_path / "out", tmp_path / "missing", tiny_data_dir, progress=False)
     # a Stage-1 run stopped before its last epoch
     unfinished = tmp_path / "unfinished"
-    from flowsdf.train import train_stage1
+    from flowsdf.train.stage1 import train_stage1
 
     train_stage1(tiny_cfg, unfinished, tiny_data_dir, progress=False, until_epoch=1)
     with pytest.raises(FlowSDFError, match="unfinished"):

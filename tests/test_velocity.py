@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from flowsdf.models.conditioner import ConditionerConfig
-from flowsdf.models.velocity import AdaLNBlock, VelocityConfig, VelocityNet, timestep_embedding
+from flowsdf.models.velocity import (
+    AdaLNBlock,
+    VelocityConfig,
+    VelocityNet,
+    timestep_embedding,
+)
 
 
 def n_params(module: torch.nn.Module) -> int:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -41,7 +40,7 @@ from tqdm import tqdm
 
 from flowsdf.data import cameras, shapes
 from flowsdf.errors import FlowSDFError
-from flowsdf.render import first_hit, lambertian
+from flowsdf.render.shading import first_hit, lambertian
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "heldout")

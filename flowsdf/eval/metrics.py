@@ -9,7 +9,7 @@
     the evaluation box [-1, 1]^3.
   - ``chamfer_l1``, ``fscore``, ``surface_metrics``: compare two *surface point clouds*. Both clouds
     are expected to be points sampled uniformly by area on meshes extracted with marching cubes at
-    the same resolution, e.g. ``flowsdf.mesh.surface_points(field, n=10_000)`` for the prediction
+    the same resolution, e.g. ``flowsdf.mesh.extract.surface_points(field, n=10_000)`` for the prediction
     and for the ground-truth SDF alike. Using the same extraction for both keeps the discretisation
     error out of the comparison. Distances are Euclidean (not squared), so Chamfer-L1 is the
     OccNet definition: ½(accuracy + completeness). The F-score threshold defaults to 0.02, i.e.

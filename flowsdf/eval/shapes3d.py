@@ -25,8 +25,8 @@ The prediction is clipped to the renderer's bounding sphere first (``bounded``, 
 predicts there was never trained and must not count. Every ground-truth shape lies within 0.85.
 
 Empty predictions: when the predicted field has no zero crossing on the grid, ``empty_mesh`` is
-True, precision, recall and F-score are 0 (as in ``flowsdf.metrics``), and accuracy, completeness
-and Chamfer-L1 — infinite in ``flowsdf.metrics`` — are stored as ``None`` so the dict can be
+True, precision, recall and F-score are 0 (as in ``flowsdf.eval.metrics``), and accuracy, completeness
+and Chamfer-L1 — infinite in ``flowsdf.eval.metrics`` — are stored as ``None`` so the dict can be
 written with ``json.dump`` (which would otherwise emit the non-standard ``Infinity``). Means skip
 ``None`` and report how many meshes were empty next to them.
 """
@@ -41,10 +41,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from flowsdf.data import shapes
-from flowsdf.mesh import surface_points
-from flowsdf.metrics import Field, surface_metrics, volumetric_iou
+from flowsdf.eval.metrics import Field, surface_metrics, volumetric_iou
+from flowsdf.mesh.extract import surface_points
 from flowsdf.models.sdf import SDFDecoder
-from flowsdf.render import RenderConfig
+from flowsdf.render.silhouette import RenderConfig
 
 BOUND_RADIUS = RenderConfig.bound_radius  # 0.9: the sphere the renderer marches inside
 

@@ -9,7 +9,7 @@ nothing without the machine. What is timed, per batch size, on random images (no
 - ``mesh``: marching cubes on the decoder's field of one code at ``mesh_resolution`` grid points
   per axis (the R^3 decoder evaluations dominate), timed separately because a mesh is extracted
   per shape, not per batch. The field is clipped to the renderer's bounding sphere, as in
-  ``flowsdf.evaluate3d``, so even a poor code has a surface and marching cubes really runs.
+  ``flowsdf.eval.shapes3d``, so even a poor code has a surface and marching cubes really runs.
 
 Everything runs under ``torch.no_grad``; pass models in eval mode. On CUDA each call is bracketed
 by ``torch.cuda.synchronize`` so the wall time covers the kernels, not just their launch.
@@ -26,9 +26,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from flowsdf.evaluate3d import bounded, decoder_field
+from flowsdf.eval.shapes3d import bounded, decoder_field
 from flowsdf.flow import euler_sample, sample_noise
-from flowsdf.mesh import extract_mesh
+from flowsdf.mesh.extract import extract_mesh
 from flowsdf.models.sdf import SDFDecoder
 
 

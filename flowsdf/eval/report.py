@@ -12,18 +12,27 @@ from pathlib import Path
 
 import torch
 
-from flowsdf import config as config_mod, runs
+from flowsdf import config as config_mod
+from flowsdf import runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.data import dataset
+from flowsdf.device import pick_device
 from flowsdf.errors import FlowSDFError
-from flowsdf.eval_run import MODEL_NAMES, evaluate_run, load_models, markdown_tables, write
-from flowsdf.evaluate import predict_codes
-from flowsdf.evaluate3d import bounded, decoder_field, gt_field
-from flowsdf.figures import loss_curves, mesh_gallery, sample_grid
+from flowsdf.eval.figures import loss_curves, mesh_gallery, sample_grid
+from flowsdf.eval.run import (
+    evaluate_run,
+    load_models,
+    markdown_tables,
+    write,
+)
+from flowsdf.eval.shapes3d import bounded, decoder_field, gt_field
+from flowsdf.eval.views import predict_codes
 from flowsdf.flow import sample_latents
-from flowsdf.render import render_views, silhouette_logits
-from flowsdf.mesh import extract_mesh
-from flowsdf.train import pick_device, run_data, train_flow, train_stage1
+from flowsdf.mesh.extract import extract_mesh
+from flowsdf.render.silhouette import render_views, silhouette_logits
+from flowsdf.runs import run_data
+from flowsdf.train.flow import train_flow
+from flowsdf.train.stage1 import train_stage1
 
 # Marching-cubes resolution of the 3-D metrics per preset: 64 where a GPU or time allows;
 # 32 keeps the quick report inside its CPU budget (see evaluate3d for what it changes).

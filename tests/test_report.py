@@ -6,7 +6,7 @@ import pytest
 
 from flowsdf import runs
 from flowsdf.cli import main
-from flowsdf.reproduce import reproduce
+from flowsdf.eval.report import reproduce
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,8 @@ def test_a_run_remembers_the_dataset_it_was_trained_on(tmp_path, capsys):
     assert runs.read_config(run).data.seed == 5
     capsys.readouterr()
     # the default dataset (seed 0) is a different dataset: refused, not silently used
-    from flowsdf.data.dataset import ensure
     from flowsdf.config import preset
+    from flowsdf.data.dataset import ensure
 
     ensure(preset("tiny").data, tmp_path / "seed0")
     assert main(["eval", str(run), "--data", str(tmp_path / "seed0")]) == 2

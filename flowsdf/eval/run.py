@@ -24,12 +24,20 @@ import torch
 from flowsdf import checkpoint, runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.data.dataset import ShapeSplit
+from flowsdf.device import pick_device
 from flowsdf.errors import FlowSDFError
-from flowsdf.evaluate import evaluate_views, predict_codes, render_group, sample_diversity
-from flowsdf.evaluate3d import evaluate_shapes
-from flowsdf.metrics import silhouette_iou
-from flowsdf.timing import device_name, inference_latency
-from flowsdf.train import build_flow, build_stage1, flow_predictor, pick_device, run_data
+from flowsdf.eval.metrics import silhouette_iou
+from flowsdf.eval.shapes3d import evaluate_shapes
+from flowsdf.eval.timing import device_name, inference_latency
+from flowsdf.eval.views import (
+    evaluate_views,
+    predict_codes,
+    render_group,
+    sample_diversity,
+)
+from flowsdf.flow import flow_predictor
+from flowsdf.models.build import build_flow, build_stage1
+from flowsdf.runs import run_data
 
 
 def _finished(run_dir: Path, stage: str, epochs: int) -> bool:

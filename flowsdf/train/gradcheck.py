@@ -13,18 +13,13 @@ from pathlib import Path
 import torch
 
 from flowsdf import checkpoint, runs
+from flowsdf.device import pick_device
 from flowsdf.errors import FlowSDFError
-from flowsdf.timing import device_name
-from flowsdf.train import (
-    build_flow,
-    build_stage1,
-    flatten_views,
-    flow_predictor,
-    index_views,
-    pick_device,
-    run_data,
-    silhouette_loss,
-)
+from flowsdf.eval.timing import device_name
+from flowsdf.flow import flow_predictor
+from flowsdf.models.build import build_flow, build_stage1
+from flowsdf.runs import run_data
+from flowsdf.train.loop import flatten_views, index_views, silhouette_loss
 
 
 def _sync(device: torch.device) -> None:

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from flowsdf.data.dataset import ShapeSplit, Views
-from flowsdf.metrics import silhouette_bce_per_item, silhouette_iou
+from flowsdf.eval.metrics import silhouette_bce_per_item, silhouette_iou
 from flowsdf.models.sdf import SDFDecoder
-from flowsdf.render import RenderConfig, render_views, silhouette_logits
+from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_logits
 
 Predictor = Callable[[Tensor, torch.Generator], Tensor]
 

@@ -6,7 +6,8 @@ import math
 import torch
 
 from flowsdf.data import shapes
-from flowsdf.evaluate3d import (
+from flowsdf.eval.metrics import volumetric_iou
+from flowsdf.eval.shapes3d import (
     METRIC_KEYS,
     SPHERE_FLOOR,
     bounded,
@@ -15,7 +16,6 @@ from flowsdf.evaluate3d import (
     gt_field,
     shape_metrics,
 )
-from flowsdf.metrics import volumetric_iou
 from flowsdf.models.sdf import DecoderConfig, SDFDecoder
 
 EYE = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]

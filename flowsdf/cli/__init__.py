@@ -1,0 +1,41 @@
+"""The `flowsdf` command line. Each subcommand is a function of parsed args; `main(argv)` returns
+an exit status so tests can call it directly. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flowsdf.cli import check_grads, data, eval, reproduce, train
+from flowsdf.errors import FlowSDFError
+
+# One module per subcommand, each with add_parser(sub) and run(args); the order is --help's.
+COMMANDS = (data, train, check_grads, eval, reproduce)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flowsdf",
+        description="Image-to-3-D without 3-D supervision: neural SDFs trained from 2-D silhouettes.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FlowSDFError as e:
+        print(f"flowsdf: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flowsdf: interrupted; finished epochs are saved: continue with `train ... --resume`, "
+              "or rerun the same `reproduce` command", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""`flowsdf eval`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flowsdf.errors import FlowSDFError
+from flowsdf.runs import ensure_writable
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("eval", help="2-D and 3-D metrics and timings of a trained run",
+                       description="Evaluate every finished model of a run on training views, novel views and "
+                                   "held-out shapes; write JSON (per-shape too) and a Markdown table.")
+    e.add_argument("run", type=Path, help="a run folder")
+    e.add_argument("--out", type=Path, help="JSON file to write (default: RUN/eval/eval.json; .md beside it)")
+    e.add_argument("--data", type=Path, help="dataset folder (default: the run's cached dataset)")
+    e.add_argument("--k", type=int, default=4, help="flow samples per image for best-of-K / mean-of-K (default 4)")
+    e.add_argument("--mesh-resolution", type=int, default=64, help="marching-cubes grid for 3-D metrics (default 64)")
+    e.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flowsdf.eval.run import evaluate_run, markdown_tables, write
+
+    if args.k < 1:
+        raise FlowSDFError("--k must be at least 1")
+    if args.mesh_resolution < 8:
+        raise FlowSDFError("--mesh-resolution must be at least 8")
+    out = Path(args.out) if args.out else Path(args.run) / "eval" / "eval.json"
+    if out.is_dir():
+        raise FlowSDFError(f"--out {out} is a folder; give a file name such as {out / 'eval.json'}")
+    ensure_writable(out.parent)
+    result = evaluate_run(Path(args.run), args.data, args.device, args.k, args.mesh_resolution, progress=not args.quiet)
+    write(result, out)
+    print(markdown_tables(result))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0

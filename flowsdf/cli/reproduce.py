@@ -1,0 +1,28 @@
+"""`flowsdf reproduce`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flowsdf import config as config_mod
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    presets = ", ".join(config_mod.PRESETS)
+    r = sub.add_parser("reproduce", help="data -> Stage 1 -> Stage 2 -> eval -> report.md (resumable)",
+                       description="Regenerate the published table and figures; rerun the same command to continue.")
+    r.add_argument("--preset", default="quick", help=f"config preset ({presets}); default quick")
+    r.add_argument("--out", type=Path, help="run folder (default: runs/reproduce-PRESET)")
+    r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flowsdf.eval.report import reproduce
+
+    out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.preset}"
+    report = reproduce(args.preset, out, args.device, not args.quiet)
+    print(f"report: {report}")
+    return 0

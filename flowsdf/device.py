@@ -1,0 +1,22 @@
+"""Which torch device a command runs on."""
+
+from __future__ import annotations
+
+import torch
+
+from flowsdf.errors import FlowSDFError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else CPU; an explicit name must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FlowSDFError(f"device {name!r} requested but CUDA is not available")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise FlowSDFError(f"unknown device {name!r}") from e
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FlowSDFError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    return device

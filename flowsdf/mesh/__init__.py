@@ -1,0 +1,1 @@
+"""Meshes from signed distance fields: marching cubes, surface sampling, export."""

@@ -1,0 +1,1 @@
+"""The fixed, differentiable renderer: silhouettes by ray marching, Lambertian shading."""

@@ -1,0 +1,1 @@
+"""Training: the shared epoch loop, Stage 1, the flow's two phases, the gradient check."""

@@ -1,0 +1,169 @@
+"""Stage 2, Flow-SDF: Phase 1 (distil the Stage-1 codes) then Phase 2 (end to end through the
+renderer, the shared epoch loop with image -> conditioner -> Euler steps -> code)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from flowsdf import checkpoint, runs
+from flowsdf.checkpoint import atomic_write_text
+from flowsdf.config import Config
+from flowsdf.data.dataset import Dataset
+from flowsdf.device import pick_device
+from flowsdf.errors import FlowSDFError
+from flowsdf.eval.figures import flow_strip
+from flowsdf.eval.views import (
+    evaluate_views,
+    flow_trajectories,
+    sample_diversity,
+)
+from flowsdf.flow import flow_predictor, noise_scale
+from flowsdf.models.build import build_flow, build_stage1
+from flowsdf.models.sdf import SDFDecoder
+from flowsdf.runs import run_data
+from flowsdf.train.distill import phase1
+from flowsdf.train.loop import Phase, fit_silhouettes, flatten_views, index_views
+from flowsdf.train.stage1 import finish
+
+
+def check_stage1_run(init_dir: Path, cfg: Config) -> Path:
+    """The finished Stage-1 checkpoint that Stage 2 starts from, checked against `cfg`."""
+    init_dir = Path(init_dir)
+    s1 = runs.read_config(init_dir)
+    ckpt = runs.checkpoint_path(init_dir, "stage1")
+    epoch = runs.checkpoint_epoch(init_dir, "stage1")
+    if epoch is None:
+        raise FlowSDFError(f"checkpoint {ckpt} does not exist")
+    if epoch != s1.stage1.epochs:
+        raise FlowSDFError(f"Stage-1 run {init_dir} is unfinished (epoch {epoch} of {s1.stage1.epochs}); resume it first")
+    for part in ("data", "encoder", "decoder"):
+        if getattr(s1, part) != getattr(cfg, part):
+            raise FlowSDFError(
+                f"Stage-1 run {init_dir} was trained with a different {part} config than preset '{cfg.preset}'"
+            )
+    return ckpt
+
+
+def train_flow(
+    cfg: Config,
+    run_dir: Path,
+    init_dir: Path,
+    data_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+    until_epoch: int | None = None,
+) -> dict | None:
+    """Stage 2: Phase 1 (distil the Stage-1 codes) then Phase 2 (end to end through the renderer).
+
+    Phase 1 is short and saved once done; `resume` continues Phase 2 from its last epoch (or starts
+    it, reusing a finished Phase 1). Returns Phase 2's summary, or None if stopped early.
+    """
+    dev = pick_device(device)
+    run_dir, init_dir = Path(run_dir), Path(init_dir)
+    if resume:
+        cfg = runs.read_config(run_dir)
+    else:
+        # Stage 2 continues the Stage-1 run: its config, with the preset's Stage-2 sections.
+        base = runs.read_config(run_dir if (run_dir / "config.json").exists() else init_dir)
+        if base.preset != cfg.preset:
+            raise FlowSDFError(f"{init_dir} was made with preset '{base.preset}', not '{cfg.preset}'")
+        cfg = dataclasses.replace(base, **{f: getattr(cfg, f) for f in runs.STAGE2_FIELDS})
+    init_ckpt = check_stage1_run(init_dir, cfg)
+    p1_ckpt = runs.checkpoint_path(run_dir, "phase1")
+    resume_p2 = resume and runs.checkpoint_path(run_dir, "phase2").exists()
+    if resume and not (resume_p2 or p1_ckpt.exists()):
+        raise FlowSDFError(f"nothing to resume in {run_dir}: no Stage-2 checkpoint yet")
+    cfg, _ = runs.prepare(run_dir, cfg, "phase2", resume_p2)
+    data = run_data(cfg, run_dir, data_dir, (init_dir,), progress).to(dev)
+    runs.begin(run_dir, cfg, "phase2")
+    runs.record_data(run_dir, data.root, cfg.data.hash())
+    (run_dir / "phase1").mkdir(exist_ok=True)
+
+    encoder, decoder = (m.to(dev) for m in build_stage1(cfg))
+    checkpoint.load(init_ckpt, {"encoder": encoder, "decoder": decoder}, map_location=dev)
+    train_views = flatten_views(data.train.input)
+    with torch.no_grad():
+        targets = encoder.eval()(train_views.images)  # (M, D) the Stage-1 codes
+    sigma = noise_scale(targets) if cfg.flow.noise_scaling else 1.0
+
+    if p1_ckpt.exists():  # written last by phase1(): its presence means Phase 1 finished
+        conditioner, velocity = (m.to(dev) for m in build_flow(cfg))
+        meta = checkpoint.load(p1_ckpt, {"conditioner": conditioner, "velocity": velocity}, map_location=dev)
+        if meta.get("init") != str(init_ckpt.resolve()):
+            raise FlowSDFError(f"{p1_ckpt} was distilled from {meta.get('init')}, not {init_ckpt.resolve()}")
+        sigma = meta["sigma"]
+    else:
+        conditioner, velocity = phase1(cfg, run_dir, train_views.images, targets, sigma, progress, init_ckpt)
+
+    phase = Phase(
+        name="phase2",
+        modules={"conditioner": conditioner, "velocity": velocity, "decoder": decoder},
+        predict=flow_predictor(conditioner, velocity, sigma, cfg.flow.steps),
+        decoder=decoder,
+        train=cfg.phase2,
+        extra_meta={"sigma": sigma},
+    )
+    start_file = run_dir / "phase2" / "start.json"
+    if not resume_p2:
+        # Where Phase 2 begins: the distilled flow's codes through the Stage-1 decoder. Epoch 1's
+        # mean loss also shows what the first optimiser steps did to it.
+        for m in phase.modules.values():
+            m.eval()
+        start = evaluate_views(phase.predict, decoder, data.train, "input", cfg.render, cfg.phase2.tau_start, cfg.seed)
+        (run_dir / "phase2").mkdir(exist_ok=True)
+        atomic_write_text(start_file, json.dumps({k: start[k] for k in ("views", "bce", "iou")}, indent=2))
+    t0 = time.perf_counter()
+    if not fit_silhouettes(phase, cfg, data, run_dir, resume_p2, progress, until_epoch):
+        return None
+    summary = finish(phase, cfg, data, run_dir, time.perf_counter() - t0)
+    for m in phase.modules.values():
+        m.eval()
+    tau = cfg.phase2.tau_end
+    summary["sigma"] = sigma
+    if start_file.exists():  # runs from before this record have none
+        summary["start_train_views"] = json.loads(start_file.read_text())
+    summary["diversity"] = sample_diversity(
+        conditioner, velocity, decoder, data.train, sigma, cfg.flow.steps, cfg.render, tau, seed=cfg.seed
+    )
+    summary["flow_strip"] = str(flow_strip_figure(cfg, run_dir, data, conditioner, velocity, decoder, sigma, init_ckpt))
+    atomic_write_text(run_dir / "phase2" / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def flow_strip_figure(
+    cfg: Config, run_dir: Path, data: Dataset, conditioner, velocity, decoder: SDFDecoder, sigma: float, init_ckpt: Path,
+    n_images: int = 3,
+) -> Path:
+    """The flow-step strip for a few training images: the trained model with its noise scaling,
+    and (when Phase 1 ran the ablation) the flow distilled without scaling, decoded by the
+    Stage-1 decoder whose codes it was fitted to."""
+    dev = next(decoder.parameters()).device
+    views = index_views(flatten_views(data.train.input), torch.arange(min(n_images, len(data.train)), device=dev))
+    tau, steps = cfg.phase2.tau_end, cfg.flow.steps
+    models = [(f"noise scaling on (sigma={sigma:.3f})", conditioner, velocity, decoder, sigma)]
+    ablation = Path(run_dir) / "phase1" / "noscale.safetensors"
+    if ablation.exists():
+        c_off, v_off = (m.to(dev).eval() for m in build_flow(cfg))
+        checkpoint.load(ablation, {"conditioner": c_off, "velocity": v_off}, map_location=dev)
+        enc1, dec1 = (m.to(dev).eval() for m in build_stage1(cfg))
+        checkpoint.load(init_ckpt, {"encoder": enc1, "decoder": dec1}, map_location=dev)
+        models.append(("noise scaling off (sigma=1, Phase-1 ablation)", c_off, v_off, dec1, 1.0))
+    strips = []
+    for label, c, v, d, s in models:
+        latents, sils = flow_trajectories(c, v, d, views, s, steps, cfg.render, tau, cfg.seed)
+        for i in range(views.images.shape[0]):
+            strips.append({
+                "label": f"image {i}: {label}",
+                "latents": latents[:, i].cpu().numpy(),
+                "silhouettes": sils[:, i].cpu().numpy(),
+                "gt": views.masks[i].cpu().numpy(),
+            })
+    path = Path(run_dir) / "phase2" / "figures" / "flow_strip.png"
+    flow_strip(strips, path)
+    return path

@@ -1,0 +1,220 @@
+"""The epoch loop shared by every phase that renders silhouettes (Stage 1, Flow Phase 2).
+
+Stage 1 (Mini SDF-SRN): image -> CNN encoder -> code -> SDF decoder -> renderer -> BCE against
+the silhouette. Stage 2 (Flow-SDF): Phase 1 distils the Stage-1 codes into a rectified flow (no
+rendering); Phase 2 reuses `fit_silhouettes` with image -> conditioner -> 8 Euler steps -> code.
+
+Determinism: the model is initialised from `cfg.seed`, and each epoch's shuffle (and any noise
+a phase draws) comes from a generator seeded by (seed, epoch). A checkpoint at the end of every
+epoch therefore carries everything needed: resuming after epoch k replays epochs k+1.. exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from flowsdf import checkpoint, runs
+from flowsdf.config import Config, TrainConfig
+from flowsdf.data.dataset import Dataset, Views
+from flowsdf.errors import FlowSDFError
+from flowsdf.eval.figures import prediction_grid
+from flowsdf.eval.views import (
+    prediction_rows,
+)
+from flowsdf.models.sdf import SDFDecoder
+from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_logits
+from flowsdf.train.ema import WeightAverage
+
+# image batch (B, 3, H, W) + a generator for any noise -> latent codes (B, D)
+Predictor = Callable[[Tensor, torch.Generator], Tensor]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def tau_at(cfg: TrainConfig, epoch: int) -> float:
+    """Geometric annealing from tau_start (epoch 0) to tau_end (last epoch)."""
+    frac = epoch / max(cfg.epochs - 1, 1)
+    return cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** frac
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Cosine decay from lr to lr * lr_final_fraction over the epochs."""
+    frac = epoch / max(cfg.epochs - 1, 1)
+    floor = cfg.lr * cfg.lr_final_fraction
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * frac))
+
+
+def warmup_factor(cfg: TrainConfig, step: int) -> float:
+    """Multiplier of the lr at optimiser step `step` (0-based): linear up to 1 over warmup_steps."""
+    if cfg.warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / cfg.warmup_steps)
+
+
+def flatten_views(views: Views) -> Views:
+    """(N, V, ...) -> (N*V, ...): every view is one training sample."""
+    return Views(*(x.flatten(0, 1) for x in (views.images, views.masks, views.K, views.c2w, views.light)))
+
+
+def silhouette_loss(
+    decoder: SDFDecoder, codes: Tensor, views: Views, render_cfg: RenderConfig, tau: float
+) -> tuple[Tensor, Tensor]:
+    """Mean BCE of the soft silhouettes of `codes` (B, D) seen from `views` (B views).
+
+    Returns (loss, logits (B, H, W)).
+    """
+    size = views.masks.shape[-1]
+    min_sdf = render_views(decoder.field(codes), views.K, views.c2w, size, render_cfg)  # (B, H, W)
+    logits = silhouette_logits(min_sdf, tau)
+    return F.binary_cross_entropy_with_logits(logits, views.masks), logits
+
+
+def index_views(views: Views, idx: Tensor) -> Views:
+    return Views(*(x[idx] for x in (views.images, views.masks, views.K, views.c2w, views.light)))
+
+
+@dataclass
+class Phase:
+    """What `fit_silhouettes` trains: named modules, an image -> code function, its config."""
+
+    name: str  # folder inside the run: "stage1", "phase2"
+    modules: dict[str, nn.Module]
+    predict: Predictor
+    decoder: SDFDecoder
+    train: TrainConfig
+    extra_meta: dict | None = None  # stored in every checkpoint (e.g. the flow's noise scale)
+
+
+def fit_silhouettes(
+    phase: Phase,
+    cfg: Config,
+    data: Dataset,
+    run_dir: Path,
+    resume: bool,
+    progress: bool = True,
+    until_epoch: int | None = None,
+) -> bool:
+    """The epoch loop: lr and tau schedules, steps, metrics, figures, checkpoints; resumable.
+
+    `until_epoch` stops early (after that epoch's checkpoint) without changing any schedule, so
+    a long run can be done in pieces. Returns True when the phase has run all its epochs; with
+    `ema_decay` the modules then hold the averaged weights, the phase's final model.
+    """
+    tc, stage = phase.train, phase.name
+    unknown = set(tc.lr_scale) - set(phase.modules)
+    if unknown:
+        raise FlowSDFError(f"lr_scale names {sorted(unknown)}, not modules of {stage} ({', '.join(phase.modules)})")
+    if not 0.0 <= tc.ema_decay < 1.0:
+        raise FlowSDFError(f"ema_decay must be in [0, 1), got {tc.ema_decay}")
+    # One parameter group per module, so each can have its own share of the scheduled lr.
+    groups = [{"params": list(m.parameters()), "name": name} for name, m in phase.modules.items()]
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.Adam(groups, lr=tc.lr)
+    ema = WeightAverage(phase.modules, tc.ema_decay) if tc.ema_decay > 0 else None
+    # With an average, the checkpoint's modules are the averaged weights (what every reader of a
+    # run loads) and the live training weights are stored beside them, for resume.
+    stored = phase.modules if ema is None else {**ema.averages, **{f"live_{n}": m for n, m in phase.modules.items()}}
+    ckpt = runs.checkpoint_path(run_dir, stage)
+    start_epoch = 0
+    if resume:
+        meta = checkpoint.load(ckpt, stored, optimizer, map_location=params[0].device)
+        start_epoch = int(meta["epoch"])
+        runs.truncate_metrics(run_dir, stage, start_epoch)
+
+    train_views = flatten_views(data.train.input)
+    n = train_views.images.shape[0]
+    steps_per_epoch = math.ceil(n / tc.batch_size)
+    last = tc.epochs if until_epoch is None else min(until_epoch, tc.epochs)
+    for epoch in range(start_epoch, last):
+        tau, epoch_lr = tau_at(tc, epoch), lr_at(tc, epoch)
+        gen = epoch_generator(cfg.seed, epoch)
+        order = torch.randperm(n, generator=gen).to(train_views.images.device)
+        t0, total, seen = time.perf_counter(), 0.0, 0
+        for m in phase.modules.values():
+            m.train()
+        bar = tqdm(range(0, n, tc.batch_size), desc=f"{stage} {epoch + 1}/{tc.epochs}", leave=False, disable=not progress)
+        for i, s in enumerate(bar):
+            lr = epoch_lr * warmup_factor(tc, epoch * steps_per_epoch + i)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * tc.lr_scale.get(group["name"], 1.0)
+            batch = index_views(train_views, order[s : s + tc.batch_size])
+            codes = phase.predict(batch.images, gen)  # (B, D)
+            loss, _ = silhouette_loss(phase.decoder, codes, batch, cfg.render, tau)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update(phase.modules)
+            b = batch.images.shape[0]
+            total, seen = total + loss.item() * b, seen + b
+            bar.set_postfix(loss=f"{total / seen:.4f}", tau=f"{tau:.3f}")
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "loss": total / seen, "tau": tau, "lr": lr, "seconds": seconds, "images_per_s": seen / seconds}
+        done = epoch + 1 == tc.epochs
+        if (epoch + 1) % tc.figure_every == 0 or done:
+            with ema.applied(phase.modules) if ema is not None else contextlib.nullcontext():
+                row.update(epoch_figure(phase, cfg, data, run_dir, epoch + 1, tau))
+        runs.append_metrics(run_dir, stage, row)
+        meta = {"epoch": epoch + 1, "stage": stage, **(phase.extra_meta or {})}
+        checkpoint.save(ckpt, stored, optimizer, meta)
+        if progress:
+            tqdm.write(f"{stage} epoch {epoch + 1}/{tc.epochs}  loss {row['loss']:.5f}  tau {tau:.4f}  {seconds:.1f}s")
+    if ema is not None and last == tc.epochs:
+        ema.copy_to(phase.modules)
+    return last == tc.epochs
+
+
+@torch.no_grad()
+def epoch_figure(phase: Phase, cfg: Config, data: Dataset, run_dir: Path, epoch: int, tau: float) -> dict:
+    """Predicted vs ground-truth silhouettes (training view + two novel views) of a few shapes."""
+    for m in phase.modules.values():
+        m.eval()
+    k = min(phase.train.figure_shapes, len(data.train))
+    rows, ious = prediction_rows(phase.predict, phase.decoder, data.train, k, cfg.render, tau, cfg.seed, novel=2)
+    prediction_grid(rows, f"{phase.name} epoch {epoch}", Path(run_dir) / phase.name / "figures" / f"epoch_{epoch:04d}.png")
+    return {"figure_train_iou": ious["input"], "figure_novel_iou": ious["novel"]}
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# --- Stage 2: Flow-SDF ------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+

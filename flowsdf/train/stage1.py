@@ -1,0 +1,80 @@
+"""Stage 1, Mini SDF-SRN: image -> CNN encoder -> code -> SDF decoder -> renderer -> BCE against
+the silhouette; and the final evaluation every silhouette-trained phase ends with."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from flowsdf import runs
+from flowsdf.checkpoint import atomic_write_text
+from flowsdf.config import Config
+from flowsdf.data.dataset import Dataset
+from flowsdf.device import pick_device
+from flowsdf.eval.timing import device_name
+from flowsdf.eval.views import (
+    evaluate_views,
+)
+from flowsdf.models.build import build_stage1
+from flowsdf.runs import load_data, run_data
+from flowsdf.train.loop import Phase, fit_silhouettes
+
+
+def train_stage1(
+    cfg: Config,
+    run_dir: Path,
+    data_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+    until_epoch: int | None = None,
+) -> dict | None:
+    """Mini SDF-SRN: train the CNN encoder and SDF decoder from silhouettes.
+
+    Returns the final summary, or None when `until_epoch` stopped the run before its end.
+    """
+    dev = pick_device(device)
+    if resume:
+        cfg = runs.read_config(run_dir)
+        data = run_data(cfg, run_dir, data_dir, progress=progress)
+    else:
+        data = load_data(cfg, data_dir, progress=progress)
+        cfg = dataclasses.replace(cfg, data=data.config)  # the run records the data it really used
+    cfg, resume = runs.prepare(run_dir, cfg, "stage1", resume)
+    data = data.to(dev)
+    runs.begin(run_dir, cfg, "stage1")
+    runs.record_data(run_dir, data.root, cfg.data.hash())
+    encoder, decoder = (m.to(dev) for m in build_stage1(cfg))
+    phase = Phase(
+        name="stage1",
+        modules={"encoder": encoder, "decoder": decoder},
+        predict=lambda images, gen: encoder(images),
+        decoder=decoder,
+        train=cfg.stage1,
+    )
+    t0 = time.perf_counter()
+    if not fit_silhouettes(phase, cfg, data, run_dir, resume, progress, until_epoch):
+        return None
+    return finish(phase, cfg, data, run_dir, time.perf_counter() - t0)
+
+
+def finish(phase: Phase, cfg: Config, data: Dataset, run_dir: Path, wall_seconds: float) -> dict:
+    """Evaluate the final model on training and novel views; write summary.json."""
+    for m in phase.modules.values():
+        m.eval()
+    metrics = runs.read_metrics(run_dir, phase.name)
+    tau = phase.train.tau_end
+    summary = {
+        "stage": phase.name,
+        "epochs": phase.train.epochs,
+        "train_loss_last_epoch": metrics[-1]["loss"] if metrics else None,
+        "train_seconds_total": sum(r["seconds"] for r in metrics),
+        "wall_seconds_this_session": wall_seconds,
+        "device": device_name(next(phase.decoder.parameters()).device),
+        "train_views": evaluate_views(phase.predict, phase.decoder, data.train, "input", cfg.render, tau, cfg.seed),
+        "novel_views": evaluate_views(phase.predict, phase.decoder, data.train, "novel", cfg.render, tau, cfg.seed),
+    }
+    atomic_write_text(Path(run_dir) / phase.name / "summary.json", json.dumps(summary, indent=2))
+    return summary
