@@ -43,3 +43,17 @@ def tiny_stage1_run(tmp_path_factory, tiny_cfg, tiny_data_dir) -> Path:
     run = tmp_path_factory.mktemp("runs") / "stage1"
     train_stage1(tiny_cfg, run, tiny_data_dir, progress=False)
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_flow_run(tmp_path_factory, tiny_cfg, tiny_stage1_run, tiny_data_dir) -> Path:
+    """A finished tiny run with both models: Stage 2 trained into a copy of the Stage-1 run
+    (copy it before writing into it)."""
+    import shutil
+
+    from flowsdf.train.flow import train_flow
+
+    run = tmp_path_factory.mktemp("runs") / "flow"
+    shutil.copytree(tiny_stage1_run, run)
+    train_flow(tiny_cfg, run, run, tiny_data_dir, progress=False)
+    return run

@@ -25,11 +25,10 @@ from flowsdf.eval.run import (
     markdown_tables,
     write,
 )
-from flowsdf.eval.shapes3d import bounded, decoder_field, gt_field
+from flowsdf.eval.shapes3d import gt_field
 from flowsdf.eval.views import predict_codes
-from flowsdf.flow import sample_latents
 from flowsdf.mesh.extract import extract_mesh
-from flowsdf.render.silhouette import render_views, silhouette_logits
+from flowsdf.pipeline import FlowSDF
 from flowsdf.runs import run_data
 from flowsdf.train.flow import train_flow
 from flowsdf.train.stage1 import train_stage1
@@ -85,33 +84,30 @@ def make_figures(out: Path, data_root: Path, device: str, resolution: int) -> di
     dev = pick_device(device)
     cfg = runs.read_config(out)
     data = run_data(cfg, out, data_root).to(dev)
+    models = load_models(out, dev)
     rows = []
     for split_name, split in (("train", data.train), ("held-out", data.heldout)):
         idx = list(range(min(2, len(split))))
         rows += [{"label": f"{split_name} #{i} ground truth", **_mesh(gt_field(split.shapes[i]), resolution, dev)} for i in idx]
-        for name, model in load_models(out, cfg, dev).items():
-            codes = predict_codes(model["predict"], split, cfg.seed)
-            rows += [{"label": f"{split_name} #{i} {name}", **_mesh(bounded(decoder_field(model["decoder"], codes[i])), resolution, dev)}
-                     for i in idx]
+        for name, model in models.items():
+            codes = predict_codes(model.predictor(), split, cfg.seed)
+            rows += [{"label": f"{split_name} #{i} {name}", **_mesh(model.field(codes[i]), resolution, dev)} for i in idx]
     rows.sort(key=lambda r: r["label"])
     mesh_gallery(rows, figs / "meshes.png")
-    samples_figure(load_models(out, cfg, dev)["flow"], data, cfg, figs / "flow_samples.png")
+    samples_figure(models["flow"], data, figs / "flow_samples.png")
     return {name: f"report_figures/{name}.png" for name in ("loss_curves", "meshes", "flow_samples")}
 
 
 @torch.no_grad()
-def samples_figure(flow: dict, data, cfg, path: Path, n_images: int = 4, k: int = 4) -> None:
+def samples_figure(flow: FlowSDF, data, path: Path, n_images: int = 4, k: int = 4) -> None:
     """Silhouettes of K seeds' samples per image, seen from a novel view (diversity at a glance)."""
     split = data.train
     n = min(n_images, len(split))
-    cond = flow["conditioner"](split.input.images[:n, 0]).repeat_interleave(k, 0)  # (n*k, C)
-    codes = sample_latents(flow["velocity"], cond, flow["velocity"].config.latent_dim, flow["sigma"], cfg.flow.steps,
-                           seed=list(range(k)) * n)  # (n*k, D)
+    codes = flow(split.input.images[:n, 0], samples=k, seed=0).codes  # (n, k, D)
     views = split.novel
     K, c2w = views.K[:n, 0].repeat_interleave(k, 0), views.c2w[:n, 0].repeat_interleave(k, 0)
     size = views.masks.shape[-1]
-    sils = torch.sigmoid(silhouette_logits(render_views(flow["decoder"].field(codes), K, c2w, size, cfg.render),
-                                           flow["tau"])).view(n, k, size, size).cpu()
+    sils = flow.silhouettes(codes.flatten(0, 1), K, c2w, size).view(n, k, size, size).cpu()
     rows = [{"image": split.input.images[i, 0].permute(1, 2, 0).cpu().numpy(), "gt": views.masks[i, 0].cpu().numpy(),
              "samples": [s.numpy() for s in sils[i]]} for i in range(n)]
     sample_grid(rows, path)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from flowsdf import checkpoint, runs
+from flowsdf import runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.data.dataset import ShapeSplit
 from flowsdf.device import pick_device
@@ -35,31 +35,17 @@ from flowsdf.eval.views import (
     render_group,
     sample_diversity,
 )
-from flowsdf.flow import flow_predictor
-from flowsdf.models.build import build_flow, build_stage1
+from flowsdf.pipeline import FlowSDF
 from flowsdf.runs import run_data
 
 
-def _finished(run_dir: Path, stage: str, epochs: int) -> bool:
-    return runs.checkpoint_epoch(run_dir, stage) == epochs
-
-
-def load_models(run_dir: Path, cfg, dev: torch.device) -> dict[str, dict[str, Any]]:
-    """The finished models of a run: {"cnn": {...}, "flow": {...}} with predictors and modules."""
-    models: dict[str, dict[str, Any]] = {}
-    if _finished(run_dir, "stage1", cfg.stage1.epochs):
-        enc, dec = (m.to(dev).eval() for m in build_stage1(cfg))
-        checkpoint.load(runs.checkpoint_path(run_dir, "stage1"), {"encoder": enc, "decoder": dec}, map_location=dev)
-        models["cnn"] = {"predict": lambda im, gen, enc=enc: enc(im), "decoder": dec, "encoder": enc,
-                         "tau": cfg.stage1.tau_end, "stages": ["stage1"]}
-    if _finished(run_dir, "phase2", cfg.phase2.epochs):
-        cond, vel = (m.to(dev).eval() for m in build_flow(cfg))
-        _, dec = (m.to(dev).eval() for m in build_stage1(cfg))
-        meta = checkpoint.load(runs.checkpoint_path(run_dir, "phase2"),
-                               {"conditioner": cond, "velocity": vel, "decoder": dec}, map_location=dev)
-        models["flow"] = {"predict": flow_predictor(cond, vel, meta["sigma"], cfg.flow.steps), "decoder": dec,
-                          "conditioner": cond, "velocity": vel, "sigma": meta["sigma"], "tau": cfg.phase2.tau_end,
-                          "stages": ["stage1", "phase1", "phase2"]}
+def load_models(run_dir: Path, dev: torch.device) -> dict[str, FlowSDF]:
+    """The finished models of a run, {"cnn": ..., "flow": ...}; at least one, else one clear error."""
+    cfg = runs.read_config(run_dir)
+    models = {}
+    for name, stage, epochs in (("cnn", "stage1", cfg.stage1.epochs), ("flow", "phase2", cfg.phase2.epochs)):
+        if runs.checkpoint_epoch(run_dir, stage) == epochs:
+            models[name] = FlowSDF.from_run(run_dir, name, dev)
     if not models:
         raise FlowSDFError(f"{run_dir} has no finished stage to evaluate")
     return models
@@ -77,12 +63,12 @@ def training_seconds(run_dir: Path, stages: list[str]) -> float:
 
 
 @torch.no_grad()
-def best_and_mean_of_k(model: dict, split: ShapeSplit, cfg, k: int, tau: float) -> dict:
+def best_and_mean_of_k(model: FlowSDF, split: ShapeSplit, k: int) -> dict:
     """Novel-view IoU of K samples per shape (seeds 0..K-1): the best sample's and the mean."""
     ious = []
     for seed in range(k):
-        codes = predict_codes(model["predict"], split, seed)
-        probs = torch.sigmoid(render_group(model["decoder"], codes, split.novel, cfg.render, tau))  # (N, V, H, W)
+        codes = predict_codes(model.predictor(), split, seed)
+        probs = torch.sigmoid(render_group(model.decoder, codes, split.novel, model.cfg.render, model.tau))  # (N, V, H, W)
         iou = silhouette_iou(probs.flatten(0, 1), split.novel.masks.flatten(0, 1)).view(len(split), -1).mean(1)
         ious.append(iou)
     ious_t = torch.stack(ious)  # (K, N)
@@ -100,14 +86,14 @@ def evaluate_run(
     data = run_data(cfg, run_dir, data_dir).to(dev)
     result: dict[str, Any] = {"run": str(run_dir), "data": str(data.root.resolve()), "preset": cfg.preset,
                               "device": device_name(dev), "mesh_resolution": mesh_resolution, "models": {}}
-    for name, model in load_models(run_dir, cfg, dev).items():
-        tau = model["tau"]
+    for name, model in load_models(run_dir, dev).items():
+        tau, predict = model.tau, model.predictor()
         # Every metric of a split scores the same codes (for a flow: the same samples, seed cfg.seed).
-        ev = lambda split, group: evaluate_views(model["predict"], model["decoder"], split, group, cfg.render, tau, cfg.seed)  # noqa: E731
+        ev = lambda split, group: evaluate_views(predict, model.decoder, split, group, cfg.render, tau, cfg.seed)  # noqa: E731
         r: dict[str, Any] = {
             "tau": tau,
-            "training_seconds": training_seconds(run_dir, model["stages"]),
-            "train_loss_last_epoch": runs.read_metrics(run_dir, model["stages"][-1])[-1]["loss"],
+            "training_seconds": training_seconds(run_dir, list(model.stages)),
+            "train_loss_last_epoch": runs.read_metrics(run_dir, model.stages[-1])[-1]["loss"],
             "silhouettes": {
                 "train_views": ev(data.train, "input"),
                 "novel_views": ev(data.train, "novel"),
@@ -116,20 +102,20 @@ def evaluate_run(
             },
         }
         r["shapes_3d"] = {
-            split: evaluate_shapes(model["decoder"], predict_codes(model["predict"], s, cfg.seed), s.shapes,
+            split: evaluate_shapes(model.decoder, predict_codes(predict, s, cfg.seed), s.shapes,
                                    bound_radius=cfg.render.bound_radius, resolution=mesh_resolution, progress=progress)
             for split, s in (("train", data.train), ("heldout", data.heldout))
         }
         if name == "flow":
             r["sampling"] = {
-                "novel_views": best_and_mean_of_k(model, data.train, cfg, k, tau),
-                "heldout_novel": best_and_mean_of_k(model, data.heldout, cfg, k, tau),
-                "diversity": sample_diversity(model["conditioner"], model["velocity"], model["decoder"], data.train,
-                                              model["sigma"], cfg.flow.steps, cfg.render, tau, k=k, seed=cfg.seed),
+                "novel_views": best_and_mean_of_k(model, data.train, k),
+                "heldout_novel": best_and_mean_of_k(model, data.heldout, k),
+                "diversity": sample_diversity(model.conditioner, model.velocity, model.decoder, data.train,
+                                              model.sigma, cfg.flow.steps, cfg.render, tau, k=k, seed=cfg.seed),
             }
         r["latency"] = inference_latency(
-            model.get("encoder"), model.get("conditioner"), model.get("velocity"), model["decoder"],
-            model.get("sigma", 1.0), cfg.data.image_size, dev, mesh_resolution=mesh_resolution,
+            model.encoder, model.conditioner, model.velocity, model.decoder,
+            model.sigma, cfg.data.image_size, dev, mesh_resolution=mesh_resolution,
             repeats=timing_repeats,
         )
         result["models"][name] = r

@@ -111,28 +111,6 @@ def prediction_rows(
 
 
 @torch.no_grad()
-def flow_trajectories(
-    conditioner, velocity, decoder: SDFDecoder, views: Views, sigma: float, steps: int, render_cfg: RenderConfig,
-    tau: float, seed: int,
-) -> tuple[Tensor, Tensor]:
-    """Latents and decoded silhouettes after each Euler step, for the B views' images.
-
-    views holds one view per item (B, ...). Returns latents (steps + 1, B, D) and silhouette
-    probabilities (steps + 1, B, H, W), each state rendered from the item's own camera.
-    """
-    from flowsdf.flow import sample_latents
-
-    cond = conditioner(views.images)  # (B, C)
-    _, traj = sample_latents(velocity, cond, velocity.config.latent_dim, sigma, steps, seed=seed, return_trajectory=True)
-    size = views.masks.shape[-1]
-    sils = torch.stack([
-        torch.sigmoid(silhouette_logits(render_views(decoder.field(z), views.K, views.c2w, size, render_cfg), tau))
-        for z in traj
-    ])  # (steps + 1, B, H, W)
-    return traj, sils
-
-
-@torch.no_grad()
 def sample_diversity(
     conditioner, velocity, decoder: SDFDecoder, split: ShapeSplit, sigma: float, steps: int, render_cfg: RenderConfig,
     tau: float, k: int = 4, n_shapes: int = 8, seed: int = 0,

@@ -19,12 +19,11 @@ from flowsdf.errors import FlowSDFError
 from flowsdf.eval.figures import flow_strip
 from flowsdf.eval.views import (
     evaluate_views,
-    flow_trajectories,
     sample_diversity,
 )
 from flowsdf.flow import flow_predictor, noise_scale
-from flowsdf.models.build import build_flow, build_stage1
-from flowsdf.models.sdf import SDFDecoder
+from flowsdf.models.build import build_flow
+from flowsdf.pipeline import FlowSDF
 from flowsdf.runs import run_data
 from flowsdf.train.distill import phase1
 from flowsdf.train.loop import Phase, fit_silhouettes, flatten_views, index_views
@@ -85,8 +84,8 @@ def train_flow(
     runs.record_data(run_dir, data.root, cfg.data.hash())
     (run_dir / "phase1").mkdir(exist_ok=True)
 
-    encoder, decoder = (m.to(dev) for m in build_stage1(cfg))
-    checkpoint.load(init_ckpt, {"encoder": encoder, "decoder": decoder}, map_location=dev)
+    stage1 = FlowSDF.from_run(init_dir, "cnn", dev)  # check_stage1_run made sure its models are cfg's
+    encoder, decoder = stage1.encoder, stage1.decoder
     train_views = flatten_views(data.train.input)
     with torch.no_grad():
         targets = encoder.eval()(train_views.images)  # (M, D) the Stage-1 codes
@@ -131,32 +130,24 @@ def train_flow(
     summary["diversity"] = sample_diversity(
         conditioner, velocity, decoder, data.train, sigma, cfg.flow.steps, cfg.render, tau, seed=cfg.seed
     )
-    summary["flow_strip"] = str(flow_strip_figure(cfg, run_dir, data, conditioner, velocity, decoder, sigma, init_ckpt))
+    summary["flow_strip"] = str(flow_strip_figure(cfg, run_dir, data))
     atomic_write_text(run_dir / "phase2" / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def flow_strip_figure(
-    cfg: Config, run_dir: Path, data: Dataset, conditioner, velocity, decoder: SDFDecoder, sigma: float, init_ckpt: Path,
-    n_images: int = 3,
-) -> Path:
-    """The flow-step strip for a few training images: the trained model with its noise scaling,
+def flow_strip_figure(cfg: Config, run_dir: Path, data: Dataset, n_images: int = 3) -> Path:
+    """The flow-step strip for a few training images: the finished flow with its noise scaling,
     and (when Phase 1 ran the ablation) the flow distilled without scaling, decoded by the
     Stage-1 decoder whose codes it was fitted to."""
-    dev = next(decoder.parameters()).device
+    dev = data.train.input.images.device
     views = index_views(flatten_views(data.train.input), torch.arange(min(n_images, len(data.train)), device=dev))
-    tau, steps = cfg.phase2.tau_end, cfg.flow.steps
-    models = [(f"noise scaling on (sigma={sigma:.3f})", conditioner, velocity, decoder, sigma)]
-    ablation = Path(run_dir) / "phase1" / "noscale.safetensors"
-    if ablation.exists():
-        c_off, v_off = (m.to(dev).eval() for m in build_flow(cfg))
-        checkpoint.load(ablation, {"conditioner": c_off, "velocity": v_off}, map_location=dev)
-        enc1, dec1 = (m.to(dev).eval() for m in build_stage1(cfg))
-        checkpoint.load(init_ckpt, {"encoder": enc1, "decoder": dec1}, map_location=dev)
-        models.append(("noise scaling off (sigma=1, Phase-1 ablation)", c_off, v_off, dec1, 1.0))
+    flow = FlowSDF.from_run(run_dir, "flow", dev)
+    models = [(f"noise scaling on (sigma={flow.sigma:.3f})", flow)]
+    if (Path(run_dir) / "phase1" / "noscale.safetensors").exists():
+        models.append(("noise scaling off (sigma=1, Phase-1 ablation)", FlowSDF.from_run(run_dir, "flow-noscale", dev)))
     strips = []
-    for label, c, v, d, s in models:
-        latents, sils = flow_trajectories(c, v, d, views, s, steps, cfg.render, tau, cfg.seed)
+    for label, pipe in models:
+        latents, sils = pipe.flow_steps(views.images, views.K, views.c2w, seed=cfg.seed)
         for i in range(views.images.shape[0]):
             strips.append({
                 "label": f"image {i}: {label}",

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import torch
 
-from flowsdf import checkpoint, runs
+from flowsdf import runs
 from flowsdf.device import pick_device
-from flowsdf.errors import FlowSDFError
 from flowsdf.eval.timing import device_name
-from flowsdf.flow import flow_predictor
-from flowsdf.models.build import build_flow, build_stage1
+from flowsdf.pipeline import FlowSDF
 from flowsdf.runs import run_data
 from flowsdf.train.loop import flatten_views, index_views, silhouette_loss
 
@@ -28,28 +26,19 @@ def _sync(device: torch.device) -> None:
 
 
 def check_grads(run_dir: Path, data_dir: Path | None = None, device: str = "auto", batch_size: int | None = None) -> dict:
-    """Load a Stage-2 run (Phase 2 if present, else Phase 1 + Stage-1 decoder); one backward pass."""
+    """Load a Stage-2 run's latest flow (Phase 2 if present, else Phase 1 + Stage-1 decoder); one backward pass."""
     dev = pick_device(device)
     run_dir = Path(run_dir)
-    cfg = runs.read_config(run_dir)
-    conditioner, velocity = (m.to(dev) for m in build_flow(cfg))
-    _, decoder = (m.to(dev) for m in build_stage1(cfg))
-    p2, p1, s1 = (runs.checkpoint_path(run_dir, s) for s in ("phase2", "phase1", "stage1"))
+    pipe = FlowSDF.from_run(run_dir, "flow", dev, finished=False)
+    cfg = pipe.cfg
+    conditioner, velocity, decoder = pipe.conditioner, pipe.velocity, pipe.decoder
     modules = {"conditioner": conditioner, "velocity": velocity, "decoder": decoder}
-    if p2.exists():
-        source = p2
-        sigma = checkpoint.load(p2, modules, map_location=dev)["sigma"]
-    elif p1.exists() and s1.exists():
-        source = p1
-        sigma = checkpoint.load(p1, {"conditioner": conditioner, "velocity": velocity}, map_location=dev)["sigma"]
-        checkpoint.load(s1, {"decoder": decoder, "encoder": build_stage1(cfg)[0]}, map_location=dev)
-    else:
-        raise FlowSDFError(f"{run_dir} has no Stage-2 checkpoint (phase2/ or phase1/ + stage1/)")
+    source = runs.checkpoint_path(run_dir, pipe.stages[-1])  # phase2, or phase1 before Phase 2
     data = run_data(cfg, run_dir, data_dir).to(dev)
     views = flatten_views(data.train.input)
     b = batch_size or cfg.phase2.batch_size
     batch = index_views(views, torch.arange(min(b, views.images.shape[0]), device=dev))
-    predict = flow_predictor(conditioner, velocity, sigma, cfg.flow.steps)
+    predict = pipe.predictor()
     for m in modules.values():
         m.train()
 
