@@ -276,6 +276,12 @@ def _type_text(cls: Any) -> str:
     return names.get(cls, f"of type {getattr(cls, '__name__', cls)}")
 
 
+def check_section(cls: type, value: Any, path: str) -> Any:
+    """One section of the config (e.g. DataConfig at "data") from JSON values, checked like a
+    whole config.json."""
+    return _build(cls, value, path)
+
+
 def from_dict(d: dict[str, Any]) -> Config:
     """A checked Config from plain JSON values: every field's type and range, then the agreements
     between sections; a problem is one FlowSDFError line naming the field."""

@@ -18,7 +18,7 @@ from flowsdf import runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.data import dataset
 from flowsdf.device import pick_device
-from flowsdf.errors import FlowSDFError
+from flowsdf.errors import FlowSDFError, warn
 from flowsdf.eval.figures import loss_curves, mesh_gallery, sample_grid
 from flowsdf.eval.run import (
     evaluate_run,
@@ -89,7 +89,7 @@ def reproduce(
 def make_figures(out: Path, data_root: Path, device: str, resolution: int) -> dict[str, str]:
     """Loss curves and a mesh gallery (prediction vs ground truth); paths relative to `out`."""
     figs = out / "report_figures"
-    loss_curves({"Stage 1 (CNN)": out / "stage1" / "metrics.jsonl", "Stage 2 Phase 2 (flow)": out / "phase2" / "metrics.jsonl"},
+    loss_curves({"Stage 1 (CNN)": runs.read_metrics(out, "stage1"), "Stage 2 Phase 2 (flow)": runs.read_metrics(out, "phase2")},
                 figs / "loss_curves.png")
     dev = pick_device(device)
     cfg = runs.read_config(out)
@@ -135,9 +135,19 @@ def _epoch_figures(out: Path, stage: str) -> list[str]:
     return [str(f.relative_to(out)) for f in sorted((out / stage / "figures").glob("epoch_*.png"))]
 
 
+def phase1_summary(out: Path) -> dict | None:
+    """Phase 1's summary.json, or None with a warning: the report goes on without that section."""
+    path = out / "phase1" / "summary.json"
+    try:
+        p1 = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        warn(f"{path} is missing or damaged ({type(e).__name__}); the report's noise-scaling section says n/a")
+        return None
+    return p1
+
+
 def render_report(cfg, out: Path, result: dict, figures: dict[str, str], seconds: float) -> str:
-    p1 = json.loads((out / "phase1" / "summary.json").read_text())
-    w, wo = p1["with_scaling"], p1.get("without_scaling")
+    p1 = phase1_summary(out)
     lines = [
         f"# Flow-SDF reproduction: preset `{cfg.preset}`",
         "",
@@ -153,9 +163,14 @@ def render_report(cfg, out: Path, result: dict, figures: dict[str, str], seconds
         markdown_tables(result),
         "## Noise scaling (Phase 1)",
         "",
-        f"sigma = {p1['sigma']:.4f} (std of the Stage-1 codes). With scaling: cosine(sample, target) {w['cosine']:.3f}, "
-        f"code-norm ratio {w['norm_ratio']:.3f} (sample {w['sample_norm']:.3f} vs target {w['target_norm']:.3f}, noise {w['noise_norm']:.3f}).",
     ]
+    if p1 is None:
+        lines.append("n/a: `phase1/summary.json` is missing or damaged.")
+    else:
+        w = p1["with_scaling"]
+        lines.append(f"sigma = {p1['sigma']:.4f} (std of the Stage-1 codes). With scaling: cosine(sample, target) {w['cosine']:.3f}, "
+                     f"code-norm ratio {w['norm_ratio']:.3f} (sample {w['sample_norm']:.3f} vs target {w['target_norm']:.3f}, noise {w['noise_norm']:.3f}).")
+    wo = p1.get("without_scaling") if p1 else None
     if wo:
         lines.append(f"Without scaling (sigma = 1): cosine {wo['cosine']:.3f}, norm ratio {wo['norm_ratio']:.3f} "
                      f"(sample {wo['sample_norm']:.3f}, noise {wo['noise_norm']:.3f}). Published: cosine 0.08 -> 0.95.")
