@@ -12,8 +12,9 @@ import json
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from flowsdf.data.dataset import DataConfig
 from flowsdf.errors import FlowSDFError

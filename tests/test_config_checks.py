@@ -56,4 +56,4 @@ def test_a_run_with_a_bad_value_is_refused_by_the_cli(capsys, tmp_path, tiny_cfg
     for argv in (["train", "--stage", "cnn", "--out", str(run), "--resume"], ["eval", str(run)], ["check-grads", str(run)]):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err == f"flowsdf: error: config: render.n_samples must be a positive integer, got -5\n"
+        assert err == "flowsdf: error: config: render.n_samples must be a positive integer, got -5\n"

@@ -207,7 +207,7 @@ def test_eval_without_metrics_reports_what_is_missing_and_goes_on(capsys, tmp_pa
     shutil.copytree(finished_run, run)
     (run / "stage1" / "metrics.jsonl").unlink()
     (run / "phase2" / "metrics.jsonl").write_text('{"epoch": 1, "loss": 0.5, "seconds": 1.0}\n{"epoch": 2, "lo')
-    code, out, err = run_cli(capsys, "eval", run, "--quiet", "--mesh-resolution", "8", "--k", "1")
+    code, _, err = run_cli(capsys, "eval", run, "--quiet", "--mesh-resolution", "8", "--k", "1")
     assert code == 0, err
     assert "stage1/metrics.jsonl is missing or empty" in err and "phase2/metrics.jsonl: 1 damaged line(s) left out" in err
     result = json.loads((run / "eval" / "eval.json").read_text())

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from flowsdf import config as config_mod
-from flowsdf import overrides
-from flowsdf import runs
+from flowsdf import overrides, runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.data import dataset
 from flowsdf.device import pick_device
