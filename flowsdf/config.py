@@ -107,7 +107,7 @@ RULES: dict[type, dict[str, Rule]] = {
     Config: {"preset": Rule("a preset name", lambda v: v in PRESETS), "seed": COUNT},
     DataConfig: {
         "n_train_shapes": POSITIVE_INT, "n_heldout_shapes": POSITIVE_INT, "train_views": POSITIVE_INT,
-        "novel_views": POSITIVE_INT, "image_size": POSITIVE_INT, "fov_deg": Rule("in (0, 180)", lambda v: 0 < v < 180),
+        "novel_views": POSITIVE_INT, "image_size": POSITIVE_INT, "fov_deg": Rule("a number in (0, 180)", lambda v: 0 < v < 180),
         # Cameras must see the whole bounding sphere (radius <= 0.9) from outside it.
         "cam_distance": Rule("a number > 1", lambda v: v > 1), "ambient": FRACTION, "csg_fraction": FRACTION,
         "gt_samples": Rule("an integer >= 2", lambda v: v >= 2), "seed": COUNT,
@@ -243,18 +243,18 @@ _WRONG = object()  # what _typed returns for a value of the wrong type
 
 
 def _typed(cls: Any, value: Any) -> Any:
-    """`value` as the annotated type `cls` (int, float, bool, str, tuple[T, ...], dict[str, T],
-    T | None), or _WRONG. JSON has no tuples, and writes 1.0 as 1; bools are not numbers here."""
+    """`value` as the annotated type `cls` (int, float, bool, str, tuple[T, ...], list[T],
+    dict[str, T], T | None), or _WRONG. JSON has no tuples, and writes 1.0 as 1; bools are not numbers here."""
     origin, args = typing.get_origin(cls), typing.get_args(cls)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         return _typed(next(a for a in args if a is not type(None)), value)
-    if origin is tuple:
+    if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             return _WRONG
         items = [_typed(args[0], v) for v in value]
-        return _WRONG if _WRONG in items else tuple(items)
+        return _WRONG if _WRONG in items else origin(items)
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             return _WRONG
