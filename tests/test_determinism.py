@@ -36,7 +36,7 @@ def digests(run: Path) -> dict[str, str]:
 
 
 def test_stage1_is_bit_identical_at_the_default_thread_count(tmp_path, tiny_data_dir):
-    train = ["train", "--stage", "cnn", "--preset", "tiny", "--data", tiny_data_dir, "--quiet"]
+    train = ["train", "--stage", "cnn", "--preset", "tiny", "--data", tiny_data_dir, "--quiet", "--set", "stage1.figure_every=100"]
     for name in ("a", "b"):
         flowsdf(*train, "--out", tmp_path / name)
     assert digests(tmp_path / "a") == digests(tmp_path / "b")
@@ -47,16 +47,19 @@ def test_stage1_is_bit_identical_at_the_default_thread_count(tmp_path, tiny_data
 
 
 def test_stage2_is_bit_identical_at_two_threads(tmp_path, tiny_cfg, tiny_stage1_run, tiny_data_dir):
-    """In process (subprocesses cost seconds each), at 2 threads: the default on a 2-core machine."""
-    cfg = dataclasses.replace(tiny_cfg, phase1=dataclasses.replace(tiny_cfg.phase1, iterations=10, ablation=False))
+    """In process (subprocesses cost seconds each), at 2 threads: the default on a 2-core machine.
+    Runs stop after epoch 2 of 3, which skips the final evaluation and figures (not training)."""
+    cfg = dataclasses.replace(tiny_cfg, phase1=dataclasses.replace(tiny_cfg.phase1, iterations=10, ablation=False),
+                              phase2=dataclasses.replace(tiny_cfg.phase2, epochs=3, figure_every=100))
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         for name in ("a", "b"):
-            train_flow(cfg, tmp_path / name, tiny_stage1_run, tiny_data_dir, progress=False)
-        assert train_flow(cfg, tmp_path / "c", tiny_stage1_run, tiny_data_dir, progress=False, until_epoch=1) is None
-        train_flow(cfg, tmp_path / "c", tiny_stage1_run, tiny_data_dir, resume=True, progress=False)
+            assert train_flow(cfg, tmp_path / name, tiny_stage1_run, tiny_data_dir, progress=False, until_epoch=2) is None
+        train_flow(cfg, tmp_path / "c", tiny_stage1_run, tiny_data_dir, progress=False, until_epoch=1)
+        train_flow(cfg, tmp_path / "c", tiny_stage1_run, tiny_data_dir, resume=True, progress=False, until_epoch=2)
     finally:
         torch.set_num_threads(old)
+    assert runs.checkpoint_epoch(tmp_path / "c", "phase2") == 2
     assert digests(tmp_path / "a") == digests(tmp_path / "b") == digests(tmp_path / "c")
     assert "phase2" in digests(tmp_path / "a")
