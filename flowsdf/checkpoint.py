@@ -4,10 +4,16 @@ A checkpoint holds named modules' parameters (`model.<module>.<param>`), the opt
 state (`optim.<index>.<key>`) and a JSON header (`meta`: epoch, optimiser hyper-parameters, any
 scalars the caller adds). Nothing is ever unpickled. One file means one atomic `os.replace`:
 a crash mid-write leaves the previous checkpoint intact.
+
+The header also holds `tensors_sha256`, a digest of every tensor's name, dtype, shape and bytes,
+checked on every load: a file damaged in place (same size, some bytes changed) is refused instead
+of silently resuming from wrong weights. Checkpoints written before the digest existed load with
+a one-line warning on stderr.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -19,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from flowsdf.errors import FlowSDFError
+from flowsdf.errors import FlowSDFError, warn
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -47,6 +53,16 @@ def publish(tmp: str | Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order (CPU tensors)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # raw bytes, whatever the dtype
+    return h.hexdigest()
+
+
 def save(
     path: Path,
     modules: dict[str, nn.Module],
@@ -67,6 +83,7 @@ def save(
             for key, value in per_param.items():
                 tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).contiguous().cpu()
         header["optimizer_groups"] = state["param_groups"]
+    header["tensors_sha256"] = tensors_digest(tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -104,10 +121,7 @@ def load(
 ) -> dict[str, Any]:
     """Load weights into `modules` (and the optimiser state); returns the checkpoint's meta."""
     header = read_header(path)
-    try:
-        tensors = load_file(str(path), device=str(map_location))
-    except (SafetensorError, OSError) as e:
-        raise FlowSDFError(f"checkpoint {path} is damaged ({e})") from e
+    tensors = {k: v.to(map_location) for k, v in _verified_tensors(path, header).items()}
     for name, module in modules.items():
         prefix = f"model.{name}."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -131,3 +145,25 @@ def load(
         except (ValueError, KeyError) as e:
             raise FlowSDFError(f"checkpoint {path}: optimiser state does not fit ({e})") from e
     return header["meta"]
+
+
+def _verified_tensors(path: Path, header: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint on the CPU, checked against the header's digest."""
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise FlowSDFError(f"checkpoint {path} is damaged ({e})") from e
+    expected = header.get("tensors_sha256")
+    if expected is None:
+        warn(f"checkpoint {path} has no content digest (written by an older flowsdf); loaded unverified")
+    elif tensors_digest(tensors) != expected:
+        raise FlowSDFError(f"checkpoint {path} is damaged: its tensors do not match the digest stored when it was saved")
+    return tensors
+
+
+def digest(path: Path) -> str:
+    """The content digest that identifies a checkpoint: the stored one, or (for a checkpoint from
+    before digests) computed from its tensors."""
+    header = read_header(path)
+    return header.get("tensors_sha256") or tensors_digest(_verified_tensors(path, header))
+

@@ -287,11 +287,19 @@ def _stage_checkpoint(run_dir: Path, stage: str, epochs: int, finished: bool) ->
 
 
 def _stage1_checkpoint_of(run_dir: Path) -> Path:
-    """The Stage-1 checkpoint a flow run started from: the run's own, else the one Phase 1 recorded."""
+    """The Stage-1 checkpoint a flow run started from: the run's own, else the one Phase 1
+    recorded (by its path relative to the run, checked against its digest; older runs recorded an
+    absolute path)."""
     own = runs.checkpoint_path(run_dir, "stage1")
     if own.is_file():
         return own
-    init = checkpoint.read_header(runs.checkpoint_path(run_dir, "phase1"))["meta"].get("init")
+    meta = checkpoint.read_header(runs.checkpoint_path(run_dir, "phase1"))["meta"]
+    if "init_relative" in meta:
+        path = Path(run_dir) / meta["init_relative"]
+        if not path.is_file() or checkpoint.digest(path) != meta.get("init_sha256"):
+            raise FlowSDFError(f"{run_dir}: the Stage-1 checkpoint it started from is not at {path} (moved or replaced)")
+        return path
+    init = meta.get("init")
     if not init or not Path(init).is_file():
         raise FlowSDFError(f"{run_dir}: the Stage-1 checkpoint it started from is not found ({init})")
     return Path(init)

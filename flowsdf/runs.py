@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 from pathlib import Path
 
 from flowsdf import checkpoint
@@ -19,7 +21,7 @@ from flowsdf.checkpoint import atomic_write_text
 from flowsdf.config import Config
 from flowsdf.data import dataset as data_mod
 from flowsdf.data.dataset import Dataset
-from flowsdf.errors import FlowSDFError
+from flowsdf.errors import FlowSDFError, warn
 
 
 def checkpoint_path(run_dir: Path, stage: str) -> Path:
@@ -37,7 +39,10 @@ def checkpoint_epoch(run_dir: Path, stage: str) -> int | None:
 def ensure_writable(folder: Path) -> None:
     """Fail with one clear line unless `folder` exists and is writable, or can be created.
 
-    Checks without creating anything, so a command that fails later leaves no empty folder.
+    Called before any work, so a bad --out costs nothing. It writes and removes one probe file
+    in the nearest existing folder (permission bits alone do not tell: root may write anywhere
+    by them, yet not into /proc or a read-only mount) and creates nothing else, so a command
+    that fails later leaves no empty folder.
     """
     folder = Path(folder).absolute()
     probe = folder
@@ -45,8 +50,12 @@ def ensure_writable(folder: Path) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise FlowSDFError(f"cannot write to {folder}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise FlowSDFError(f"cannot write to {folder}: permission denied")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".flowsdf-probe.", dir=probe)
+    except OSError as e:
+        raise FlowSDFError(f"cannot write to {folder}: {e.strerror or e}") from e
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def read_config(run_dir: Path) -> Config:
@@ -96,21 +105,48 @@ def _without(cfg: Config, names: tuple[str, ...]) -> dict:
 
 def begin(run_dir: Path, cfg: Config, stage: str) -> None:
     """Create the stage folder and write config.json: the whole config for a new run, and the
-    Stage-2 fields when Stage 2 starts in a Stage-1 folder (prepare() checked the rest)."""
+    Stage-2 fields when Stage 2 starts in a Stage-1 folder (prepare() checked the rest).
+
+    Also removes what a killed earlier attempt left half-written (see clean_temporaries).
+    """
     (Path(run_dir) / stage).mkdir(parents=True, exist_ok=True)
+    clean_temporaries(run_dir, ("phase1", "phase2") if stage == "phase2" else (stage,))
     path = Path(run_dir) / "config.json"
     if not path.exists() or (stage in ("phase1", "phase2") and read_config(run_dir) != cfg):
         atomic_write_text(path, config_mod.dumps(cfg))
 
 
+# What atomic writes (checkpoint.atomic_write_text, save, figures) name their temporary files:
+# "." + the target's name + "." + mkstemp's 8 random characters (+ ".png" for figures).
+TEMPORARY = re.compile(r"\.[^/]+\.[a-z0-9_]{8}(\.png)?")
+
+
+def clean_temporaries(run_dir: Path, stages: tuple[str, ...]) -> list[Path]:
+    """Delete temporary files that a killed write left in the run folder and the stages' folders
+    (a checkpoint's is as large as the checkpoint). Called when a stage starts or resumes: the
+    stage's own writer is the only one that writes there. Returns what was removed."""
+    folders = [Path(run_dir)] + [Path(run_dir) / s / sub for s in stages for sub in ("", "figures")]
+    removed = []
+    for folder in folders:
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.is_file() and TEMPORARY.fullmatch(path.name):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
 def record_data(run_dir: Path, root: Path, config_hash: str) -> None:
-    """Remember which dataset folder a run was trained on (data.json beside config.json)."""
-    text = json.dumps({"path": str(Path(root).resolve()), "config_hash": config_hash}, indent=1)
-    atomic_write_text(Path(run_dir) / "data.json", text)
+    """Remember which dataset folder a run was trained on (data.json beside config.json): its
+    absolute path, and its path relative to the run for when both move together."""
+    root = Path(root).resolve()
+    rec = {"path": str(root), "relative": os.path.relpath(root, Path(run_dir).resolve()), "config_hash": config_hash}
+    atomic_write_text(Path(run_dir) / "data.json", json.dumps(rec, indent=1))
 
 
 def recorded_data(run_dir: Path, config_hash: str) -> Path | None:
-    """The dataset folder recorded for a run, if it is still there with the same config hash."""
+    """The dataset folder recorded for a run, if it is still there with the same config hash
+    (None otherwise: the caller falls back to the preset's cache or --data)."""
     path = Path(run_dir) / "data.json"
     if not path.is_file():
         return None
@@ -118,10 +154,14 @@ def recorded_data(run_dir: Path, config_hash: str) -> Path | None:
         rec = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FlowSDFError(f"{path} is damaged ({e})") from e
-    root = Path(rec.get("path", ""))
-    if rec.get("config_hash") == config_hash and (root / "manifest.json").is_file():
-        return root
-    return None
+    if not isinstance(rec, dict):
+        raise FlowSDFError(f"{path} is damaged (not a JSON object)")
+    if rec.get("config_hash") != config_hash:
+        return None
+    candidates = [Path(str(rec["path"]))] if rec.get("path") else []
+    if rec.get("relative"):
+        candidates.append(Path(run_dir) / str(rec["relative"]))
+    return next((root for root in candidates if (root / "manifest.json").is_file()), None)
 
 
 def append_metrics(run_dir: Path, stage: str, row: dict) -> None:
@@ -133,20 +173,57 @@ def append_metrics(run_dir: Path, stage: str, row: dict) -> None:
 
 
 def truncate_metrics(run_dir: Path, stage: str, last_epoch: int) -> None:
-    """Drop metric lines past the checkpoint's epoch, so a resumed log has no duplicates."""
+    """Before a resume: drop metric lines past the checkpoint's epoch (no duplicates) and damaged
+    ones, and say which earlier epochs the log lacks (training goes on; the loss curve and the
+    training time will miss them)."""
     path = Path(run_dir) / stage / "metrics.jsonl"
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= last_epoch]
-    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+    kept = [row for row in read_metrics(run_dir, stage) if row["epoch"] <= last_epoch]
+    missing = sorted(set(range(1, last_epoch + 1)) - {row["epoch"] for row in kept})
+    if missing:
+        warn(f"{path} lacks epoch(s) {_ranges(missing)} of the {last_epoch} in the checkpoint; "
+             "training continues, but loss curves and training time will miss them")
+    if path.exists() or kept:
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] -> "1-3, 5"."""
+    parts, start = [], numbers[0]
+    for prev, n in zip(numbers, numbers[1:] + [None]):
+        if n is None or n != prev + 1:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = n
+    return ", ".join(parts)
 
 
 def read_metrics(run_dir: Path, stage: str) -> list[dict]:
+    """The per-epoch rows of a stage's metrics.jsonl ([] when it is missing). A line that is not
+    a JSON row with an epoch (a write cut short by a kill, a damaged file) is left out, with a
+    warning: the history is a record, not something training depends on."""
     path = Path(run_dir) / stage / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise FlowSDFError(f"cannot read {path} ({e})") from e
+    rows, bad = [], 0
+    for ln in lines:
+        if not ln.strip():
+            continue
+        try:
+            row = json.loads(ln)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and all(
+            isinstance(row.get(k), (int, float)) for k in ("loss", "seconds")
+        ):
+            rows.append(row)
+        else:
+            bad += 1
+    if bad:
+        warn(f"{path}: {bad} damaged line(s) left out")
+    return rows
 
 
 def load_data(

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from flowsdf import config as config_mod
+from flowsdf import overrides, runs
 from flowsdf.errors import FlowSDFError
 
 STAGES = ("cnn", "flow")
@@ -30,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    overrides.add_argument(t)
     t.set_defaults(func=run)
 
 
@@ -55,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
             cfg.stage1.epochs = args.epochs
         else:
             cfg.phase2.epochs = args.epochs
+    cfg = set_overrides(cfg, args)
+    stage = "stage1" if args.stage == "cnn" else "phase2"
+    before = runs.checkpoint_epoch(Path(args.out), stage) if args.resume else None
     if args.stage == "cnn":
         summary = train_stage1(cfg, Path(args.out), args.data, args.resume, not args.quiet, args.device, args.until_epoch)
     else:
@@ -64,10 +69,27 @@ def run(args: argparse.Namespace) -> int:
                                    args.device, args.until_epoch)
     if summary is None:
         init = f" --init {args.init}" if args.stage == "flow" else ""
-        print(f"stopped after epoch {args.until_epoch}; continue with: "
-              f"flowsdf train --stage {args.stage}{init} --out {args.out} --resume")
+        after = runs.checkpoint_epoch(Path(args.out), stage)
+        total = getattr(runs.read_config(Path(args.out)), stage).epochs
+        done = (f"nothing to train: {stage} is already at epoch {after} of {total}, not before --until-epoch "
+                f"{args.until_epoch}" if after == before else f"stopped after epoch {after} of {total}")
+        print(f"{done}; continue with: flowsdf train --stage {args.stage}{init} --out {args.out} --resume")
         return 0
     print(json.dumps({k: v for k, v in summary.items() if k in ("stage", "epochs", "train_loss_last_epoch", "device")}))
     print(f"train views: BCE {summary['train_views']['bce']:.5f}  IoU {summary['train_views']['iou']:.3f} | "
           f"novel views: BCE {summary['novel_views']['bce']:.5f}  IoU {summary['novel_views']['iou']:.3f}")
     return 0
+
+
+def set_overrides(cfg: config_mod.Config, args: argparse.Namespace) -> config_mod.Config:
+    """Apply `--set`; a resumed run must already have those values, and Stage 2 takes every
+    section but its own from the Stage-1 run."""
+    cfg = overrides.apply(cfg, args.overrides)
+    if args.overrides and args.resume:
+        overrides.check_recorded(runs.read_config(Path(args.out)), args.overrides, args.out)
+    elif args.stage == "flow":
+        fixed = [k for k in overrides.keys(args.overrides) if k.split(".")[0] not in runs.STAGE2_FIELDS]
+        if fixed:
+            raise FlowSDFError(f"--set {fixed[0]}: Stage 2 takes this from its Stage-1 run; with --stage flow only "
+                               f"{', '.join(runs.STAGE2_FIELDS)} can be set")
+    return cfg

@@ -180,8 +180,11 @@ def generate(cfg: DataConfig, root: Path, progress: bool = True) -> None:
         "config_hash": cfg.hash(),
         "splits": {s: {"shapes": specs[s], "families": [shapes.family(x) for x in specs[s]]} for s in SPLITS},
     }
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:  # before any rendering: an unwritable place fails at once
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    except OSError as e:
+        raise FlowSDFError(f"cannot write the dataset to {root}: {e.strerror or e}") from e
     try:
         for split, stream in zip(SPLITS, streams[2:]):
             arrays = _render_split(specs[split], np.random.default_rng(stream), cfg, split, progress)
@@ -246,7 +249,7 @@ def load(root: Path) -> Dataset:
         manifest = json.loads((root / "manifest.json").read_text())
         if manifest.get("format") != FORMAT_VERSION:
             raise FlowSDFError(f"{root}: dataset format {manifest.get('format')} is not {FORMAT_VERSION}")
-        cfg = DataConfig(**manifest["config"])
+        cfg = _checked_config(root, manifest["config"])
         splits = {}
         for split in SPLITS:
             with np.load(root / f"{split}.npz", allow_pickle=False) as arrays:
@@ -265,6 +268,16 @@ def load(root: Path) -> Dataset:
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
         raise FlowSDFError(f"dataset at {root} is damaged ({type(e).__name__}: {e}); regenerate it with `flowsdf data`") from e
     return Dataset(root=root, config=cfg, **splits)
+
+
+def _checked_config(root: Path, value: object) -> DataConfig:
+    """The manifest's DataConfig, every field checked like a run's config.json."""
+    from flowsdf.config import check_section  # local: config imports this module
+
+    try:
+        return check_section(DataConfig, value, "data")
+    except FlowSDFError as e:
+        raise FlowSDFError(f"dataset at {root} is damaged: manifest.json {e}") from e
 
 
 def default_root(cfg: DataConfig, base: Path = Path("data_cache")) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -58,11 +57,10 @@ def prediction_grid(
     save_figure(fig, path)
 
 
-def loss_curves(metric_files: dict[str, Path], path: Path, key: str = "loss") -> None:
-    """Loss per epoch (log scale) of one or more runs' metrics.jsonl files."""
+def loss_curves(metrics: dict[str, list[dict]], path: Path, key: str = "loss") -> None:
+    """Loss per epoch (log scale) of one or more stages' metric rows (runs.read_metrics)."""
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for label, file in metric_files.items():
-        rows = [json.loads(line) for line in Path(file).read_text().splitlines() if line.strip()]
+    for label, rows in metrics.items():
         epochs = np.array([r["epoch"] for r in rows if key in r])
         values = np.array([r[key] for r in rows if key in r])
         if len(epochs):

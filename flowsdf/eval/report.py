@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from flowsdf import config as config_mod
-from flowsdf import runs
+from flowsdf import overrides, runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.data import dataset
 from flowsdf.device import pick_device
-from flowsdf.errors import FlowSDFError
+from flowsdf.errors import FlowSDFError, warn
 from flowsdf.eval.figures import loss_curves, mesh_gallery, sample_grid
 from flowsdf.eval.run import (
     evaluate_run,
@@ -46,13 +46,21 @@ def _stage_state(run: Path, stage: str) -> str:
     return "partial" if runs.checkpoint_path(run, stage).exists() else "new"
 
 
-def reproduce(preset: str, out: Path, device: str = "auto", progress: bool = True) -> Path:
-    """Run (or continue) the whole protocol of `preset` into `out`; returns the report path."""
+def reproduce(
+    preset: str, out: Path, device: str = "auto", progress: bool = True, set_items: list[str] | None = None
+) -> Path:
+    """Run (or continue) the whole protocol of `preset` into `out`; returns the report path.
+
+    `set_items` are `--set KEY=VALUE` config overrides (flowsdf.overrides); a continued
+    reproduction must have been started with the same values.
+    """
     out = Path(out)
     runs.ensure_writable(out)
-    cfg = config_mod.preset(preset)
-    if (out / "config.json").exists() and runs.read_config(out).preset != preset:
-        raise FlowSDFError(f"{out} holds a reproduction of another preset; choose another --out")
+    cfg = overrides.apply(config_mod.preset(preset), set_items or [])
+    if (out / "config.json").exists():
+        if runs.read_config(out).preset != preset:
+            raise FlowSDFError(f"{out} holds a reproduction of another preset; choose another --out")
+        overrides.check_recorded(runs.read_config(out), set_items or [], str(out))
     t0 = time.perf_counter()
     data_root = dataset.default_root(cfg.data)
     dataset.ensure(cfg.data, data_root, progress)
@@ -79,7 +87,7 @@ def reproduce(preset: str, out: Path, device: str = "auto", progress: bool = Tru
 def make_figures(out: Path, data_root: Path, device: str, resolution: int) -> dict[str, str]:
     """Loss curves and a mesh gallery (prediction vs ground truth); paths relative to `out`."""
     figs = out / "report_figures"
-    loss_curves({"Stage 1 (CNN)": out / "stage1" / "metrics.jsonl", "Stage 2 Phase 2 (flow)": out / "phase2" / "metrics.jsonl"},
+    loss_curves({"Stage 1 (CNN)": runs.read_metrics(out, "stage1"), "Stage 2 Phase 2 (flow)": runs.read_metrics(out, "phase2")},
                 figs / "loss_curves.png")
     dev = pick_device(device)
     cfg = runs.read_config(out)
@@ -122,9 +130,19 @@ def _epoch_figures(out: Path, stage: str) -> list[str]:
     return [str(f.relative_to(out)) for f in sorted((out / stage / "figures").glob("epoch_*.png"))]
 
 
+def phase1_summary(out: Path) -> dict | None:
+    """Phase 1's summary.json, or None with a warning: the report goes on without that section."""
+    path = out / "phase1" / "summary.json"
+    try:
+        p1 = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        warn(f"{path} is missing or damaged ({type(e).__name__}); the report's noise-scaling section says n/a")
+        return None
+    return p1
+
+
 def render_report(cfg, out: Path, result: dict, figures: dict[str, str], seconds: float) -> str:
-    p1 = json.loads((out / "phase1" / "summary.json").read_text())
-    w, wo = p1["with_scaling"], p1.get("without_scaling")
+    p1 = phase1_summary(out)
     lines = [
         f"# Flow-SDF reproduction: preset `{cfg.preset}`",
         "",
@@ -140,9 +158,14 @@ def render_report(cfg, out: Path, result: dict, figures: dict[str, str], seconds
         markdown_tables(result),
         "## Noise scaling (Phase 1)",
         "",
-        f"sigma = {p1['sigma']:.4f} (std of the Stage-1 codes). With scaling: cosine(sample, target) {w['cosine']:.3f}, "
-        f"code-norm ratio {w['norm_ratio']:.3f} (sample {w['sample_norm']:.3f} vs target {w['target_norm']:.3f}, noise {w['noise_norm']:.3f}).",
     ]
+    if p1 is None:
+        lines.append("n/a: `phase1/summary.json` is missing or damaged.")
+    else:
+        w = p1["with_scaling"]
+        lines.append(f"sigma = {p1['sigma']:.4f} (std of the Stage-1 codes). With scaling: cosine(sample, target) {w['cosine']:.3f}, "
+                     f"code-norm ratio {w['norm_ratio']:.3f} (sample {w['sample_norm']:.3f} vs target {w['target_norm']:.3f}, noise {w['noise_norm']:.3f}).")
+    wo = p1.get("without_scaling") if p1 else None
     if wo:
         lines.append(f"Without scaling (sigma = 1): cosine {wo['cosine']:.3f}, norm ratio {wo['norm_ratio']:.3f} "
                      f"(sample {wo['sample_norm']:.3f}, noise {wo['noise_norm']:.3f}). Published: cosine 0.08 -> 0.95.")

@@ -25,7 +25,7 @@ from flowsdf import runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.data.dataset import ShapeSplit
 from flowsdf.device import pick_device
-from flowsdf.errors import FlowSDFError
+from flowsdf.errors import FlowSDFError, warn
 from flowsdf.eval.metrics import silhouette_iou
 from flowsdf.eval.shapes3d import evaluate_shapes
 from flowsdf.eval.timing import device_name, inference_latency
@@ -51,15 +51,36 @@ def load_models(run_dir: Path, dev: torch.device) -> dict[str, FlowSDF]:
     return models
 
 
-def training_seconds(run_dir: Path, stages: list[str]) -> float:
+def training_seconds(run_dir: Path, stages: list[str]) -> float | None:
+    """Summed epoch (and Phase-1) times of `stages`; None, with a warning, when a stage's record
+    is missing or lacks epochs, rather than a total that silently leaves them out."""
+    cfg = runs.read_config(run_dir)
     total = 0.0
     for stage in stages:
         if stage == "phase1":
             path = Path(run_dir) / "phase1" / "summary.json"
-            total += json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+            try:
+                total += float(json.loads(path.read_text())["seconds"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                warn(f"{path} is missing or damaged ({type(e).__name__}); training time not reported")
+                return None
         else:
-            total += sum(r["seconds"] for r in runs.read_metrics(run_dir, stage))
+            rows = runs.read_metrics(run_dir, stage)
+            epochs = getattr(cfg, stage).epochs
+            if {r["epoch"] for r in rows} != set(range(1, epochs + 1)):
+                warn(f"{Path(run_dir) / stage / 'metrics.jsonl'} does not hold all {epochs} epochs; training time not reported")
+                return None
+            total += sum(r["seconds"] for r in rows)
     return total
+
+
+def last_epoch_loss(run_dir: Path, stage: str) -> float | None:
+    """The final epoch's mean training loss from the stage's log, or None (with a warning)."""
+    rows = runs.read_metrics(run_dir, stage)
+    if not rows:
+        warn(f"{Path(run_dir) / stage / 'metrics.jsonl'} is missing or empty; the last epoch's training loss is not reported")
+        return None
+    return rows[-1]["loss"]
 
 
 @torch.no_grad()
@@ -93,7 +114,7 @@ def evaluate_run(
         r: dict[str, Any] = {
             "tau": tau,
             "training_seconds": training_seconds(run_dir, list(model.stages)),
-            "train_loss_last_epoch": runs.read_metrics(run_dir, model.stages[-1])[-1]["loss"],
+            "train_loss_last_epoch": last_epoch_loss(run_dir, model.stages[-1]),
             "silhouettes": {
                 "train_views": ev(data.train, "input"),
                 "novel_views": ev(data.train, "novel"),
@@ -129,6 +150,10 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _minutes(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds / 60:.1f} min"
+
+
 def markdown_tables(result: dict) -> str:
     """The published table with our values, then the 2-D / 3-D columns, per model."""
     dev = result["device"]
@@ -145,7 +170,7 @@ def markdown_tables(result: dict) -> str:
         else:
             inf = f"{lat['encoder']['mean_ms']:.1f} ms (one forward pass)"
         lines.append(f"| {MODEL_NAMES[name]} | {r['silhouettes']['train_views']['bce']:.4f} | "
-                     f"{r['training_seconds'] / 60:.1f} min | {inf} |")
+                     f"{_minutes(r['training_seconds'])} | {inf} |")
     lines += [
         "",
         f"3-D metrics from marching-cubes meshes at resolution {result['mesh_resolution']} (10 k surface samples "

@@ -69,7 +69,13 @@ class SDFDecoder(nn.Module):
 
         `item` is a (P,) index tensor, or one int when all points share a code (no gather).
         """
-        t1, t3 = terms[0][item], terms[1][item]  # (P, h) or (h,)
+        if isinstance(item, Tensor):
+            # index_select, not t[item]: the backward of advanced indexing accumulates with
+            # parallel atomic adds on a multi-threaded CPU, whose order (so the float sum) varies
+            # from run to run; index_select's backward (index_add) adds in a fixed order.
+            t1, t3 = terms[0].index_select(0, item), terms[1].index_select(0, item)  # (P, h)
+        else:
+            t1, t3 = terms[0][item], terms[1][item]  # (h,)
         if torch.is_autocast_enabled(xyz.device.type):
             # Keep the whole search in the autocast dtype instead of promoting at the adds.
             dtype = torch.get_autocast_dtype(xyz.device.type)

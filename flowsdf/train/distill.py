@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def phase1(
                         meta={"sigma": 1.0, "stage": "phase1-ablation"})
     atomic_write_text(Path(run_dir) / "phase1" / "summary.json", json.dumps(report, indent=2))
     checkpoint.save(runs.checkpoint_path(run_dir, "phase1"), {"conditioner": conditioner, "velocity": velocity},
-                    meta={"sigma": sigma, "stage": "phase1", "init": str(Path(init_ckpt).resolve())})
+                    meta={"sigma": sigma, "stage": "phase1", **init_record(run_dir, init_ckpt)})
     if progress:
         w = report["with_scaling"]
         line = f"phase1: sigma {sigma:.4f}  cosine {w['cosine']:.3f}  norm ratio {w['norm_ratio']:.3f}"
@@ -98,3 +99,11 @@ def phase1(
             line += f"  | no scaling: cosine {wo['cosine']:.3f}  norm ratio {wo['norm_ratio']:.3f}"
         tqdm.write(line)
     return conditioner, velocity
+
+
+def init_record(run_dir: Path, init_ckpt: Path) -> dict:
+    """What identifies the Stage-1 checkpoint Phase 1 was distilled from: its content digest
+    (what a resume checks, so a copied or moved run still matches and another Stage 1 does not)
+    and, for people reading the header, its path relative to the run."""
+    return {"init_sha256": checkpoint.digest(init_ckpt),
+            "init_relative": os.path.relpath(Path(init_ckpt).resolve(), Path(run_dir).resolve())}

@@ -48,6 +48,20 @@ def check_stage1_run(init_dir: Path, cfg: Config) -> Path:
     return ckpt
 
 
+def check_phase1_init(p1_ckpt: Path, meta: dict, init_ckpt: Path) -> None:
+    """Refuse a finished Phase 1 distilled from another Stage-1 checkpoint than `init_ckpt`.
+
+    Compared by content digest, so a run folder copied or moved elsewhere still resumes; Phase-1
+    checkpoints from before the digest recorded the absolute path, compared as it was.
+    """
+    if "init_sha256" in meta:
+        if meta["init_sha256"] != checkpoint.digest(init_ckpt):
+            raise FlowSDFError(f"{p1_ckpt} was distilled from another Stage-1 checkpoint than {init_ckpt} "
+                               f"(recorded as {meta.get('init_relative')} relative to its run; contents differ)")
+    elif meta.get("init") != str(init_ckpt.resolve()):
+        raise FlowSDFError(f"{p1_ckpt} was distilled from {meta.get('init')}, not {init_ckpt.resolve()}")
+
+
 def train_flow(
     cfg: Config,
     run_dir: Path,
@@ -65,6 +79,7 @@ def train_flow(
     """
     dev = pick_device(device)
     run_dir, init_dir = Path(run_dir), Path(init_dir)
+    runs.ensure_writable(run_dir)
     if resume:
         cfg = runs.read_config(run_dir)
     else:
@@ -94,8 +109,7 @@ def train_flow(
     if p1_ckpt.exists():  # written last by phase1(): its presence means Phase 1 finished
         conditioner, velocity = (m.to(dev) for m in build_flow(cfg))
         meta = checkpoint.load(p1_ckpt, {"conditioner": conditioner, "velocity": velocity}, map_location=dev)
-        if meta.get("init") != str(init_ckpt.resolve()):
-            raise FlowSDFError(f"{p1_ckpt} was distilled from {meta.get('init')}, not {init_ckpt.resolve()}")
+        check_phase1_init(p1_ckpt, meta, init_ckpt)
         sigma = meta["sigma"]
     else:
         conditioner, velocity = phase1(cfg, run_dir, train_views.images, targets, sigma, progress, init_ckpt)

@@ -36,6 +36,7 @@ def train_stage1(
     Returns the final summary, or None when `until_epoch` stopped the run before its end.
     """
     dev = pick_device(device)
+    runs.ensure_writable(run_dir)  # before the dataset, which may take minutes to generate
     if resume:
         cfg = runs.read_config(run_dir)
         data = run_data(cfg, run_dir, data_dir, progress=progress)
