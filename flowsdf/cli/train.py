@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data", type=Path, help="dataset folder (default: the preset's cached dataset, made if missing)")
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     t.add_argument("--epochs", type=int, help="override the preset's epochs (Stage 1, or Phase 2 with --stage flow); ignored with --resume")
+    t.add_argument("--batch-size", type=int, metavar="N",
+                   help="override the preset's batch (Stage 1, or Phase 2 with --stage flow); under torchrun the "
+                        "global batch, split over the processes; ignored with --resume")
     t.add_argument("--seed", type=int, help="override the training seed; ignored with --resume")
     t.add_argument("--until-epoch", type=int, metavar="N",
                    help="stop after epoch N (schedules unchanged); continue later with --resume")
@@ -55,6 +58,13 @@ def run(args: argparse.Namespace) -> int:
             cfg.stage1.epochs = args.epochs
         else:
             cfg.phase2.epochs = args.epochs
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise FlowSDFError("--batch-size must be at least 1")
+        if args.stage == "cnn":
+            cfg.stage1.batch_size = args.batch_size
+        else:
+            cfg.phase2.batch_size = args.batch_size
     if args.stage == "cnn":
         summary = train_stage1(cfg, Path(args.out), args.data, args.resume, not args.quiet, args.device, args.until_epoch)
     else:
@@ -62,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
             raise FlowSDFError("--stage flow needs --init STAGE1_RUN_DIR (a finished `--stage cnn` run)")
         summary = train_flow(cfg, Path(args.out), args.init, args.data, args.resume, not args.quiet,
                                    args.device, args.until_epoch)
+    from flowsdf.train import distributed
+
+    if not distributed.is_main():  # rank 0 reports for all processes
+        return 0
     if summary is None:
         init = f" --init {args.init}" if args.stage == "flow" else ""
         print(f"stopped after epoch {args.until_epoch}; continue with: "
