@@ -25,6 +25,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from flowsdf.render.search import coarse_to_fine_depth
+
 Field = Callable[[Tensor, Tensor], Tensor]
 
 # min_sdf reported for rays that miss the bounding sphere: far from every surface.
@@ -41,6 +43,12 @@ class RenderConfig:
     # neighbouring sample where two are within bf16 rounding of each other.
     search_dtype: str = "float32"
     naive: bool = False  # reference path: every sample in the autograd graph (slow, for tests)
+    # "exhaustive": all n_samples of every ray (the reference); "coarse": every coarse_stride-th
+    # sample first, then full resolution around the coarse argmin, only for rays whose coarse
+    # minimum is below refine_margin coarse spacings (flowsdf/render/search.py; inexact, measured).
+    search: str = "exhaustive"
+    coarse_stride: int = 4
+    refine_margin: float = 1.0
 
 
 def sphere_interval(
@@ -86,12 +94,25 @@ def render_min_sdf(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfi
         values = field(points.reshape(-1, 3), item.repeat_interleave(cfg.n_samples))
         ray_min = values.view(-1, cfg.n_samples).min(dim=1).values  # (H,)
     else:
-        best = argmin_depth(field, o, d, item, t, cfg)  # (H,) no grad
+        best = best_depths(field, o, d, item, t, cfg)  # (H,) no grad
         ray_min = field(o + best[:, None] * d, item)  # (H,) the only points with grad
 
     out = torch.full((B, R), MISS_SDF, dtype=ray_min.dtype, device=origins.device)  # (B, R)
     out[hit] = ray_min
     return out
+
+
+def best_depths(field: Field, o: Tensor, d: Tensor, item: Tensor, t: Tensor, cfg: RenderConfig) -> Tensor:
+    """Depth (H,) of each ray's smallest-SDF sample among t (H, S), by the search cfg names."""
+    if cfg.search == "exhaustive":
+        return argmin_depth(field, o, d, item, t, cfg)
+    if cfg.search == "coarse":
+        if cfg.search_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"search_dtype must be float32 or bfloat16, got {cfg.search_dtype!r}")
+        best, _ = coarse_to_fine_depth(field, o, d, item, t, cfg.coarse_stride, cfg.refine_margin, cfg.chunk_points,
+                                       cfg.search_dtype == "bfloat16")
+        return best
+    raise ValueError(f"search must be exhaustive or coarse, got {cfg.search!r}")
 
 
 @torch.no_grad()
