@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--batch-size", type=int, metavar="N",
                    help="override the preset's batch (Stage 1, or Phase 2 with --stage flow); under torchrun the "
                         "global batch, split over the processes; ignored with --resume")
+    t.add_argument("--compile", action="store_true",
+                   help="with --stage cnn: torch.compile the decoder for the renderer, in this run's Stage 1 and the "
+                        "Stage 2 that continues it (GPUs; adds compile time); ignored with --resume")
     t.add_argument("--seed", type=int, help="override the training seed; ignored with --resume")
     t.add_argument("--until-epoch", type=int, metavar="N",
                    help="stop after epoch N (schedules unchanged); continue later with --resume")
@@ -58,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
             cfg.stage1.epochs = args.epochs
         else:
             cfg.phase2.epochs = args.epochs
+    if args.compile:
+        if args.stage != "cnn":
+            raise FlowSDFError("--compile is a Stage-1 option: Stage 2 keeps the renderer settings of its Stage-1 run")
+        cfg.render.compile = True
     if args.batch_size is not None:
         if args.batch_size < 1:
             raise FlowSDFError("--batch-size must be at least 1")

@@ -49,6 +49,9 @@ class RenderConfig:
     search: str = "exhaustive"
     coarse_stride: int = 4
     refine_margin: float = 1.0
+    # torch.compile the decoder's per-point function for training (worth it on GPUs; costs
+    # 5-20 s of compilation at the start of every phase). See flowsdf.train.loop.
+    compile: bool = False
 
 
 def sphere_interval(

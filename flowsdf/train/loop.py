@@ -160,6 +160,10 @@ def fit_silhouettes(
         start_epoch = int(meta["epoch"])
         if distributed.is_main():
             runs.truncate_metrics(run_dir, stage, start_epoch)
+    if cfg.render.compile:
+        # An instance attribute shadows the method, so decoder.field() uses the compiled
+        # function; the weights and the checkpoint are untouched. Chunk sizes vary: dynamic.
+        phase.decoder.forward_points = torch.compile(phase.decoder.forward_points, dynamic=True)
     step_loss = distributed.wrap(SilhouetteObjective(phase, cfg.render))
     main = distributed.is_main()
     progress = progress and main
