@@ -89,7 +89,7 @@ def main() -> None:
     origins, dirs = camera_rays(views.K[:n], views.c2w[:n], size)  # (n, R, 3)
     masks = views.masks[:n].reshape(n, -1)  # (n, R)
     print(f"{args.run or 'analytic shapes'}: {n} views {size}x{size}, {render.n_samples} samples, tau {tau}")
-    print("stride margin | same argmin (all / near) | err/tau mean p99 max(near) | loss rel | grad rel  cos | s")
+    print("stride margin | refined | same argmin (all / near) | err/tau mean p99 max(near) | loss rel | grad rel  cos | s")
     rows = []
     for stride in (int(x) for x in args.strides.split(",")):
         for margin in (float(x) for x in args.margins.split(",")):
@@ -98,7 +98,7 @@ def main() -> None:
             r = search_agreement(field, origins, dirs, masks, cfg, tau, params)
             r.update(stride=stride, margin=margin, seconds=time.perf_counter() - t0)
             rows.append(r)
-            print(f"{stride:6d} {margin:6g} | {r['same_argmin']:.4f} / {r['same_argmin_near_surface']:.4f} | "
+            print(f"{stride:6d} {margin:6g} | {r['refined_share']:.3f} | {r['same_argmin']:.4f} / {r['same_argmin_near_surface']:.4f} | "
                   f"{r['min_sdf_err_over_tau_mean']:.4f} {r['min_sdf_err_over_tau_p99']:.3f} "
                   f"{r['min_sdf_err_over_tau_near_max']:.3f} | {r['loss_rel_diff']:.2e} | "
                   f"{r['grad_rel_diff']:.2e} {r['grad_cosine']:.5f} | {r['seconds']:.1f}", flush=True)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from flowsdf.render.search import coarse_to_fine_depth
 from flowsdf.render.silhouette import (
     RenderConfig,
     best_depths,
@@ -32,7 +33,8 @@ def search_agreement(
     exhaustive float32 search with cfg's samples. Reported over rays that hit the bounding sphere:
     share of identical argmin depths (all rays, and rays near the surface: reference minimum
     below 3 tau, or inside the target mask), per-ray |min_sdf difference| / tau (mean, p99, max);
-    relative BCE difference; gradient difference |g - g_ref| / |g_ref| and cosine over `params`.
+    relative BCE difference; gradient difference |g - g_ref| / |g_ref| and cosine over `params`;
+    for the coarse search, the share of rays it refined at full resolution.
     """
     ref = reference or dataclasses.replace(cfg, search="exhaustive", search_dtype="float32", naive=False)
     B, R, _ = origins.shape
@@ -45,6 +47,11 @@ def search_agreement(
         best_new = best_depths(field, o, d, item, t, cfg)  # (H,)
         min_ref = field(o + best_ref[:, None] * d, item)  # (H,)
         min_new = field(o + best_new[:, None] * d, item)  # (H,)
+        refined = 1.0
+        if cfg.search == "coarse":  # the share of rays searched at full resolution: the cost
+            _, mask = coarse_to_fine_depth(field, o, d, item, t, cfg.coarse_stride, cfg.refine_margin,
+                                           cfg.chunk_points, cfg.search_dtype == "bfloat16")
+            refined = mask.float().mean().item()
     same = best_ref == best_new  # (H,)
     near = (min_ref < 3 * tau) | (masks[hit] > 0.5)  # (H,)
     err = (min_new - min_ref).abs() / tau  # (H,) in logits
@@ -61,6 +68,7 @@ def search_agreement(
     return {
         "rays_hit": int(hit.sum()),
         "rays_near_surface": int(near.sum()),
+        "refined_share": refined,
         "same_argmin": same.float().mean().item(),
         "same_argmin_near_surface": same[near].float().mean().item() if near.any() else 1.0,
         "min_sdf_err_over_tau_mean": err.mean().item(),
