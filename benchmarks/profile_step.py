@@ -50,7 +50,7 @@ def main() -> None:
             item = torch.arange(B)[:, None].expand(B, R)[hit]
             o, d = o_all[hit], d_all[hit]
             ts = sample_depths(t_near[hit], t_far[hit], rc.n_samples)
-            best = best_depths(field, o, d, item, ts, rc)
+            best = best_depths(field, o, d, item, ts, rc, 0.01)
             t["search (no grad)"] = time.perf_counter()
             ray_min = field(o + best[:, None] * d, item)
             min_sdf = torch.full((B, R), 1.0).index_put((hit,), ray_min)

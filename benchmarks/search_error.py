@@ -74,6 +74,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, help="samples per ray (default: the run's / 48)")
     p.add_argument("--strides", default="2,4")
     p.add_argument("--margins", default="0.5,1,2,1000", help="refine margins in coarse spacings (1000 = all rays)")
+    p.add_argument("--refine-taus", default="0,8", help="also refine rays with a coarse minimum below this many tau")
     p.add_argument("--search-dtype", default="float32", choices=("float32", "bfloat16"),
                    help="dtype of the coarse search (the reference is always exhaustive float32)")
     p.add_argument("--tau", type=float, help="default: the run's final tau (0.01 for analytic shapes)")
@@ -89,19 +90,20 @@ def main() -> None:
     origins, dirs = camera_rays(views.K[:n], views.c2w[:n], size)  # (n, R, 3)
     masks = views.masks[:n].reshape(n, -1)  # (n, R)
     print(f"{args.run or 'analytic shapes'}: {n} views {size}x{size}, {render.n_samples} samples, tau {tau}")
-    print("stride margin | refined | same argmin (all / near) | err/tau mean p99 max(near) | loss rel | grad rel  cos | s")
+    print("stride margin k_tau | refined | same argmin (all / near) | err/tau mean p99 max(near) | loss rel | grad rel  cos | s")
     rows = []
-    for stride in (int(x) for x in args.strides.split(",")):
-        for margin in (float(x) for x in args.margins.split(",")):
-            cfg = dataclasses.replace(render, search="coarse", coarse_stride=stride, refine_margin=margin)
-            t0 = time.perf_counter()
-            r = search_agreement(field, origins, dirs, masks, cfg, tau, params)
-            r.update(stride=stride, margin=margin, seconds=time.perf_counter() - t0)
-            rows.append(r)
-            print(f"{stride:6d} {margin:6g} | {r['refined_share']:.3f} | {r['same_argmin']:.4f} / {r['same_argmin_near_surface']:.4f} | "
-                  f"{r['min_sdf_err_over_tau_mean']:.4f} {r['min_sdf_err_over_tau_p99']:.3f} "
-                  f"{r['min_sdf_err_over_tau_near_max']:.3f} | {r['loss_rel_diff']:.2e} | "
-                  f"{r['grad_rel_diff']:.2e} {r['grad_cosine']:.5f} | {r['seconds']:.1f}", flush=True)
+    grid = [(int(s), float(m), float(k)) for s in args.strides.split(",") for m in args.margins.split(",")
+            for k in args.refine_taus.split(",")]
+    for stride, margin, k_tau in grid:
+        cfg = dataclasses.replace(render, search="coarse", coarse_stride=stride, refine_margin=margin, refine_tau=k_tau)
+        t0 = time.perf_counter()
+        r = search_agreement(field, origins, dirs, masks, cfg, tau, params)
+        r.update(stride=stride, margin=margin, refine_tau=k_tau, seconds=time.perf_counter() - t0)
+        rows.append(r)
+        print(f"{stride:6d} {margin:6g} {k_tau:5g} | {r['refined_share']:.3f} | {r['same_argmin']:.4f} / {r['same_argmin_near_surface']:.4f} | "
+              f"{r['min_sdf_err_over_tau_mean']:.4f} {r['min_sdf_err_over_tau_p99']:.3f} "
+              f"{r['min_sdf_err_over_tau_near_max']:.3f} | {r['loss_rel_diff']:.2e} | "
+              f"{r['grad_rel_diff']:.2e} {r['grad_cosine']:.5f} | {r['seconds']:.1f}", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"source": str(args.run or 'analytic shapes'), "tau": tau, "rows": rows}, indent=1))
 

@@ -83,3 +83,15 @@ def test_bfloat16_search_is_close_ray_by_ray(scene):
     assert r["same_argmin_near_surface"] >= 0.6
     assert r["min_sdf_err_over_tau_near_max"] <= 0.5
     assert r["loss_rel_diff"] <= 2e-2 and r["grad_rel_diff"] <= 2e-2
+
+
+def test_the_tau_floor_refines_a_superset_of_rays(scene):
+    field, o, d, _, _ = scene
+    flat_o, flat_d = o.reshape(-1, 3), d.reshape(-1, 3)
+    hit, t_near, t_far, _ = sphere_interval(flat_o, flat_d, 0.9)
+    item = torch.arange(o.shape[0]).repeat_interleave(o.shape[1])[hit]
+    t = sample_depths(t_near[hit], t_far[hit], 48)
+    args = (field, flat_o[hit], flat_d[hit], item, t, 4, 1.0, 16384, False)
+    _, plain = coarse_to_fine_depth(*args)
+    _, floored = coarse_to_fine_depth(*args, floor=0.3)
+    assert (floored >= plain).all() and floored.sum() > plain.sum()  # a superset, strictly larger

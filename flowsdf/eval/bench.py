@@ -86,7 +86,7 @@ def bench_train_step(cfg: Config, settings: BenchSettings, device: torch.device,
 
         def step(rc=rc, images=images, K=K, c2w=c2w, masks=masks) -> None:
             codes = encoder(images)  # (B, D)
-            min_sdf = render_views(decoder.field(codes), K, c2w, images.shape[-1], rc)  # (B, S, S)
+            min_sdf = render_views(decoder.field(codes), K, c2w, images.shape[-1], rc, settings.tau)  # (B, S, S)
             loss = F.binary_cross_entropy_with_logits(silhouette_logits(min_sdf, settings.tau), masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

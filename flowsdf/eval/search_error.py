@@ -44,20 +44,20 @@ def search_agreement(
     t = sample_depths(t_near[hit], t_far[hit], cfg.n_samples)  # (H, S)
     with torch.no_grad():
         best_ref = best_depths(field, o, d, item, t, ref)  # (H,)
-        best_new = best_depths(field, o, d, item, t, cfg)  # (H,)
+        best_new = best_depths(field, o, d, item, t, cfg, tau)  # (H,)
         min_ref = field(o + best_ref[:, None] * d, item)  # (H,)
         min_new = field(o + best_new[:, None] * d, item)  # (H,)
         refined = 1.0
         if cfg.search == "coarse":  # the share of rays searched at full resolution: the cost
             _, mask = coarse_to_fine_depth(field, o, d, item, t, cfg.coarse_stride, cfg.refine_margin,
-                                           cfg.chunk_points, cfg.search_dtype == "bfloat16")
+                                           cfg.chunk_points, cfg.search_dtype == "bfloat16", cfg.refine_tau * tau)
             refined = mask.float().mean().item()
     same = best_ref == best_new  # (H,)
     near = (min_ref < 3 * tau) | (masks[hit] > 0.5)  # (H,)
     err = (min_new - min_ref).abs() / tau  # (H,) in logits
 
     def loss_and_grads(rc: RenderConfig) -> tuple[float, Tensor]:
-        logits = silhouette_logits(render_min_sdf(field, origins, dirs, rc), tau)  # (B, R)
+        logits = silhouette_logits(render_min_sdf(field, origins, dirs, rc, tau), tau)  # (B, R)
         loss = F.binary_cross_entropy_with_logits(logits, masks)
         grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
         flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])

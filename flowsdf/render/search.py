@@ -9,7 +9,9 @@ Two facts make most of that unnecessary:
   argmin's two coarse neighbours.
 - A ray whose coarse minimum is well above the surface contributes ~nothing to loss or gradient
   once the silhouette is sharp, so refining it is wasted: only rays whose coarse minimum is below
-  `margin` coarse spacings (a world distance per ray) are refined; the rest keep the coarse argmin.
+  `margin` coarse spacings (a world distance per ray), or below `floor` (training passes
+  refine_tau * tau: early on, when tau is large, a few coarse spacings are only a few tau) are
+  refined; the rest keep the coarse argmin.
 
 What it can get wrong: a thin part that the coarse samples step over entirely, when another part
 of the same ray holds the coarse minimum; and, for culled rays, a minimum up to about half a
@@ -56,9 +58,11 @@ def search_depths(
 @torch.no_grad()
 def coarse_to_fine_depth(
     field, o: Tensor, d: Tensor, item: Tensor, t: Tensor, stride: int, margin: float, chunk_points: int,
-    use_bf16: bool,
+    use_bf16: bool, floor: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Depth (H,) of each ray's (approximately) smallest-SDF sample among t (H, S).
+
+    A ray is refined when its coarse minimum is below max(margin coarse spacings, floor).
 
     Returns (depth (H,), refined (H,) bool: which rays were searched at full resolution).
     """
@@ -72,7 +76,7 @@ def coarse_to_fine_depth(
     jc = cols[kc]  # (H,) the coarse argmin's full-resolution column
     best = t.gather(1, jc[:, None]).squeeze(1)  # (H,)
     spacing = (t[:, 1] - t[:, 0]) * stride if S > 1 else torch.zeros_like(best)  # (H,) coarse spacing
-    refine = coarse_val < margin * spacing  # (H,)
+    refine = coarse_val < (margin * spacing).clamp(min=floor)  # (H,)
     if stride == 1 or not refine.any():
         return best, refine
     # Full resolution between the coarse argmin's neighbours: columns jc - stride + 1 .. jc + stride - 1.

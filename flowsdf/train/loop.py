@@ -77,7 +77,7 @@ def silhouette_loss(
     Returns (loss, logits (B, H, W)).
     """
     size = views.masks.shape[-1]
-    min_sdf = render_views(decoder.field(codes), views.K, views.c2w, size, render_cfg)  # (B, H, W)
+    min_sdf = render_views(decoder.field(codes), views.K, views.c2w, size, render_cfg, tau)  # (B, H, W)
     logits = silhouette_logits(min_sdf, tau)
     return F.binary_cross_entropy_with_logits(logits, views.masks), logits
 
