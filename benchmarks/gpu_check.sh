@@ -18,8 +18,9 @@ PY="${PYTHON:-python3}"
 
 if [[ $DRY == 1 ]]; then
   # No --compile here: compiling on a CPU takes minutes (the GPU run compiles).
-  DEVICE=cpu PRESET=tiny BENCH="--quick" TESTS="tests/test_device.py tests/test_fast_sampler.py" COMPILE=""
-  T_TESTS=300 T_BENCH=300 T_DATA=300 T_S1=300 T_FLOW=300
+  DEVICE=cpu PRESET=tiny BENCH="--quick --threads 1" TESTS="tests/test_device.py tests/test_fast_sampler.py" COMPILE=""
+  # Generous limits: the dry run checks that every step works, on a CPU that may be shared.
+  T_TESTS=900 T_BENCH=600 T_DATA=600 T_S1=600 T_FLOW=900
 else
   DEVICE=cuda PRESET=seed BENCH="" TESTS="" COMPILE="--compile"
   # Budget (seconds): 480 in all, ~10 of it for start-up and the JSON.
