@@ -19,7 +19,12 @@ from flowsdf.config import preset
 from flowsdf.data.cameras import camera_rays
 from flowsdf.eval.bench import _train_inputs
 from flowsdf.models.build import build_stage1
-from flowsdf.render.silhouette import best_depths, sample_depths, silhouette_logits, sphere_interval
+from flowsdf.render.silhouette import (
+    best_depths,
+    sample_depths,
+    silhouette_logits,
+    sphere_interval,
+)
 
 
 def main() -> None:

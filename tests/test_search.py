@@ -7,7 +7,13 @@ import torch
 from flowsdf.data import cameras, shapes
 from flowsdf.eval.search_error import search_agreement
 from flowsdf.render.search import coarse_to_fine_depth
-from flowsdf.render.silhouette import RenderConfig, argmin_depth, render_min_sdf, sample_depths, sphere_interval
+from flowsdf.render.silhouette import (
+    RenderConfig,
+    argmin_depth,
+    render_min_sdf,
+    sample_depths,
+    sphere_interval,
+)
 
 TAU = 0.01
 

@@ -18,6 +18,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -67,7 +68,7 @@ def _train_inputs(cfg: Config, batch: int, device: torch.device):
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(batch, 3, size, size, generator=gen).to(device)  # (B, 3, S, S)
     K = torch.tensor(cameras.intrinsics(size, cfg.data.fov_deg)).float().expand(batch, 3, 3).to(device)
-    pos = cameras.random_viewpoints(__import__("numpy").random.default_rng(0), batch, cfg.data.cam_distance)
+    pos = cameras.random_viewpoints(np.random.default_rng(0), batch, cfg.data.cam_distance)
     c2w = torch.stack([torch.tensor(cameras.look_at(p)).float() for p in pos]).to(device)  # (B, 4, 4)
     u = torch.linspace(-1, 1, size, device=device)
     disc = ((u[:, None] ** 2 + u[None, :] ** 2) < 0.3).float().expand(batch, size, size)  # (B, S, S)
@@ -117,11 +118,14 @@ def bench_flow(cfg: Config, settings: BenchSettings, device: torch.device) -> di
                 with torch.no_grad():
                     return euler_sample(velocity, z0, conditioner(images), steps)
 
-            timed = dict(repeats=settings.flow_repeats, warmup=3, device=device)
-            entry = {"reference": time_call(reference, **timed), "fast": time_call(lambda: fast(images, z0), **timed)}
+            timed = {"repeats": settings.flow_repeats, "warmup": 3, "device": device}
+            def fast_call(fast=fast, images=images, z0=z0):
+                return fast(images, z0)
+
+            entry = {"reference": time_call(reference, **timed), "fast": time_call(fast_call, **timed)}
             if device.type == "cuda":
                 fast.cuda_graph(batch, size)
-                entry["fast_cuda_graph"] = time_call(lambda: fast(images, z0), **timed)
+                entry["fast_cuda_graph"] = time_call(fast_call, **timed)
             row[str(steps)] = entry
         out[str(batch)] = row
     return out
@@ -131,7 +135,7 @@ def bench_mesh(cfg: Config, settings: BenchSettings, device: torch.device) -> di
     _, decoder = (m.to(device).eval() for m in build_stage1(cfg))
     code = 0.05 * torch.randn(cfg.decoder.latent_dim, generator=torch.Generator().manual_seed(3))
     field = bounded(decoder_field(decoder, code.to(device)))
-    run = lambda: extract_mesh(field, resolution=settings.mesh_resolution, device=device)  # noqa: E731
+    run = lambda: extract_mesh(field, resolution=settings.mesh_resolution, device=device)
     return {"resolution": settings.mesh_resolution, **time_call(run, repeats=settings.repeats, warmup=1, device=device)}
 
 

@@ -15,7 +15,13 @@ from flowsdf import checkpoint, runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.config import Config
 from flowsdf.errors import FlowSDFError
-from flowsdf.flow import FlowConfig, euler_sample, interpolate, sample_noise, target_velocity
+from flowsdf.flow import (
+    FlowConfig,
+    euler_sample,
+    interpolate,
+    sample_noise,
+    target_velocity,
+)
 from flowsdf.models.build import build_flow
 from flowsdf.models.conditioner import ImageConditioner
 from flowsdf.models.velocity import VelocityNet
