@@ -17,12 +17,13 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python3}"
 
 if [[ $DRY == 1 ]]; then
-  # No --compile here: compiling on a CPU takes minutes (the GPU run compiles).
-  DEVICE=cpu PRESET=tiny BENCH="--quick --threads 1" TESTS="tests/test_device.py tests/test_fast_sampler.py" COMPILE=""
+  # No --compile here: compiling on a CPU takes minutes (the GPU run compiles). One thread: on
+  # a shared 2-core CPU two threads per process are many times slower than one.
+  DEVICE=cpu PRESET=tiny BENCH="--quick --threads 1" TESTS="tests/test_device.py tests/test_fast_sampler.py" COMPILE="--threads 1" THREADS="--threads 1"
   # Generous limits: the dry run checks that every step works, on a CPU that may be shared.
   T_TESTS=900 T_BENCH=600 T_DATA=600 T_S1=600 T_FLOW=900
 else
-  DEVICE=cuda PRESET=seed BENCH="" TESTS="" COMPILE="--compile"
+  DEVICE=cuda PRESET=seed BENCH="" TESTS="" COMPILE="--compile" THREADS=""
   # Budget (seconds): 480 in all, ~10 of it for start-up and the JSON.
   T_TESTS=100 T_BENCH=60 T_DATA=40 T_S1=120 T_FLOW=150
 fi
@@ -55,7 +56,7 @@ RUN="$OUT/run"
 rm -rf "$RUN"
 part data "$T_DATA" "$PY" -m flowsdf data --preset "$PRESET" --quiet
 part stage1 "$T_S1" "$PY" -m flowsdf train --stage cnn --preset "$PRESET" --out "$RUN" --device "$DEVICE" $COMPILE --quiet
-part stage2 "$T_FLOW" "$PY" -m flowsdf train --stage flow --preset "$PRESET" --init "$RUN" --out "$RUN" --device "$DEVICE" --quiet
+part stage2 "$T_FLOW" "$PY" -m flowsdf train --stage flow --preset "$PRESET" --init "$RUN" --out "$RUN" --device "$DEVICE" $THREADS --quiet
 
 # Every figure as JSON: summaries as they are, per-epoch metrics as JSON lists.
 "$PY" - "$RUN" "$OUT" <<'PYEOF'
