@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flowsdf.cli import check_grads, data, eval, reproduce, train
+from flowsdf.cli import bench, check_grads, data, eval, reproduce, train
 from flowsdf.errors import FlowSDFError
 
 # One module per subcommand, each with add_parser(sub) and run(args); the order is --help's.
-COMMANDS = (data, train, check_grads, eval, reproduce)
+COMMANDS = (data, train, check_grads, eval, reproduce, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,14 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
     except FlowSDFError as e:
         print(f"flowsdf: error: {e}", file=sys.stderr)
-        return 2
+        status = 2
     except KeyboardInterrupt:
         print("flowsdf: interrupted; finished epochs are saved: continue with `train ... --resume`, "
               "or rerun the same `reproduce` command", file=sys.stderr)
-        return 130
+        status = 130
+    # A training command under torchrun joined a process group: leave it cleanly (see there).
+    distributed = sys.modules.get("flowsdf.train.distributed")
+    if distributed is not None and distributed.active():
+        distributed.exit_process(status)
+    return status
 
 
 if __name__ == "__main__":

@@ -25,6 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data", type=Path, help="dataset folder (default: the preset's cached dataset, made if missing)")
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     t.add_argument("--epochs", type=int, help="override the preset's epochs (Stage 1, or Phase 2 with --stage flow); ignored with --resume")
+    t.add_argument("--batch-size", type=int, metavar="N",
+                   help="override the preset's batch (Stage 1, or Phase 2 with --stage flow); under torchrun the "
+                        "global batch, split over the processes; ignored with --resume")
+    t.add_argument("--compile", action="store_true",
+                   help="with --stage cnn: torch.compile the decoder for the renderer, in this run's Stage 1 and the "
+                        "Stage 2 that continues it (GPUs; adds compile time); ignored with --resume")
     t.add_argument("--seed", type=int, help="override the training seed; ignored with --resume")
     t.add_argument("--until-epoch", type=int, metavar="N",
                    help="stop after epoch N (schedules unchanged); continue later with --resume")
@@ -57,6 +63,17 @@ def run(args: argparse.Namespace) -> int:
             cfg.stage1.epochs = args.epochs
         else:
             cfg.phase2.epochs = args.epochs
+    if args.compile:
+        if args.stage != "cnn":
+            raise FlowSDFError("--compile is a Stage-1 option: Stage 2 keeps the renderer settings of its Stage-1 run")
+        cfg.render.compile = True
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise FlowSDFError("--batch-size must be at least 1")
+        if args.stage == "cnn":
+            cfg.stage1.batch_size = args.batch_size
+        else:
+            cfg.phase2.batch_size = args.batch_size
     cfg = set_overrides(cfg, args)
     stage = "stage1" if args.stage == "cnn" else "phase2"
     before = runs.checkpoint_epoch(Path(args.out), stage) if args.resume else None
@@ -67,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
             raise FlowSDFError("--stage flow needs --init STAGE1_RUN_DIR (a finished `--stage cnn` run)")
         summary = train_flow(cfg, Path(args.out), args.init, args.data, args.resume, not args.quiet,
                                    args.device, args.until_epoch)
+    from flowsdf.train import distributed
+
+    if not distributed.is_main():  # rank 0 reports for all processes
+        return 0
     if summary is None:
         init = f" --init {args.init}" if args.stage == "flow" else ""
         after = runs.checkpoint_epoch(Path(args.out), stage)

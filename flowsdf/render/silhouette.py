@@ -25,6 +25,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from flowsdf.render.search import coarse_to_fine_depth
+
 Field = Callable[[Tensor, Tensor], Tensor]
 
 # min_sdf reported for rays that miss the bounding sphere: far from every surface.
@@ -41,6 +43,18 @@ class RenderConfig:
     # neighbouring sample where two are within bf16 rounding of each other.
     search_dtype: str = "float32"
     naive: bool = False  # reference path: every sample in the autograd graph (slow, for tests)
+    # "exhaustive": all n_samples of every ray (the reference); "coarse": every coarse_stride-th
+    # sample first, then full resolution around the coarse argmin, only for rays whose coarse
+    # minimum is below refine_margin coarse spacings (flowsdf/render/search.py; inexact, measured).
+    search: str = "exhaustive"
+    coarse_stride: int = 4
+    refine_margin: float = 1.0
+    # ... and rays whose coarse minimum is below refine_tau * tau, when the caller passes tau
+    # (the training loss does): their silhouette is then below sigmoid(-refine_tau) ~ 3e-4.
+    refine_tau: float = 8.0
+    # torch.compile the decoder's per-point function for training (worth it on GPUs; costs
+    # 5-20 s of compilation at the start of every phase). See flowsdf.train.loop.
+    compile: bool = False
 
 
 def sphere_interval(
@@ -70,10 +84,11 @@ def sample_depths(t_near: Tensor, t_far: Tensor, n: int) -> Tensor:
     return t_near[:, None] + frac[None, :] * (t_far - t_near)[:, None]  # (R, n)
 
 
-def render_min_sdf(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig) -> Tensor:
+def render_min_sdf(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig, tau: float | None = None) -> Tensor:
     """Minimum SDF along each ray.
 
     origins, dirs (B, R, 3) -> min_sdf (B, R), differentiable w.r.t. whatever `field` depends on.
+    `tau` (the silhouette temperature the result is for) only guides the coarse search.
     """
     B, R, _ = origins.shape
     hit, t_near, t_far, _ = sphere_interval(origins, dirs, cfg.bound_radius)  # (B, R)
@@ -86,12 +101,27 @@ def render_min_sdf(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfi
         values = field(points.reshape(-1, 3), item.repeat_interleave(cfg.n_samples))
         ray_min = values.view(-1, cfg.n_samples).min(dim=1).values  # (H,)
     else:
-        best = argmin_depth(field, o, d, item, t, cfg)  # (H,) no grad
+        best = best_depths(field, o, d, item, t, cfg, tau)  # (H,) no grad
         ray_min = field(o + best[:, None] * d, item)  # (H,) the only points with grad
 
     out = torch.full((B, R), MISS_SDF, dtype=ray_min.dtype, device=origins.device)  # (B, R)
     out[hit] = ray_min
     return out
+
+
+def best_depths(
+    field: Field, o: Tensor, d: Tensor, item: Tensor, t: Tensor, cfg: RenderConfig, tau: float | None = None
+) -> Tensor:
+    """Depth (H,) of each ray's smallest-SDF sample among t (H, S), by the search cfg names."""
+    if cfg.search == "exhaustive":
+        return argmin_depth(field, o, d, item, t, cfg)
+    if cfg.search == "coarse":
+        if cfg.search_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"search_dtype must be float32 or bfloat16, got {cfg.search_dtype!r}")
+        best, _ = coarse_to_fine_depth(field, o, d, item, t, cfg.coarse_stride, cfg.refine_margin, cfg.chunk_points,
+                                       cfg.search_dtype == "bfloat16", cfg.refine_tau * tau if tau else 0.0)
+        return best
+    raise ValueError(f"search must be exhaustive or coarse, got {cfg.search!r}")
 
 
 @torch.no_grad()
@@ -136,7 +166,7 @@ def silhouette_logits(min_sdf: Tensor, tau: float) -> Tensor:
 
 
 def render_views(
-    field: Field, K: Tensor, c2w: Tensor, image_size: int, cfg: RenderConfig
+    field: Field, K: Tensor, c2w: Tensor, image_size: int, cfg: RenderConfig, tau: float | None = None
 ) -> Tensor:
     """Min-SDF images of B views: K (B, 3, 3), c2w (B, 4, 4) -> (B, H, W).
 
@@ -147,5 +177,5 @@ def render_views(
     )
 
     origins, dirs = camera_rays(K, c2w, image_size)  # (B, H*W, 3)
-    min_sdf = render_min_sdf(field, origins, dirs, cfg)  # (B, H*W)
+    min_sdf = render_min_sdf(field, origins, dirs, cfg, tau)  # (B, H*W)
     return min_sdf.view(-1, image_size, image_size)

@@ -8,17 +8,25 @@ import time
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
 from flowsdf import checkpoint, runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.config import Config
-from flowsdf.flow import euler_sample, flow_loss, sample_noise
+from flowsdf.errors import FlowSDFError
+from flowsdf.flow import (
+    FlowConfig,
+    euler_sample,
+    interpolate,
+    sample_noise,
+    target_velocity,
+)
 from flowsdf.models.build import build_flow
 from flowsdf.models.conditioner import ImageConditioner
 from flowsdf.models.velocity import VelocityNet
+from flowsdf.train import distributed
 
 
 @torch.no_grad()
@@ -40,6 +48,35 @@ def code_agreement(
     }
 
 
+class DistillObjective(nn.Module):
+    """Phase 1's loss (flowsdf.flow.flow_loss) on this process's share of a global batch.
+
+    The noise and times of the whole batch are drawn first, in flow_loss's order, so each rank
+    sees what one process would; then only the share runs through the conditioner and the flow.
+    The conditioner normalises per image (GroupNorm), so a share's codes do not depend on the
+    rest of the batch. The loss is scaled for DDP's gradient average (distributed.loss_scale).
+    """
+
+    def __init__(self, conditioner: ImageConditioner, velocity: VelocityNet, flow_cfg: FlowConfig):
+        super().__init__()
+        self.conditioner, self.velocity, self.flow_cfg = conditioner, velocity, flow_cfg
+
+    def forward(
+        self, images: Tensor, z1: Tensor, sigma: float, gen: torch.Generator, part: slice
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """images (B, 3, H, W), target codes z1 (B, D) -> (loss to back-propagate, per-term losses)."""
+        fc, B = self.flow_cfg, z1.shape[0]
+        z0_v = sample_noise(z1.shape, sigma, gen, z1.device, z1.dtype)  # (B, D) velocity term's noise
+        t = torch.rand(B, generator=gen, dtype=z1.dtype).to(z1.device)  # (B,)
+        z0_s = sample_noise(z1.shape, sigma, gen, z1.device, z1.dtype)  # (B, D) sampling term's noise
+        z1, z0_v, t, z0_s = z1[part], z0_v[part], t[part], z0_s[part]  # this rank's rows
+        cond = self.conditioner(images[part])  # (b, C)
+        lv = F.mse_loss(self.velocity(interpolate(z0_v, z1, t), t, cond), target_velocity(z0_v, z1))
+        ls = F.mse_loss(euler_sample(self.velocity, z0_s, cond, steps=fc.steps), z1)
+        total = fc.velocity_weight * lv + fc.sampling_weight * ls
+        return total * distributed.loss_scale(z1.shape[0], B), {"velocity": lv.detach(), "sampling": ls.detach()}
+
+
 def distill(
     cfg: Config, images: Tensor, targets: Tensor, sigma: float, progress: bool, label: str
 ) -> tuple[ImageConditioner, VelocityNet, list[dict]]:
@@ -49,17 +86,25 @@ def distill(
     params = [*conditioner.parameters(), *velocity.parameters()]
     optimizer = torch.optim.Adam(params, lr=pc.lr)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
+    step_loss = distributed.wrap(DistillObjective(conditioner, velocity, cfg.flow))
+    n_batch = min(pc.batch_size, len(targets))
+    if n_batch < distributed.world_size():
+        raise FlowSDFError(f"Phase 1's batch ({n_batch}) is smaller than the number of processes ({distributed.world_size()})")
     history = []
-    bar = tqdm(range(pc.iterations), desc=label, leave=False, disable=not progress)
+    bar = tqdm(range(pc.iterations), desc=label, leave=False, disable=not (progress and distributed.is_main()))
     for it in bar:
         idx = torch.randperm(len(targets), generator=gen)[: pc.batch_size].to(device)
-        loss, parts = flow_loss(velocity, targets[idx], conditioner(images[idx]), sigma, cfg.flow, gen)
+        part = distributed.share(len(idx))
+        loss, parts = step_loss(images[idx], targets[idx], sigma, gen, part)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if it % 50 == 0 or it == pc.iterations - 1:
-            history.append({"iteration": it + 1, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
-            bar.set_postfix(loss=f"{loss.item():.5f}")
+            b = part.stop - part.start  # the terms are means over this rank's share: weight them
+            terms = {k: distributed.all_sum(v.item() * b) / len(idx) for k, v in parts.items()}
+            total = cfg.flow.velocity_weight * terms["velocity"] + cfg.flow.sampling_weight * terms["sampling"]
+            history.append({"iteration": it + 1, "loss": total, **terms})
+            bar.set_postfix(loss=f"{total:.5f}")
     return conditioner, velocity, history
 
 
@@ -86,6 +131,9 @@ def phase1(
         c_off, v_off, hist_off = distill(cfg, images, targets, 1.0, progress, "phase1 ablation (no scaling)")
         report["without_scaling"] = code_agreement(c_off, v_off, images, targets, 1.0, steps, cfg.seed)
         report["history_without_scaling"] = hist_off
+    if not distributed.is_main():  # rank 0 writes Phase 1's files
+        return conditioner, velocity
+    if cfg.phase1.ablation:
         checkpoint.save(Path(run_dir) / "phase1" / "noscale.safetensors", {"conditioner": c_off, "velocity": v_off},
                         meta={"sigma": 1.0, "stage": "phase1-ablation"})
     atomic_write_text(Path(run_dir) / "phase1" / "summary.json", json.dumps(report, indent=2))

@@ -25,6 +25,7 @@ from flowsdf.flow import flow_predictor, noise_scale
 from flowsdf.models.build import build_flow
 from flowsdf.pipeline import FlowSDF
 from flowsdf.runs import run_data
+from flowsdf.train import distributed
 from flowsdf.train.distill import phase1
 from flowsdf.train.loop import Phase, fit_silhouettes, flatten_views, index_views
 from flowsdf.train.stage1 import finish
@@ -75,9 +76,10 @@ def train_flow(
     """Stage 2: Phase 1 (distil the Stage-1 codes) then Phase 2 (end to end through the renderer).
 
     Phase 1 is short and saved once done; `resume` continues Phase 2 from its last epoch (or starts
-    it, reusing a finished Phase 1). Returns Phase 2's summary, or None if stopped early.
+    it, reusing a finished Phase 1). Returns Phase 2's summary, or None if stopped early; under
+    torchrun rank 0 evaluates and returns the summary, the other ranks {}.
     """
-    dev = pick_device(device)
+    dev = distributed.init_from_env(pick_device(device))
     run_dir, init_dir = Path(run_dir), Path(init_dir)
     runs.ensure_writable(run_dir)
     if resume:
@@ -94,10 +96,12 @@ def train_flow(
     if resume and not (resume_p2 or p1_ckpt.exists()):
         raise FlowSDFError(f"nothing to resume in {run_dir}: no Stage-2 checkpoint yet")
     cfg, _ = runs.prepare(run_dir, cfg, "phase2", resume_p2)
-    data = run_data(cfg, run_dir, data_dir, (init_dir,), progress).to(dev)
-    runs.begin(run_dir, cfg, "phase2")
-    runs.record_data(run_dir, data.root, cfg.data.hash())
-    (run_dir / "phase1").mkdir(exist_ok=True)
+    with distributed.main_first():
+        data = run_data(cfg, run_dir, data_dir, (init_dir,), progress).to(dev)
+    if distributed.is_main():
+        runs.begin(run_dir, cfg, "phase2")
+        runs.record_data(run_dir, data.root, cfg.data.hash())
+        (run_dir / "phase1").mkdir(exist_ok=True)
 
     stage1 = FlowSDF.from_run(init_dir, "cnn", dev)  # check_stage1_run made sure its models are cfg's
     encoder, decoder = stage1.encoder, stage1.decoder
@@ -123,7 +127,7 @@ def train_flow(
         extra_meta={"sigma": sigma},
     )
     start_file = run_dir / "phase2" / "start.json"
-    if not resume_p2:
+    if not resume_p2 and distributed.is_main():
         # Where Phase 2 begins: the distilled flow's codes through the Stage-1 decoder. Epoch 1's
         # mean loss also shows what the first optimiser steps did to it.
         for m in phase.modules.values():
@@ -134,6 +138,8 @@ def train_flow(
     t0 = time.perf_counter()
     if not fit_silhouettes(phase, cfg, data, run_dir, resume_p2, progress, until_epoch):
         return None
+    if not distributed.is_main():
+        return {}
     summary = finish(phase, cfg, data, run_dir, time.perf_counter() - t0)
     for m in phase.modules.values():
         m.eval()

@@ -33,6 +33,7 @@ from flowsdf.eval.views import (
 )
 from flowsdf.models.sdf import SDFDecoder
 from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_logits
+from flowsdf.train import distributed
 from flowsdf.train.ema import WeightAverage
 
 # image batch (B, 3, H, W) + a generator for any noise -> latent codes (B, D)
@@ -76,13 +77,39 @@ def silhouette_loss(
     Returns (loss, logits (B, H, W)).
     """
     size = views.masks.shape[-1]
-    min_sdf = render_views(decoder.field(codes), views.K, views.c2w, size, render_cfg)  # (B, H, W)
+    min_sdf = render_views(decoder.field(codes), views.K, views.c2w, size, render_cfg, tau)  # (B, H, W)
     logits = silhouette_logits(min_sdf, tau)
     return F.binary_cross_entropy_with_logits(logits, views.masks), logits
 
 
 def index_views(views: Views, idx: Tensor) -> Views:
     return Views(*(x[idx] for x in (views.images, views.masks, views.K, views.c2w, views.light)))
+
+
+class SilhouetteObjective(nn.Module):
+    """One step's loss on this process's share of a global batch; DDP wraps it for several ranks.
+
+    Every rank maps the whole global batch to codes (a few ms: the renderer is nearly all of a
+    step) so that any noise the predictor draws is what one process would draw, then renders
+    only its share. The loss is scaled so that DDP's gradient average is the gradient of the
+    mean BCE over the global batch; in one process it is the plain mean.
+    """
+
+    def __init__(self, phase: "Phase", render_cfg: RenderConfig):
+        super().__init__()
+        self.parts = nn.ModuleDict(phase.modules)  # registered, so DDP sees their parameters
+        self.phase, self.render_cfg = phase, render_cfg
+
+    def forward(self, batch: Views, gen: torch.Generator, tau: float, part: slice) -> tuple[Tensor, Tensor]:
+        """-> (loss to back-propagate, sum over the share of each image's mean BCE, detached)."""
+        codes = self.phase.predict(batch.images, gen)[part]  # (b, D)
+        local = Views(*(x[part] for x in (batch.images, batch.masks, batch.K, batch.c2w, batch.light)))
+        b, total = local.images.shape[0], batch.images.shape[0]
+        if b == 0:  # every parameter still takes part, with a zero gradient
+            zero = 0.0 * sum(p.sum() for p in self.parameters())
+            return zero, zero.detach()
+        loss, _ = silhouette_loss(self.phase.decoder, codes, local, self.render_cfg, tau)
+        return loss * distributed.loss_scale(b, total), loss.detach() * b
 
 
 @dataclass
@@ -131,7 +158,15 @@ def fit_silhouettes(
     if resume:
         meta = checkpoint.load(ckpt, stored, optimizer, map_location=params[0].device)
         start_epoch = int(meta["epoch"])
-        runs.truncate_metrics(run_dir, stage, start_epoch)
+        if distributed.is_main():
+            runs.truncate_metrics(run_dir, stage, start_epoch)
+    if cfg.render.compile:
+        # An instance attribute shadows the method, so decoder.field() uses the compiled
+        # function; the weights and the checkpoint are untouched. Chunk sizes vary: dynamic.
+        phase.decoder.forward_points = torch.compile(phase.decoder.forward_points, dynamic=True)
+    step_loss = distributed.wrap(SilhouetteObjective(phase, cfg.render))
+    main = distributed.is_main()
+    progress = progress and main
 
     train_views = flatten_views(data.train.input)
     n = train_views.images.shape[0]
@@ -150,8 +185,8 @@ def fit_silhouettes(
             for group in optimizer.param_groups:
                 group["lr"] = lr * tc.lr_scale.get(group["name"], 1.0)
             batch = index_views(train_views, order[s : s + tc.batch_size])
-            codes = phase.predict(batch.images, gen)  # (B, D)
-            loss, _ = silhouette_loss(phase.decoder, codes, batch, cfg.render, tau)
+            b = batch.images.shape[0]
+            loss, loss_sum = step_loss(batch, gen, tau, distributed.share(b))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
@@ -159,12 +194,13 @@ def fit_silhouettes(
             optimizer.step()
             if ema is not None:
                 ema.update(phase.modules)
-            b = batch.images.shape[0]
-            total, seen = total + loss.item() * b, seen + b
+            total, seen = total + distributed.all_sum(loss_sum.item()), seen + b
             bar.set_postfix(loss=f"{total / seen:.4f}", tau=f"{tau:.3f}")
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "loss": total / seen, "tau": tau, "lr": lr, "seconds": seconds, "images_per_s": seen / seconds}
         done = epoch + 1 == tc.epochs
+        if not main:  # rank 0 writes the figures, metrics and checkpoint
+            continue
         if (epoch + 1) % tc.figure_every == 0 or done:
             with ema.applied(phase.modules) if ema is not None else contextlib.nullcontext():
                 row.update(epoch_figure(phase, cfg, data, run_dir, epoch + 1, tau))

@@ -19,6 +19,7 @@ from flowsdf.eval.views import (
 )
 from flowsdf.models.build import build_stage1
 from flowsdf.runs import load_data, run_data
+from flowsdf.train import distributed
 from flowsdf.train.loop import Phase, fit_silhouettes
 
 
@@ -34,19 +35,22 @@ def train_stage1(
     """Mini SDF-SRN: train the CNN encoder and SDF decoder from silhouettes.
 
     Returns the final summary, or None when `until_epoch` stopped the run before its end.
+    Under torchrun (several processes) rank 0 evaluates and returns the summary, the others {}.
     """
-    dev = pick_device(device)
+    dev = distributed.init_from_env(pick_device(device))
     runs.ensure_writable(run_dir)  # before the dataset, which may take minutes to generate
-    if resume:
-        cfg = runs.read_config(run_dir)
-        data = run_data(cfg, run_dir, data_dir, progress=progress)
-    else:
-        data = load_data(cfg, data_dir, progress=progress)
-        cfg = dataclasses.replace(cfg, data=data.config)  # the run records the data it really used
+    with distributed.main_first():  # rank 0 generates a missing dataset, the others then load it
+        if resume:
+            cfg = runs.read_config(run_dir)
+            data = run_data(cfg, run_dir, data_dir, progress=progress)
+        else:
+            data = load_data(cfg, data_dir, progress=progress)
+            cfg = dataclasses.replace(cfg, data=data.config)  # the run records the data it really used
     cfg, resume = runs.prepare(run_dir, cfg, "stage1", resume)
     data = data.to(dev)
-    runs.begin(run_dir, cfg, "stage1")
-    runs.record_data(run_dir, data.root, cfg.data.hash())
+    if distributed.is_main():
+        runs.begin(run_dir, cfg, "stage1")
+        runs.record_data(run_dir, data.root, cfg.data.hash())
     encoder, decoder = (m.to(dev) for m in build_stage1(cfg))
     phase = Phase(
         name="stage1",
@@ -58,6 +62,8 @@ def train_stage1(
     t0 = time.perf_counter()
     if not fit_silhouettes(phase, cfg, data, run_dir, resume, progress, until_epoch):
         return None
+    if not distributed.is_main():
+        return {}
     return finish(phase, cfg, data, run_dir, time.perf_counter() - t0)
 
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One command for a lent GPU (<= 8 minutes on one H100): the test suite on CUDA, `flowsdf bench`,
+# and the seed protocol (Stage 1 + Phase 1 + Phase 2, bf16 search, torch.compile), every figure
+# written as JSON into OUT_DIR. Each part has its own time limit, so a hang costs only its part;
+# parts/<name>.json records each part's exit status and wall time.
+#
+#   benchmarks/gpu_check.sh [OUT_DIR]            on the GPU (default OUT_DIR: outputs/gpu_check)
+#   benchmarks/gpu_check.sh --dry-run [OUT_DIR]  the same steps on the CPU at the tiny preset
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+DRY=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
+OUT="${1:-outputs/gpu_check}"
+mkdir -p "$OUT/parts"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY="${PYTHON:-python3}"
+
+if [[ $DRY == 1 ]]; then
+  # No --compile here: compiling on a CPU takes minutes (the GPU run compiles). One thread: on
+  # a shared 2-core CPU two threads per process are many times slower than one.
+  DEVICE=cpu PRESET=tiny BENCH="--quick --threads 1" TESTS="tests/test_device.py tests/test_fast_sampler.py" COMPILE="--threads 1" THREADS="--threads 1"
+  # Generous limits: the dry run checks that every step works, on a CPU that may be shared.
+  T_TESTS=900 T_BENCH=600 T_DATA=600 T_S1=600 T_FLOW=900
+else
+  DEVICE=cuda PRESET=seed BENCH="" TESTS="" COMPILE="--compile" THREADS=""
+  # Budget (seconds): 480 in all, ~10 of it for start-up and the JSON.
+  T_TESTS=100 T_BENCH=60 T_DATA=40 T_S1=120 T_FLOW=150
+fi
+
+part() {  # part NAME LIMIT_S CMD...: run with a time limit; record status and wall time as JSON
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  echo "== $name (limit ${limit}s): $*"
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" > "$OUT/parts/$name.log" 2>&1
+  local rc=$?
+  tail -n 5 "$OUT/parts/$name.log"
+  printf '{"part": "%s", "rc": %d, "timed_out": %s, "seconds": %d, "limit_s": %d}\n' \
+    "$name" "$rc" "$([[ $rc == 124 || $rc == 137 ]] && echo true || echo false)" "$((SECONDS - t0))" "$limit" \
+    > "$OUT/parts/$name.json"
+  echo "== $name: exit $rc after $((SECONDS - t0))s"
+}
+
+"$PY" -c "import torch, json; print(json.dumps({'torch': torch.__version__, 'cuda': torch.cuda.is_available(),
+  'device': torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}))" > "$OUT/environment.json"
+cat "$OUT/environment.json"
+
+# 1. The suite; training tests pick CUDA when present, tests/test_device.py targets FLOWSDF_TEST_DEVICE.
+part tests "$T_TESTS" env FLOWSDF_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -x -p no:cacheprovider $TESTS
+
+# 2. Speed figures.
+part bench "$T_BENCH" "$PY" -m flowsdf bench --device "$DEVICE" $BENCH --out "$OUT/bench.json"
+
+# 3. The seed protocol, Stage 1 then Stage 2 (Phase 1 + Phase 2) in one run folder.
+RUN="$OUT/run"
+rm -rf "$RUN"
+part data "$T_DATA" "$PY" -m flowsdf data --preset "$PRESET" --quiet
+part stage1 "$T_S1" "$PY" -m flowsdf train --stage cnn --preset "$PRESET" --out "$RUN" --device "$DEVICE" $COMPILE --quiet
+part stage2 "$T_FLOW" "$PY" -m flowsdf train --stage flow --preset "$PRESET" --init "$RUN" --out "$RUN" --device "$DEVICE" $THREADS --quiet
+
+# Every figure as JSON: summaries as they are, per-epoch metrics as JSON lists.
+"$PY" - "$RUN" "$OUT" <<'PYEOF'
+import json, sys
+from pathlib import Path
+run, out = Path(sys.argv[1]), Path(sys.argv[2])
+record = {"parts": {p.stem: json.loads(p.read_text()) for p in sorted((out / "parts").glob("*.json"))}}
+for stage in ("stage1", "phase1", "phase2"):
+    summary, metrics = run / stage / "summary.json", run / stage / "metrics.jsonl"
+    if summary.exists():
+        record[f"{stage}_summary"] = json.loads(summary.read_text())
+    if metrics.exists():
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        record[f"{stage}_metrics"] = rows
+        record[f"{stage}_train_seconds"] = sum(r["seconds"] for r in rows)
+(out / "protocol.json").write_text(json.dumps(record, indent=1))
+failed = [k for k, v in record["parts"].items() if v["rc"] != 0]
+print(f"wrote {out}/protocol.json; parts failed: {failed or 'none'}")
+sys.exit(1 if failed else 0)
+PYEOF

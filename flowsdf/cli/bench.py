@@ -1,0 +1,53 @@
+"""`flowsdf bench`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from flowsdf.errors import FlowSDFError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("bench", help="speed figures of this device: training step, flow latency, meshing",
+                       description="Time the training step at seed settings (naive graph, exhaustive argmin search "
+                                   "in float32 / bfloat16, coarse-to-fine search), conditioner + flow latency at "
+                                   "batch 1 and 64 for 1/2/4/8 steps, and mesh extraction at 128^3; print a table "
+                                   "and optionally write JSON.")
+    b.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    b.add_argument("--out", type=Path, metavar="FILE.json", help="write the figures as JSON")
+    b.add_argument("--run", type=Path, help="time the training step with this Stage-1 run's weights and config")
+    b.add_argument("--batch", type=int, help="training-step batch (default 8, the seed's)")
+    b.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    b.add_argument("--quick", action="store_true", help="tiny models and sizes, one repeat: seconds, for tests")
+    b.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from flowsdf.device import pick_device
+    from flowsdf.eval.bench import BenchSettings, quick_settings, run_bench, table
+    from flowsdf.runs import ensure_writable
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise FlowSDFError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
+    settings = quick_settings() if args.quick else BenchSettings()
+    if args.batch is not None:
+        if args.batch < 1:
+            raise FlowSDFError("--batch must be at least 1")
+        settings.batch = args.batch
+    if args.out is not None:
+        ensure_writable(args.out.parent)
+    result = run_bench(settings, pick_device(args.device), args.run)
+    print(table(result))
+    if args.out is not None:
+        from flowsdf.checkpoint import atomic_write_text
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+    return 0
