@@ -11,9 +11,8 @@ the surface, which makes 128^3 affordable on a CPU (see `sdf_grid_coarse_to_fine
 
 from __future__ import annotations
 
-from typing import Callable
-
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch

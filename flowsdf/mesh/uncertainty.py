@@ -9,7 +9,7 @@ vertex where every sample's surface passes through it has std 0. It is in the fi
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
