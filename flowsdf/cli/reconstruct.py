@@ -44,14 +44,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Every argument and the output folder, before anything is loaded or computed."""
+    """The numbers, before anything is loaded."""
     if args.samples < 1:
         raise FlowSDFError(f"--samples must be at least 1, got {args.samples}")
     if args.steps is not None and args.steps < 1:
         raise FlowSDFError(f"--steps must be at least 1, got {args.steps}")
     if not 8 <= args.resolution <= 512:
         raise FlowSDFError(f"--resolution must be between 8 and 512, got {args.resolution}")
-    out = Path(args.out)
+
+
+def _make_out(out: Path) -> None:
+    """Create the output folder and prove it writable, before any picture is processed."""
     if out.exists() and not out.is_dir():
         raise FlowSDFError(f"--out {out} is a file, not a folder")
     try:  # os.access says yes to root everywhere, so the folder is made rather than predicted
@@ -125,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     from flowsdf.reconstruct import reconstruct_image
 
     _check_args(args)
-    pipe = FlowSDF.from_run(args.run, args.model, args.device)
+    pipe = FlowSDF.from_run(args.run, args.model, args.device)  # a refused run leaves no output folder
+    _make_out(Path(args.out))
     files, problems = find_images(args.inputs)
     failures = [{"file": None, "error": p} for p in problems]
     for p in problems:
