@@ -150,3 +150,24 @@ def test_run_without_finished_model_and_unwritable_out(capsys, tiny_stage1_run, 
     assert code == 2 and len(lines) == 1 and "cannot create --out /proc/flowsdf-test/out" in lines[0]
     code, _, err = reconstruct(capsys, pictures, "--run", tmp_path / "nowhere", "--out", out)
     assert code == 2 and "not a flowsdf run" in err and not out.exists()
+
+
+def test_example_script_runs_on_a_trained_run(shaped_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    shutil.copytree(shaped_run, run)
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(root / "examples" / "reconstruct.py"), str(run),
+                          "--samples", "2", "--resolution", "20"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert len((root / "examples" / "reconstruct.py").read_text().splitlines()) <= 40
+    for name in ("sample1.glb", "uncertainty.glb"):
+        mesh = load_mesh(run / "example" / name)
+        assert len(mesh.faces) > 0
+    assert "wrote" in res.stdout
