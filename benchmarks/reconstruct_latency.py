@@ -5,7 +5,9 @@ For held-out pictures of a run's dataset: the pipeline's codes (flow at --steps 
 the dense reference grid at the same resolutions (and how far its mesh is from the coarse-to-fine
 one: symmetric Hausdorff in voxels; 0 means the same mesh), the input-view search, and the whole
 `reconstruct_image` with K = 1. Prints a table and writes JSON. Timings are medians over the
-pictures x --repeats, on the CPU with torch's threads unless --threads is given.
+pictures x --repeats, on the CPU with torch's threads unless --threads is given. Each timing is
+wall-clock seconds; with --threads 1 the process's CPU seconds are recorded too (`*_cpu_s`),
+which stay close to the unloaded time when other jobs share the machine.
 
     python benchmarks/reconstruct_latency.py --run runs/reproduce-quick [--out FILE.json] [--unfinished]
 """
@@ -30,14 +32,20 @@ from flowsdf.pipeline import FlowSDF
 from flowsdf.reconstruct import input_camera, reconstruct_image
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    """Median seconds of `repeats` calls (after one untimed call) and the last result."""
+CPU_TIMES: dict[str, list[float]] = {}
+
+
+def timed(fn, repeats: int, name: str | None = None) -> tuple[float, object]:
+    """Median wall seconds of `repeats` calls (after one untimed call) and the last result; the
+    CPU seconds of each call are appended to CPU_TIMES[name]."""
     out = fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - start)
+        if name:
+            CPU_TIMES.setdefault(name, []).append(time.process_time() - cpu)
     return float(np.median(times)), out
 
 
@@ -67,13 +75,13 @@ def main() -> None:
     rows = []
     for i, image in enumerate(images):
         row: dict = {"picture": i}
-        row["flow_s"], result = timed(lambda: pipe(image, steps=args.steps), args.repeats)  # noqa: B023
+        row["flow_s"], result = timed(lambda: pipe(image, steps=args.steps), args.repeats, "flow")  # noqa: B023
         code = result.codes[0, 0]
         field = pipe.field(code)
         for r in args.resolutions:
             voxel = 2.0 / (r - 1)
-            t_fast, (values, evaluated) = timed(lambda: sdf_grid_coarse_to_fine(field, r), args.repeats)  # noqa: B023
-            t_mc, (v_fast, f_fast) = timed(lambda: mesh_from_grid(values), args.repeats)  # noqa: B023
+            t_fast, (values, evaluated) = timed(lambda: sdf_grid_coarse_to_fine(field, r), args.repeats, f"grid{r}")  # noqa: B023
+            t_mc, (v_fast, f_fast) = timed(lambda: mesh_from_grid(values), args.repeats, f"mc{r}")  # noqa: B023
             t_dense, (v_dense, _) = timed(lambda: extract_mesh(field, r), 1)  # noqa: B023
             row[f"mesh{r}"] = {"coarse_to_fine_s": t_fast + t_mc, "marching_cubes_s": t_mc, "dense_s": t_dense,
                                "evaluated": evaluated, "grid_points": r**3, "vertices": len(v_fast),
@@ -81,7 +89,7 @@ def main() -> None:
                                "hausdorff_voxels": hausdorff(v_fast, v_dense) / voxel,
                                "same_vertex_count": len(v_fast) == len(v_dense)}
         mesh = to_trimesh(*mesh_from_grid(sdf_grid_coarse_to_fine(field, 64)[0]))
-        row["camera_search_s"], _ = timed(lambda: input_camera(pipe, image, mesh), args.repeats)  # noqa: B023
+        row["camera_search_s"], _ = timed(lambda: input_camera(pipe, image, mesh), args.repeats, "camera")  # noqa: B023
         row["ray_marched_search_s"], _ = timed(lambda: pipe.estimate_camera(code, (image.amax(0) > 0.02).float()), 1)  # noqa: B023
         rec = reconstruct_image(pipe, image, samples=1, steps=args.steps, resolution=128)
         row["reconstruct_image_128_s"] = rec.timings
@@ -96,6 +104,7 @@ def main() -> None:
         "mesh": {r: {k: float(np.median([row[f"mesh{r}"][k] for row in rows]))
                      for k in ("coarse_to_fine_s", "marching_cubes_s", "dense_s", "evaluated", "hausdorff_voxels")}
                  for r in args.resolutions},
+        "cpu_s_median": {k: float(np.median(v)) for k, v in CPU_TIMES.items()},
         "all_same_vertex_count": all(row[f"mesh{r}"]["same_vertex_count"] for row in rows for r in args.resolutions),
         "rows": rows,
     }
@@ -107,6 +116,10 @@ def main() -> None:
         print(f"  mesh {r}^3: coarse-to-fine {m['coarse_to_fine_s']:.3f} s ({m['evaluated'] / r**3:.1%} of the grid "
               f"evaluated, marching cubes {m['marching_cubes_s']:.3f} s), dense {m['dense_s']:.3f} s, "
               f"Hausdorff to dense {m['hausdorff_voxels']:.3f} voxels")
+    cpu = summary["cpu_s_median"]
+    if torch.get_num_threads() == 1:
+        print("  CPU seconds (1 thread): flow {:.3f}, ".format(cpu["flow"]) + ", ".join(
+            f"mesh {r}^3 {cpu[f'grid{r}'] + cpu[f'mc{r}']:.3f}" for r in args.resolutions))
     print(f"  view search: projected {summary['camera_search_s']:.3f} s, ray-marched {summary['ray_marched_search_s']:.2f} s")
     print(f"wrote {args.out}")
 

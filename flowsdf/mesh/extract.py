@@ -110,7 +110,7 @@ def sdf_grid_coarse_to_fine(
     field: Field,
     resolution: int = 128,
     bound: float = 1.0,
-    coarse_stride: int = 8,
+    coarse_stride: int = 16,
     chunk: int = 65536,
     device: torch.device | str = "cpu",
     slope: float | None = None,
@@ -118,20 +118,28 @@ def sdf_grid_coarse_to_fine(
     """The grid of `sdf_grid`, evaluated exactly only near the surface.
 
     The field is evaluated on a grid `coarse_stride` times coarser than the fine one, then cells
-    are halved level by level (stride 8 -> 4 -> 2 -> 1). At each level a cell is refined only if
-    its corners change sign or the smallest |sdf| at its corners is below `slope` x its diagonal.
-    Why that bound: if the surface passes through a cell and the field changes by at most `slope`
-    per unit length, every corner is within one diagonal of a surface point, so every corner's
-    |sdf| is at most slope x diagonal; a cell whose corners all exceed it holds no surface. (The
-    nearest corner is within half a diagonal, so the test keeps a factor 2 of margin on the slope.)
-    Our decoders' fields are not exact distances: silhouette training makes them steeper or
-    flatter than 1 per unit, so `slope` defaults to the steepest finite difference seen on the
-    coarse grid, and never less than 1 (an exact SDF's slope).
+    are halved level by level (stride 16 -> 8 -> 4 -> 2 -> 1); a cell's points on the finer grid are
+    evaluated only if the cell is marked:
+
+    - cells of 4 voxels or more: marked if their corners change sign or the smallest |sdf| at
+      their corners is below `slope` x their diagonal. Why that bound: if the surface passes
+      through a cell and the field changes by at most `slope` per unit length, every corner is
+      within one diagonal of a surface point, so its |sdf| is at most slope x diagonal; a cell
+      whose corners all exceed it holds no surface. (The nearest corner is within half a
+      diagonal, so the test keeps a factor 2 of margin on the slope.) Our decoders' fields are
+      not exact distances (silhouette training leaves them steeper or flatter than 1 per unit),
+      so `slope` defaults to the steepest finite difference on the coarse grid, at least 1.
+    - cells of 2 voxels (the last level): marked if their corners change sign. A distance band
+      here would be several voxels thick and cost 2-3x more field evaluations on trained
+      decoders; what it could add is a surface piece inside a 2-voxel cell whose 8 corners all
+      share one sign: a sliver thinner than 2 voxels, finer than the 32-64 pixel renders the
+      models learn from resolve at 128^3.
 
     Points that are not evaluated are filled by trilinear interpolation from the level above.
-    Inside a cell that was not refined all corners share one sign and exceed the bound, and an
-    interpolation of such values keeps both, so marching cubes finds no surface there: every
-    triangle comes from cells whose eight corners are exact, as on the dense grid.
+    Inside a cell that was not refined all corners share one sign, and an interpolation of such
+    values keeps it, so marching cubes finds no surface there: every triangle comes from cells
+    whose eight corners are exact, as on the dense grid (tested against it on analytic shapes,
+    thin ones included, and measured on trained decoders by benchmarks/reconstruct_latency.py).
 
     Returns:
         values (R, R, R) float32 as `sdf_grid` (exact where refined, same-sign fill elsewhere) and
@@ -164,7 +172,11 @@ def sdf_grid_coarse_to_fine(
                     lo = v if lo is None else torch.minimum(lo, v)
                     hi = v if hi is None else torch.maximum(hi, v)
                     near = v.abs() if near is None else torch.minimum(near, v.abs())
-        marked = ((lo <= 0) & (hi >= 0)) | (near < slope * stride * h * math.sqrt(3.0))  # (n, n, n)
+        crosses = (lo <= 0) & (hi >= 0)  # (n, n, n)
+        if stride > 2:
+            marked = crosses | (near < slope * stride * h * math.sqrt(3.0))
+        else:  # the last level: sign changes only
+            marked = crosses
         cells = marked.nonzero()  # (M, 3)
         # Every point of a marked cell on the grid of half the stride: (P, 3), each once.
         pts = (2 * cells[:, None, :] + _CELL_POINTS).reshape(-1, 3)  # (M*27, 3)
@@ -192,7 +204,7 @@ def extract_mesh_coarse_to_fine(
     field: Field,
     resolution: int = 128,
     bound: float = 1.0,
-    coarse_stride: int = 8,
+    coarse_stride: int = 16,
     chunk: int = 65536,
     device: torch.device | str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:

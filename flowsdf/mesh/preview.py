@@ -7,7 +7,6 @@ the viewer's shoulder so every view is lit from the front, as the training rende
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -102,7 +101,9 @@ def reconstruction_preview(rec, path: Path, views: int = 3) -> None:
         bar = cell(1, 1)
         bar.set_axis_off()
         mappable = plt.cm.ScalarMappable(norm=Normalize(0.0, rec.std_max), cmap=colormaps[UNCERTAINTY_CMAP])
-        fig.colorbar(mappable, ax=bar, fraction=0.5, label="std of SDF over samples")
+        cb = fig.colorbar(mappable, ax=bar, fraction=0.4)
+        cb.set_label("std of SDF over samples", fontsize=7)
+        cb.ax.tick_params(labelsize=6)
         for k, mesh in enumerate(rec.meshes[:cols]):
             ax = cell(2, k, "3d")
             draw_mesh(ax, mesh, azimuth, elevation)
@@ -110,15 +111,3 @@ def reconstruction_preview(rec, path: Path, views: int = 3) -> None:
     fig.suptitle(f"{rec.model}, seed {rec.seed}, {len(rec.meshes)} sample(s)", fontsize=8)
     save_figure(fig, path, dpi=90)
 
-
-def turntable(meshes: Sequence[trimesh.Trimesh], labels: Sequence[str], path: Path,
-              azimuths: Sequence[float] = (30.0, 150.0, 270.0), elevation: float = 20.0) -> None:
-    """A grid of meshes (rows) from several azimuths (columns)."""
-    fig = plt.figure(figsize=(1.8 * len(azimuths), 1.8 * len(meshes)))
-    for i, (mesh, label) in enumerate(zip(meshes, labels, strict=True)):
-        for j, az in enumerate(azimuths):
-            ax = fig.add_subplot(len(meshes), len(azimuths), i * len(azimuths) + j + 1, projection="3d")
-            draw_mesh(ax, mesh, az, elevation)
-            if j == 0:
-                ax.set_title(label, fontsize=7, loc="left")
-    save_figure(fig, path)
