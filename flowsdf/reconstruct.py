@@ -109,6 +109,8 @@ def reconstruct_image(
         timings[name] = now - start
         start = now
 
+    if isinstance(image, Tensor) and image.dim() == 4 and image.shape[0] != 1:
+        raise ValueError(f"reconstruct_image takes one picture, got a batch of {image.shape[0]}")
     result = pipe(image if isinstance(image, Tensor) else [image], samples=samples, steps=steps, seed=seed)
     codes = result.codes[0]  # (K, D)
     lap("codes")

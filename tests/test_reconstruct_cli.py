@@ -171,3 +171,26 @@ def test_example_script_runs_on_a_trained_run(shaped_run, tmp_path):
         mesh = load_mesh(run / "example" / name)
         assert len(mesh.faces) > 0
     assert "wrote" in res.stdout
+
+
+def test_reconstruct_image_returns_what_the_viewer_needs(shaped_run, tiny_data_dir):
+    from flowsdf.mesh.uncertainty import vertex_std
+    from flowsdf.reconstruct import reconstruct_image
+
+    pipe = FlowSDF.from_run(shaped_run, "flow", "cpu")
+    image = dataset.load(tiny_data_dir).heldout.input.images[0, 0]  # (3, S, S)
+    rec = reconstruct_image(pipe, image, samples=3, seed=4, resolution=16)
+    S, D = pipe.image_size, pipe.latent_dim
+    assert rec.image.shape == (3, S, S) and rec.codes.shape == (3, D) and rec.silhouette.shape == (S, S)
+    torch.testing.assert_close(rec.codes, pipe(image, samples=3, seed=4).codes[0])
+    assert len(rec.meshes) == 3 and all(len(m.faces) > 0 for m in rec.meshes)
+    assert rec.camera[0].shape == (3, 3) and rec.camera[1].shape == (4, 4) and 0.0 <= rec.camera_iou <= 1.0
+    v = rec.mean_mesh.vertices
+    assert rec.vertex_std.shape == (len(v),) and rec.mean_mesh.visual.vertex_colors.shape == (len(v), 4)
+    np.testing.assert_allclose(rec.vertex_std, vertex_std([pipe.field(c) for c in rec.codes], v), rtol=1e-6)
+    assert rec.std_max == pytest.approx(rec.vertex_std.max())
+    assert set(rec.timings) == {"codes", "meshes", "uncertainty", "camera", "total"}
+    again = reconstruct_image(pipe, image, samples=3, seed=4, resolution=16)
+    assert np.array_equal(again.meshes[1].vertices, rec.meshes[1].vertices)
+    one = reconstruct_image(pipe, image, samples=1, resolution=16)
+    assert one.mean_mesh is None and one.vertex_std is None and len(one.meshes) == 1
