@@ -43,7 +43,7 @@ def draw_mesh(ax, mesh: trimesh.Trimesh, azimuth: float, elevation: float) -> No
     ax.set_xlim(-VIEW_LIMIT, VIEW_LIMIT)
     ax.set_ylim(-VIEW_LIMIT, VIEW_LIMIT)
     ax.set_zlim(-VIEW_LIMIT, VIEW_LIMIT)
-    ax.set_box_aspect((1, 1, 1))
+    ax.set_box_aspect((1, 1, 1), zoom=1.5)  # matplotlib leaves wide margins around 3-D axes
     ax.view_init(elev=elevation, azim=azimuth)
     if len(mesh.faces) == 0:
         ax.text2D(0.25, 0.5, "empty shape", transform=ax.transAxes, fontsize=7)
