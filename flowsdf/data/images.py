@@ -12,6 +12,7 @@ memory for it. Every failure is one FlowSDFError naming the file and the reason.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +61,13 @@ def open_checked(source: str | Path | Image.Image) -> Image.Image:
         if path.stat().st_size == 0:
             raise FlowSDFError(f"{name}: the file is empty (0 bytes)")
         try:
-            image = Image.open(path)
+            with warnings.catch_warnings():  # Pillow warns above 89 Mpixel; our own, lower limit follows
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(path)
         except UnidentifiedImageError as e:
             raise FlowSDFError(f"{name}: not a picture Pillow can read (PNG, JPEG, WebP ...)") from e
+        except Image.DecompressionBombError as e:  # Pillow's own limit, far above ours, refused at open
+            raise FlowSDFError(f"{name}: the declared size is over the limit of {MAX_PIXELS:,} pixels ({e})") from e
     w, h = image.size
     if w < 1 or h < 1:
         raise FlowSDFError(f"{name}: the picture has no pixels ({w}x{h})")
