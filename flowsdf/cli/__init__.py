@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flowsdf.cli import check_grads, data, eval, reproduce, train
+from flowsdf.cli import check_grads, data, eval, reproduce, train, view
 from flowsdf.errors import FlowSDFError
 
 # One module per subcommand, each with add_parser(sub) and run(args); the order is --help's.
-COMMANDS = (data, train, check_grads, eval, reproduce)
+COMMANDS = (data, train, check_grads, eval, reproduce, view)
 
 
 def build_parser() -> argparse.ArgumentParser:
