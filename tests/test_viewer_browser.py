@@ -199,6 +199,21 @@ def test_noise_scaling_switch_changes_the_final_silhouette(page):
     assert (_pixels(page, scaled) != _pixels(page, unscaled)).any()
 
 
+def test_split_gallery_and_new_sample_pick_what_is_drawn(page):
+    page.get_by_role("radio", name="held-out").check()
+    expect(page.locator("#step-caption")).to_contain_text("held-out picture 0")
+    page.locator("#gallery button.thumbnail-item").nth(1).click()  # the second thumbnail
+    expect(page.locator("#step-caption")).to_contain_text("held-out picture 1")
+    _set_slider(page, "step-slider", 0)  # noise: certainly another picture for another seed
+    expect(page.locator("#step-caption")).to_contain_text("Step 0 of")
+    first = _src(page, "silhouette")
+    page.locator("#new-sample").click()
+    expect(page.locator("#step-caption")).to_contain_text("seed 1")
+    assert (_pixels(page, _wait_src_change(page, "silhouette", first)) != _pixels(page, first)).any()
+    _set_slider(page, "picture-index", 0)
+    expect(page.locator("#step-caption")).to_contain_text("held-out picture 0")
+
+
 def test_reconstruct_shows_a_3d_view_and_offers_a_valid_glb(page, good_png, tmp_path):
     page.get_by_role("tab", name="Reconstruct").click()
     _reconstruct(page, good_png)

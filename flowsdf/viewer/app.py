@@ -142,10 +142,12 @@ def _step_tab(app: gr.Blocks, viewer: Viewer) -> None:
     def another_seed(seed_value: float | None) -> int:
         return (int(seed_value or 0) + 1) % (MAX_SEED + 1)
 
+    # A new split resets the index to 0, which is no change when it was 0 already: draw explicitly
+    # (a second draw of the same picture is a cache hit).
     dataset_inputs = [split, index, *settings]
     split.input(pick_split, [split], [index, gallery], **_RUN).then(pick_dataset, dataset_inputs, outputs, **_RUN)
-    index.release(pick_dataset, dataset_inputs, outputs, **_RUN)
-    gallery.select(pick_gallery, None, index).then(pick_dataset, dataset_inputs, outputs, **_RUN)
+    index.change(pick_dataset, dataset_inputs, outputs, **_RUN)
+    gallery.select(pick_gallery, None, index)
     upload.upload(pick_upload, [upload, *settings], outputs, **_RUN)
     scaling.input(compute, [source, *settings], outputs, **_RUN)
     seed.submit(compute, [source, *settings], outputs, **_RUN)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from flowsdf import runs
@@ -132,7 +131,8 @@ class Viewer:
         """A user's picture file, checked (empty, not an image, damaged, too many pixels) before use."""
         path = Path(path)
         image = read_upload(path, self.flow.image_size)  # (3, S, S)
-        return Picture(image, f"uploaded picture {path.name}", ("upload", hashlib.sha256(path.read_bytes()).hexdigest()))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return Picture(image, f"uploaded picture {path.name}", ("upload", digest))
 
     # --- step the flow -------------------------------------------------------------------------
 
@@ -205,10 +205,12 @@ class Viewer:
                  f"Camera: {path.camera_note}."]
         if path.ground_truth is not None:
             third = panes.gray_pane(path.ground_truth)
-            lines.append(f"Silhouette IoU with the ground truth at this step: {silhouette_iou(sil, path.ground_truth):.3f}.")
+            iou = silhouette_iou(sil, path.ground_truth)
+            lines.append(f"Silhouette IoU with the ground truth at this step: {iou:.3f}.")
         else:
             third = panes.rgb_pane(path.picture)
-            lines.append("An uploaded picture has no ground truth: the right pane shows the picture as the model sees it.")
+            lines.append("An uploaded picture has no ground truth: the right pane shows the picture as the model "
+                         "sees it.")
         return plot, panes.gray_pane(sil), third, "\n\n".join(lines)
 
     # --- reconstruct ---------------------------------------------------------------------------
