@@ -88,7 +88,7 @@ def _step_tab(app: gr.Blocks, viewer: Viewer) -> None:
                               elem_id="picture-index")
             gallery = gr.Gallery(viewer.split_thumbnails("training"), label="Pick a picture", columns=6,
                                  height=180, allow_preview=False, elem_id="gallery")
-            upload = gr.File(label="... or upload a picture (PNG, JPEG, WebP)", type="filepath",
+            upload = gr.File(label="... or upload a picture (PNG, JPEG, WebP)", type="filepath", height=150,
                              elem_id="step-upload")
             scaling = gr.Checkbox(value=True, label="Noise scaling", interactive=has_noscale, elem_id="scaling",
                                   info="off: the flow distilled with sigma = 1" if has_noscale
@@ -98,13 +98,13 @@ def _step_tab(app: gr.Blocks, viewer: Viewer) -> None:
                 new_sample = gr.Button("New sample", elem_id="new-sample")
         with gr.Column(scale=3):
             step = gr.Slider(0, steps, value=steps, step=1, label="Euler step", elem_id="step-slider")
+            plot = gr.Image(label="Latent", type="numpy", format="png", interactive=False, height=340, buttons=[],
+                            elem_id="latent-plot")
             with gr.Row():
-                plot = gr.Image(label="Latent", type="numpy", format="png", interactive=False, scale=2,
-                                elem_id="latent-plot")
                 sil = gr.Image(label="Silhouette at this step", type="numpy", format="png", interactive=False,
-                               elem_id="silhouette")
-                third = gr.Image(label="Ground truth", type="numpy", format="png", interactive=False,
-                                 elem_id="ground-truth")
+                               height=280, buttons=[], elem_id="silhouette")
+                third = gr.Image(label="Ground truth", type="numpy", format="png", interactive=False, height=280,
+                                 buttons=[], elem_id="ground-truth")
             caption = gr.Markdown(elem_id="step-caption")
 
     outputs = [path_state, source, plot, sil, third, caption]

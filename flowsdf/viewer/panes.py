@@ -60,7 +60,7 @@ def latent_figure(frame: LatentFrame, path: np.ndarray, norms: np.ndarray, step:
     ax_plane.set_xlabel(f"principal axis 1 ({100 * ev[0]:.0f}% of spread)")
     ax_plane.set_ylabel(f"axis 2 ({100 * ev[1]:.0f}%)")
     ax_plane.legend(fontsize=7, loc="best", framealpha=0.6)
-    ax_plane.set_title("state on the training codes' principal plane", fontsize=9)
+    ax_plane.set_title("the state on the training codes' principal plane", fontsize=9, pad=4)
 
     lo, med, hi = frame.norm_band()
     ax_norm.axhspan(lo, hi, color="0.85", label="training codes (5-95%)")
@@ -75,8 +75,8 @@ def latent_figure(frame: LatentFrame, path: np.ndarray, norms: np.ndarray, step:
     ax_norm.set_xlabel("Euler step")
     ax_norm.set_ylabel("code norm")
     ax_norm.legend(fontsize=7, loc="best", framealpha=0.6)
-    ax_norm.set_title(f"norm at step {step}: {norms[step]:.3f} (training median {med:.3f})", fontsize=9)
-    fig.tight_layout()
+    ax_norm.set_title(f"norm at step {step}: {norms[step]:.3f} (training median {med:.3f})", fontsize=9, pad=4)
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.93))  # room above for the page's label
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
 
