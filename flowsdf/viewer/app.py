@@ -24,10 +24,10 @@ _RUN = {"concurrency_id": "model", "concurrency_limit": 1}  # everything that ru
 
 STEP_INTRO = """\
 The flow starts from noise (step 0) and takes {steps} Euler steps along its learned velocity to a
-shape's code (step {steps}). **Left**: the state on the plane of the training codes' two principal
-axes ({source}), the path so far, and its norm against theirs. **Middle**: the silhouette the SDF
-decoder makes of that state, seen from the picture's camera. **Right**: the ground-truth
-silhouette. **Noise scaling off** swaps in the flow distilled from unscaled noise (sigma = 1):
+shape's code (step {steps}). **Latent**: the state on the plane of the training codes' two
+principal axes ({source}), the path so far, and its norm against theirs. **Silhouette**: what the
+SDF decoder makes of that state, seen from the picture's camera. **Ground truth**: the true
+silhouette from that camera (an upload has none: the picture is shown instead). **Noise scaling off** swaps in the flow distilled from unscaled noise (sigma = 1):
 its path starts far outside the codes, which is the collapse noise scaling prevents."""
 
 RECON_INTRO = """\
@@ -152,7 +152,8 @@ def _step_tab(app: gr.Blocks, viewer: Viewer) -> None:
     scaling.input(compute, [source, *settings], outputs, **_RUN)
     seed.submit(compute, [source, *settings], outputs, **_RUN)
     new_sample.click(another_seed, [seed], seed).then(compute, [source, *settings], outputs, **_RUN)
-    step.change(redraw, [path_state, step], [plot, sil, third, caption], **_RUN)
+    # Redrawing runs no model: it does not wait behind a reconstruction.
+    step.change(redraw, [path_state, step], [plot, sil, third, caption], concurrency_id="draw", concurrency_limit=1)
     app.load(compute, [source, *settings], outputs, **_RUN)
 
 
@@ -164,9 +165,9 @@ def _reconstruct_tab(viewer: Viewer) -> None:
             upload = gr.File(label="Picture (PNG, JPEG, WebP)", type="filepath", elem_id="recon-upload")
             samples = gr.Slider(1, limits.max_samples, value=min(4, limits.max_samples), step=1,
                                 label=f"Samples K (1-{limits.max_samples})", elem_id="samples")
-            resolution = gr.Slider(limits.min_resolution, limits.max_resolution, value=limits.min_resolution * 2
-                                   if limits.min_resolution * 2 <= limits.max_resolution else limits.min_resolution,
-                                   step=8, label="Mesh resolution (grid points per axis)", elem_id="resolution")
+            resolution = gr.Slider(limits.min_resolution, limits.max_resolution, step=8,
+                                   value=max(limits.min_resolution, min(64, limits.max_resolution)),
+                                   label="Mesh resolution (grid points per axis)", elem_id="resolution")
             seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="recon-seed")
             go = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct")
         with gr.Column(scale=2):
