@@ -1,5 +1,6 @@
 """`flowsdf view` refuses what it cannot serve with one line, before it starts serving."""
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,13 @@ def test_damaged_run_through_the_command_prints_one_line_and_serves_nothing(tmp_
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("flowsdf: error: "), proc.stderr
     assert "Running on" not in proc.stdout + proc.stderr
+
+
+def test_a_port_in_use_is_one_error_line(tiny_flow_run, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["view", str(tiny_flow_run), "--device", "cpu", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"flowsdf: error: cannot serve on 127.0.0.1:{port}: the port is in use; choose another --port"]

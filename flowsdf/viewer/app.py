@@ -72,6 +72,8 @@ def serve(app: gr.Blocks, viewer: Viewer, host: str, port: int, block: bool = Tr
         app.launch(server_name=host, server_port=port, max_file_size=viewer.limits.max_upload_bytes,
                    prevent_thread_lock=not block, show_error=True, quiet=False)
     except OSError as e:  # gradio's way of saying the port is taken or the address cannot be bound
+        if "Cannot find empty port" in str(e):
+            raise FlowSDFError(f"cannot serve on {host}:{port}: the port is in use; choose another --port") from e
         raise FlowSDFError(f"cannot serve on {host}:{port}: {e}") from e
 
 
