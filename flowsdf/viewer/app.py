@@ -27,8 +27,9 @@ The flow starts from noise (step 0) and takes {steps} Euler steps along its lear
 shape's code (step {steps}). **Latent**: the state on the plane of the training codes' two
 principal axes ({source}), the path so far, and its norm against theirs. **Silhouette**: what the
 SDF decoder makes of that state, seen from the picture's camera. **Ground truth**: the true
-silhouette from that camera (an upload has none: the picture is shown instead). **Noise scaling off** swaps in the flow distilled from unscaled noise (sigma = 1):
-its path starts far outside the codes, which is the collapse noise scaling prevents."""
+silhouette from that camera (an upload has none: the picture is shown instead). **Noise scaling
+off** swaps in the flow distilled from unscaled noise (sigma = 1): its path starts far outside the
+codes, which is the collapse noise scaling prevents."""
 
 RECON_INTRO = """\
 Upload a picture (an object on a black background, like the training renders). The flow draws
