@@ -87,6 +87,20 @@ def input_camera(pipe: FlowSDF, image: Tensor, mesh: trimesh.Trimesh) -> tuple[T
     return K[best], c2w[best]
 
 
+def code_camera(pipe: FlowSDF, image: Tensor, code: Tensor, mesh: trimesh.Trimesh | None = None,
+                resolution: int = 64) -> tuple[Tensor, Tensor, Tensor, float]:
+    """A picture's (3, S, S) input camera for its code (D,) (searched with the code's mesh, made at
+    `resolution` unless given), the code's silhouette (S, S) from it and that silhouette's IoU with
+    the picture's foreground: (K, c2w, silhouette, iou)."""
+    if mesh is None:
+        mesh = to_trimesh(*extract_mesh_coarse_to_fine(pipe.field(code), resolution=resolution, device=pipe.device))
+    K, c2w = input_camera(pipe, image, mesh)
+    silhouette = pipe.silhouettes(code[None], K[None], c2w[None])[0].cpu()  # (S, S)
+    mask = foreground_mask(image[None])[0].cpu() > 0.5  # (S, S)
+    iou = float(((silhouette > 0.5) & mask).sum()) / max(1, int(((silhouette > 0.5) | mask).sum()))
+    return K, c2w, silhouette, iou
+
+
 def reconstruct_image(
     pipe: FlowSDF,
     image: Tensor | Image.Image | str | Path,
@@ -127,10 +141,8 @@ def reconstruct_image(
         colors, std_max = std_colors(std, cmap=UNCERTAINTY_CMAP)
         mean_mesh = to_trimesh(vertices, faces, colors)
         lap("uncertainty")
-    K, c2w = input_camera(pipe, result.images[0], mean_mesh if mean_mesh is not None else meshes[0])
-    silhouette = pipe.silhouettes(mean_code[None], K[None], c2w[None])[0].cpu()  # (S, S)
-    mask = foreground_mask(result.images[:1])[0].cpu() > 0.5  # (S, S)
-    iou = float(((silhouette > 0.5) & mask).sum()) / max(1, int(((silhouette > 0.5) | mask).sum()))
+    K, c2w, silhouette, iou = code_camera(pipe, result.images[0], mean_code,
+                                          mean_mesh if mean_mesh is not None else meshes[0])
     lap("camera")
     timings["total"] = sum(timings.values())
     return Reconstruction(

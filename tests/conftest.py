@@ -6,6 +6,7 @@ with anything else running, and these tests are tiny.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -56,4 +57,44 @@ def tiny_flow_run(tmp_path_factory, tiny_cfg, tiny_stage1_run, tiny_data_dir) ->
     run = tmp_path_factory.mktemp("runs") / "flow"
     shutil.copytree(tiny_stage1_run, run)
     train_flow(tiny_cfg, run, run, tiny_data_dir, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_surface_run(tmp_path_factory, tiny_flow_run, tiny_data_dir) -> Path:
+    """A copy of the tiny flow run whose decoded shapes have a surface (copy it before writing).
+
+    Two tiny epochs do not teach the decoder a surface: its field stays above zero everywhere,
+    so every mesh is empty. Here the flow decoder's output bias is lowered by the field's median
+    over the inner ball for the first training picture's code, so about half of that ball is
+    inside: meshes and silhouettes have something to show. For tests of what is done with a
+    mesh (viewing, export), not of what the model learned.
+    """
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from flowsdf import checkpoint, runs
+    from flowsdf.data import dataset as data_mod
+    from flowsdf.pipeline import FlowSDF
+
+    run = tmp_path_factory.mktemp("runs") / "surface"
+    shutil.copytree(tiny_flow_run, run)
+    pipe = FlowSDF.from_run(run, "flow", "cpu")
+    image = data_mod.load(tiny_data_dir).train.input.images[0, 0]  # (3, S, S)
+    code = pipe(image, seed=0).codes[0, 0]  # (D,)
+    points = torch.randn(4096, 3, generator=torch.Generator().manual_seed(0))
+    points = 0.5 * points / points.norm(dim=1, keepdim=True) * torch.rand(4096, 1) ** (1 / 3)  # (P, 3) in the ball
+    with torch.no_grad():
+        shift = float(pipe.decoder.field(code[None])(points, 0).median())
+    path = runs.checkpoint_path(run, "phase2")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    for key in [k for k in tensors if k.endswith("decoder.l5.bias")]:  # the model and, with EMA, its live copy
+        tensors[key] = tensors[key] - shift
+    header = json.loads(metadata["flowsdf"])
+    header["tensors_sha256"] = checkpoint.tensors_digest(tensors)  # a deliberate edit, not damage
+    save_file(tensors, str(path), metadata={**metadata, "flowsdf": json.dumps(header)})
     return run

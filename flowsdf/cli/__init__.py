@@ -6,11 +6,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flowsdf.cli import bench, check_grads, data, eval, reconstruct, reproduce, train
+from flowsdf.cli import (
+    bench,
+    check_grads,
+    data,
+    eval,
+    reconstruct,
+    reproduce,
+    train,
+    view,
+)
 from flowsdf.errors import FlowSDFError
 
 # One module per subcommand, each with add_parser(sub) and run(args); the order is --help's.
-COMMANDS = (data, train, check_grads, eval, reproduce, reconstruct, bench)
+COMMANDS = (data, train, check_grads, eval, reproduce, reconstruct, view, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

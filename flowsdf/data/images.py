@@ -66,8 +66,9 @@ def open_checked(source: str | Path | Image.Image) -> Image.Image:
                 image = Image.open(path)
         except UnidentifiedImageError as e:
             raise FlowSDFError(f"{name}: not a picture Pillow can read (PNG, JPEG, WebP ...)") from e
-        except Image.DecompressionBombError as e:  # Pillow's own limit, far above ours, refused at open
-            raise FlowSDFError(f"{name}: the declared size is over the limit of {MAX_PIXELS:,} pixels ({e})") from e
+        except Image.DecompressionBombError as e:  # Pillow's own refusal, at twice its pixel limit
+            raise FlowSDFError(f"{name}: the picture declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, "
+                               f"over the limit of {MAX_PIXELS:,}; scale it down first") from e
     w, h = image.size
     if w < 1 or h < 1:
         raise FlowSDFError(f"{name}: the picture has no pixels ({w}x{h})")

@@ -1,0 +1,275 @@
+"""What the viewer computes, with no web code: loaded once per run, called by the page's handlers.
+
+Everything a request can ask for is bounded (`Limits`): the number of samples, the meshing
+resolution, the seed's range; pictures are checked by flowsdf.data.images before decoding. Every
+refusal is a FlowSDFError whose one-line message the page shows.
+
+"Step the flow" caches each computed path (picture, noise scaling, seed) so that moving the step
+slider only redraws; the cache is small and bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+from flowsdf import runs
+from flowsdf.data.dataset import Dataset, Views
+from flowsdf.data.images import open_checked, to_model_input
+from flowsdf.device import pick_device
+from flowsdf.errors import FlowSDFError
+from flowsdf.pipeline import FlowSDF
+from flowsdf.reconstruct import code_camera
+from flowsdf.viewer import panes
+from flowsdf.viewer.latent import LatentFrame, fit_frame
+from flowsdf.viewer.recon import MeshFolder, Progress, ReconOutput, reconstruct_upload
+
+SPLITS = ("training", "novel", "held-out")
+MAX_SEED = 2**31 - 1
+_CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may ask for (time and memory)."""
+
+    max_samples: int = 8  # K flow samples per reconstruction
+    min_resolution: int = 32  # marching-cubes grid points per axis
+    max_resolution: int = 128
+    max_upload_mb: float = 10.0  # enforced by the web server before a handler runs
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)
+
+
+@dataclass
+class Picture:
+    """One input of "Step the flow": a dataset view (with its camera and ground truth) or an upload."""
+
+    image: Tensor  # (3, S, S) as the model sees it
+    label: str
+    key: tuple  # identifies the picture in the cache
+    mask: Tensor | None = None  # (S, S) ground-truth silhouette, dataset views only
+    K: Tensor | None = None  # (3, 3) the view's camera, dataset views only
+    c2w: Tensor | None = None  # (4, 4)
+
+
+@dataclass
+class FlowPath:
+    """The flow's Euler states for one picture, noise setting and seed, ready to draw."""
+
+    latents: np.ndarray  # (T, D) state after each step; state 0 is the noise
+    plane: np.ndarray  # (T, 2) on the training codes' principal plane
+    norms: np.ndarray  # (T,)
+    silhouettes: np.ndarray  # (T, S, S) decoded soft silhouettes from the picture's camera
+    picture: np.ndarray  # (S, S, 3) the input as the model sees it
+    ground_truth: np.ndarray | None  # (S, S), None for an upload
+    title: str
+    camera_note: str
+
+    @property
+    def steps(self) -> int:
+        return self.latents.shape[0] - 1
+
+
+class Viewer:
+    """A run's flows, dataset and latent frame, loaded once; the page's computations."""
+
+    def __init__(self, run_dir: Path, flow: FlowSDF, noscale: FlowSDF | None, data: Dataset, frame: LatentFrame,
+                 limits: Limits = Limits()):
+        self.run_dir, self.flow, self.noscale, self.data = Path(run_dir), flow, noscale, data
+        self.frame, self.limits = frame, limits
+        self._splits = {"training": data.train.input, "novel": data.train.novel, "held-out": data.heldout.input}
+        self._cache: OrderedDict[tuple, FlowPath] = OrderedDict()
+        self._cameras: dict[tuple, tuple[Tensor, Tensor, float]] = {}
+        self._lock = threading.Lock()
+        self._meshes = MeshFolder()
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "auto", data_dir: Path | None = None,
+             limits: Limits = Limits(), progress: bool = True) -> "Viewer":
+        """Load everything the page needs; any problem is one FlowSDFError, before serving."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise FlowSDFError(f"{run_dir} is not a folder")
+        dev = pick_device(device)
+        flow = FlowSDF.from_run(run_dir, "flow", dev)
+        has_noscale = (run_dir / "phase1" / "noscale.safetensors").is_file()
+        noscale = FlowSDF.from_run(run_dir, "flow-noscale", dev) if has_noscale else None
+        data = runs.run_data(flow.cfg, run_dir, data_dir, progress=progress)
+        return cls(run_dir, flow, noscale, data, training_frame(run_dir, flow, data), limits)
+
+    # --- pictures ------------------------------------------------------------------------------
+
+    def split_size(self, split: str) -> int:
+        views = self._views(split)
+        return views.images.shape[0] * views.images.shape[1]
+
+    def split_thumbnails(self, split: str) -> list[np.ndarray]:
+        """Every view of a split as RGB uint8 (H, W, 3), in index order."""
+        images = self._views(split).images.flatten(0, 1)  # (M, 3, H, W)
+        return [(x.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8) for x in images]
+
+    def dataset_picture(self, split: str, index: int) -> Picture:
+        views = self._views(split)
+        n, v = views.images.shape[:2]
+        if not 0 <= index < n * v:
+            raise FlowSDFError(f"the {split} split has pictures 0..{n * v - 1}; {index} is not one of them")
+        shape, view = divmod(int(index), v)
+        label = f"{split} picture {index} (shape {shape}, view {view})"
+        return Picture(views.images[shape, view], label, ("dataset", split, int(index)),
+                       views.masks[shape, view], views.K[shape, view], views.c2w[shape, view])
+
+    def upload_picture(self, path: str | Path) -> Picture:
+        """A user's picture file, checked (empty, not an image, damaged, too many pixels) before use."""
+        path = Path(path)
+        image = read_upload(path, self.flow.image_size)  # (3, S, S)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return Picture(image, f"uploaded picture {path.name}", ("upload", digest))
+
+    # --- step the flow -------------------------------------------------------------------------
+
+    def step_flow(self, picture: Picture, scaling: bool, seed: int) -> FlowPath:
+        """The flow's path for a picture: states, silhouettes from the picture's camera (estimated
+        for an upload, with the noise-scaled flow, and then used for both settings)."""
+        seed = check_seed(seed)
+        pipe = self.pipe(scaling)
+        key = (picture.key, scaling, seed)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        if picture.K is not None:
+            K, c2w = picture.K, picture.c2w
+            camera_note = "the dataset view's own camera"
+        else:
+            K, c2w, iou = self.upload_camera(picture, seed)
+            camera_note = (f"estimated: a picture does not reveal its camera, so the silhouettes are drawn from the "
+                           f"dataset-like viewpoint where the final code's silhouette best matches the picture's "
+                           f"mask (IoU {iou:.2f})")
+        latents, sils = pipe.flow_steps(picture.image[None], K[None], c2w[None], seed=seed)  # (T, 1, D), (T, 1, S, S)
+        latents = latents[:, 0].cpu().double().numpy()  # (T, D)
+        setting = f"noise scaling on (sigma = {pipe.sigma:.3f})" if scaling else "noise scaling off (sigma = 1)"
+        path = FlowPath(
+            latents=latents,
+            plane=self.frame.project(latents),
+            norms=np.linalg.norm(latents, axis=1),
+            silhouettes=sils[:, 0].cpu().numpy(),
+            picture=picture.image.permute(1, 2, 0).cpu().numpy(),
+            ground_truth=None if picture.mask is None else picture.mask.cpu().numpy(),
+            title=f"{picture.label}, {setting}, seed {seed}",
+            camera_note=camera_note,
+        )
+        with self._lock:
+            self._cache[key] = path
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return path
+
+    def upload_camera(self, picture: Picture, seed: int) -> tuple[Tensor, Tensor, float]:
+        """The camera of an uploaded picture: searched with the noise-scaled flow's final code."""
+        key = (picture.key, seed)
+        with self._lock:
+            if key in self._cameras:
+                return self._cameras[key]
+        code = self.flow(picture.image[None], samples=1, seed=seed).codes[0, 0]  # (D,)
+        K, c2w, _, iou = code_camera(self.flow, picture.image, code)  # the same search as Reconstruct's
+        camera = (K, c2w, iou)
+        with self._lock:
+            if len(self._cameras) >= _CACHE_SIZE:
+                self._cameras.pop(next(iter(self._cameras)))
+            self._cameras[key] = camera
+        return camera
+
+    def pipe(self, scaling: bool) -> FlowSDF:
+        if scaling:
+            return self.flow
+        if self.noscale is None:
+            raise FlowSDFError(f"{self.run_dir} has no flow distilled without noise scaling "
+                               "(phase1/noscale.safetensors); Phase 1 writes it when its ablation is on")
+        return self.noscale
+
+    def step_panes(self, path: FlowPath, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """The three panes at one step (latent plot, silhouette, ground truth or the upload) and a
+        Markdown caption."""
+        step = int(min(max(step, 0), path.steps))
+        plot = panes.latent_figure(self.frame, path.plane, path.norms, step, path.steps)
+        sil = path.silhouettes[step]  # (S, S)
+        lines = [f"**Step {step} of {path.steps}** (t = {step / path.steps:.3f}): {path.title}.",
+                 f"Camera: {path.camera_note}."]
+        if path.ground_truth is not None:
+            third = panes.gray_pane(path.ground_truth)
+            iou = silhouette_iou(sil, path.ground_truth)
+            lines.append(f"Silhouette IoU with the ground truth at this step: {iou:.3f}.")
+        else:
+            third = panes.rgb_pane(path.picture)
+            lines.append("An uploaded picture has no ground truth: the right pane shows the picture as the model "
+                         "sees it.")
+        return plot, panes.gray_pane(sil), third, "\n\n".join(lines)
+
+    # --- reconstruct ---------------------------------------------------------------------------
+
+    def reconstruct(self, path: str | Path, samples: int, resolution: int, seed: int | float | None,
+                    progress: Progress) -> ReconOutput:
+        """The Reconstruct tab: K samples of an uploaded picture, meshed and written as glb/obj/ply."""
+        lim = self.limits
+        if not 1 <= samples <= lim.max_samples:
+            raise FlowSDFError(f"samples must be from 1 to {lim.max_samples}, got {samples}")
+        if not lim.min_resolution <= resolution <= lim.max_resolution:
+            raise FlowSDFError(f"the mesh resolution must be from {lim.min_resolution} to {lim.max_resolution}, "
+                               f"got {resolution}")
+        progress(0.0, "reading the picture")
+        image = read_upload(Path(path), self.flow.image_size)  # (3, S, S)
+        return reconstruct_upload(self.flow, image, Path(path).stem, samples, resolution, check_seed(seed),
+                                  self._meshes.new(), progress)
+
+    def _views(self, split: str) -> Views:
+        if split not in self._splits:
+            raise FlowSDFError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+        return self._splits[split]
+
+
+def training_frame(run_dir: Path, flow: FlowSDF, data: Dataset) -> LatentFrame:
+    """The latent plot's frame: the principal axes of the Stage-1 encoder's codes of the training
+    pictures (the codes both flows were distilled towards). A flow run whose Stage-1 model lives
+    in another folder uses the flow's own codes of the training pictures instead; the page says so."""
+    images = data.train.input.images.flatten(0, 1)  # (M, 3, S, S)
+    if runs.checkpoint_path(run_dir, "stage1").is_file():
+        cnn = FlowSDF.from_run(run_dir, "cnn", flow.device)
+        codes = cnn(images).codes[:, 0]  # (M, D)
+        source = "the Stage-1 encoder's codes of the training pictures"
+    else:
+        codes = flow(images, seed=0).codes[:, 0]  # (M, D)
+        source = "the flow's own codes of the training pictures (seed 0; the run holds no Stage-1 model)"
+    return fit_frame(codes.cpu().double().numpy(), source)
+
+
+def read_upload(path: Path, size: int) -> Tensor:
+    """An uploaded picture file as model input (3, size, size), checked before decoding.
+
+    The web server keeps uploads under its own temporary folder; a refusal names only the file.
+    """
+    try:
+        return to_model_input(open_checked(path), size)
+    except FlowSDFError as e:
+        raise FlowSDFError(str(e).replace(str(path), path.name)) from e
+
+
+def silhouette_iou(soft: np.ndarray, mask: np.ndarray) -> float:
+    """IoU of a soft silhouette (thresholded at 0.5) with a binary mask; 1 when both are empty."""
+    a, b = soft > 0.5, mask > 0.5
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else int((a & b).sum()) / union
+
+
+def check_seed(seed: float | int | None) -> int:
+    if seed is None or float(seed) != int(seed) or not 0 <= int(seed) <= MAX_SEED:
+        raise FlowSDFError(f"the seed must be a whole number from 0 to {MAX_SEED}, got {seed}")
+    return int(seed)

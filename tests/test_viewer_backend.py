@@ -1,0 +1,138 @@
+"""The viewer's computations without the web page: paths, panes, limits and refusals."""
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from bad_pictures import declared_png, empty_file, text_file
+from PIL import Image
+
+from flowsdf.data import dataset
+from flowsdf.errors import FlowSDFError
+from flowsdf.viewer import panes
+from flowsdf.viewer.backend import MAX_SEED, Limits, Viewer, silhouette_iou
+from flowsdf.viewer.latent import fit_frame
+
+
+@pytest.fixture(scope="module")
+def viewer(tiny_flow_run):
+    return Viewer.load(tiny_flow_run, "cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def data(tiny_data_dir):
+    return dataset.load(tiny_data_dir)
+
+
+def test_dataset_pictures_carry_their_view(viewer, data):
+    views = data.train.novel
+    V = views.images.shape[1]
+    pic = viewer.dataset_picture("novel", V + V - 1)  # shape 1, last view
+    torch.testing.assert_close(pic.image, views.images[1, V - 1])
+    torch.testing.assert_close(pic.mask, views.masks[1, V - 1])
+    torch.testing.assert_close(pic.c2w, views.c2w[1, V - 1])
+    assert viewer.split_size("novel") == views.images.shape[0] * V
+    assert viewer.split_size("held-out") == data.heldout.input.images.shape[0] * data.heldout.input.images.shape[1]
+    assert len(viewer.split_thumbnails("training")) == viewer.split_size("training")
+
+
+def test_step_flow_is_the_pipelines_path_and_is_cached(viewer):
+    pic = viewer.dataset_picture("training", 1)
+    path = viewer.step_flow(pic, True, 7)
+    latents, sils = viewer.flow.flow_steps(pic.image[None], pic.K[None], pic.c2w[None], seed=7)
+    np.testing.assert_allclose(path.latents, latents[:, 0].double().numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(path.silhouettes, sils[:, 0].numpy(), atol=1e-6)
+    final = viewer.flow(pic.image[None], seed=7).codes[0, 0]  # the sampled code is the last state
+    np.testing.assert_allclose(path.latents[-1], final.double().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(path.norms, np.linalg.norm(path.latents, axis=1))
+    np.testing.assert_allclose(path.plane, viewer.frame.project(path.latents))
+    assert path.steps == viewer.flow.cfg.flow.steps
+    assert viewer.step_flow(pic, True, 7) is path  # the slider only redraws
+    assert viewer.step_flow(pic, True, 8) is not path
+
+
+def test_noise_scaling_switch_starts_from_the_same_noise_unscaled(viewer):
+    pic = viewer.dataset_picture("training", 0)
+    on, off = viewer.step_flow(pic, True, 3), viewer.step_flow(pic, False, 3)
+    # Same seed, same unit noise; the scaled flow starts at sigma times it, the ablation at it.
+    np.testing.assert_allclose(on.latents[0], viewer.flow.sigma * off.latents[0], rtol=1e-5, atol=1e-7)
+    assert viewer.noscale.sigma == 1.0
+    assert off.norms[0] == pytest.approx(np.sqrt(viewer.flow.latent_dim), rel=0.25)
+    assert "off" in off.title and "on" in on.title
+
+
+def test_frame_is_the_stage1_codes_principal_plane(tiny_flow_run, viewer, data):
+    from flowsdf.pipeline import FlowSDF
+
+    cnn = FlowSDF.from_run(tiny_flow_run, "cnn", "cpu")
+    with torch.no_grad():
+        codes = cnn.encoder(data.train.input.images.flatten(0, 1)).double().numpy()  # (M, D)
+    ref = fit_frame(codes, "")
+    np.testing.assert_allclose(viewer.frame.axes, ref.axes, atol=1e-5)
+    np.testing.assert_allclose(viewer.frame.mean, ref.mean, atol=1e-6)
+    assert "Stage-1" in viewer.frame.source
+
+
+def test_step_panes_show_that_steps_silhouette_and_the_ground_truth(viewer):
+    pic = viewer.dataset_picture("held-out", 0)
+    path = viewer.step_flow(pic, True, 0)
+    for step in (0, path.steps):
+        plot, sil, gt, caption = viewer.step_panes(path, step)
+        np.testing.assert_array_equal(sil, panes.gray_pane(path.silhouettes[step]))
+        np.testing.assert_array_equal(gt, panes.gray_pane(pic.mask.numpy()))
+        assert f"Step {step} of {path.steps}" in caption
+        assert f"{silhouette_iou(path.silhouettes[step], pic.mask.numpy()):.3f}" in caption
+    assert viewer.step_panes(path, 99)[3].startswith(f"**Step {path.steps} of")  # clamped
+
+
+def test_silhouette_iou_known_answers():
+    a = np.zeros((4, 4))
+    a[:2] = 0.9
+    b = np.zeros((4, 4))
+    b[1:3] = 1.0
+    assert silhouette_iou(a, b) == pytest.approx(4 / 12)
+    assert silhouette_iou(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0
+
+
+def test_bad_requests_are_one_clear_error_each(viewer, tmp_path):
+    with pytest.raises(FlowSDFError, match="unknown split"):
+        viewer.dataset_picture("test", 0)
+    with pytest.raises(FlowSDFError, match="has pictures 0.."):
+        viewer.dataset_picture("training", viewer.split_size("training"))
+    pic = viewer.dataset_picture("training", 0)
+    for seed in (-1, 1.5, MAX_SEED + 1, None):
+        with pytest.raises(FlowSDFError, match="seed must be a whole number"):
+            viewer.step_flow(pic, True, seed)
+    empty, text = empty_file(tmp_path / "empty.png"), text_file(tmp_path / "notes.png")
+    with pytest.raises(FlowSDFError, match="empty"):
+        viewer.upload_picture(empty)
+    with pytest.raises(FlowSDFError, match="not a picture"):
+        viewer.upload_picture(text)
+    with pytest.raises(FlowSDFError, match="over the limit"):
+        viewer.upload_picture(declared_png(tmp_path / "huge.png", 100_000, 100_000))
+    lim = viewer.limits
+    for k, res in ((0, 32), (lim.max_samples + 1, 32), (1, lim.min_resolution - 1), (1, lim.max_resolution + 1)):
+        with pytest.raises(FlowSDFError, match="must be from"):
+            viewer.reconstruct(text, k, res, 0, progress=lambda f, d: None)
+
+
+def test_a_run_without_the_ablation_flow_refuses_scaling_off(viewer):
+    bare = Viewer(viewer.run_dir, viewer.flow, None, viewer.data, viewer.frame, Limits())
+    with pytest.raises(FlowSDFError, match="without noise scaling"):
+        bare.step_flow(bare.dataset_picture("training", 0), False, 0)
+
+
+def test_reconstruct_writes_meshes_trimesh_reads(tiny_surface_run, tiny_data_dir, tmp_path):
+    viewer = Viewer.load(tiny_surface_run, "cpu", progress=False)
+    picture = tmp_path / "shape.png"
+    image = dataset.load(tiny_data_dir).train.input.images[0, 0]  # (3, S, S)
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(picture)
+    seen = []
+    out = viewer.reconstruct(picture, 2, 32, 0, progress=lambda f, d: seen.append(f))
+    assert seen == sorted(seen) and seen[0] == 0.0  # progress only moves forward
+    meshes = {fmt: trimesh.load(out.files[fmt], force="mesh", process=False) for fmt in ("glb", "obj", "ply")}
+    n = len(meshes["glb"].vertices)
+    assert n > 0 and all(len(m.vertices) == n for m in meshes.values())
+    colors = meshes["ply"].visual.vertex_colors  # K = 2: uncertainty colours on the mean mesh
+    assert colors.shape == (n, 4) and len(np.unique(colors[:, :3], axis=0)) > 1
+    assert out.silhouette.shape[2] == 3 and "2 sample(s)" in out.caption
