@@ -43,6 +43,9 @@ class TrainConfig:
     # Per-step decay of an exponential moving average of the weights; the average is the model
     # the phase keeps (its checkpoint, figures and summary). 0 = off: the last weights.
     ema_decay: float = 0.0
+    # Stage 3: weight of the shaded-RGB L1 inside the mask beside the silhouette BCE (train/rgb.py);
+    # 0 = silhouette only, exactly as before (no albedo head, no shading).
+    rgb_weight: float = 0.0
     figure_every: int = 25  # epochs between prediction-grid figures (always at the end too)
     figure_shapes: int = 6  # shapes shown in each figure
 

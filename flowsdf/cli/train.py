@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from flowsdf import config as config_mod
@@ -25,12 +26,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     t.add_argument("--epochs", type=int, help="override the preset's epochs (Stage 1, or Phase 2 with --stage flow); ignored with --resume")
     t.add_argument("--seed", type=int, help="override the training seed; ignored with --resume")
+    t.add_argument("--rgb-weight", metavar="LAMBDA",
+                   help="Stage 3: add LAMBDA x shaded-RGB L1 inside the mask to the silhouette BCE (Stage 1, or "
+                        "Phase 2 with --stage flow); default 0 = silhouette only; ignored with --resume")
     t.add_argument("--until-epoch", type=int, metavar="N",
                    help="stop after epoch N (schedules unchanged); continue later with --resume")
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=run)
+
+
+def parse_rgb_weight(text: str) -> float:
+    """--rgb-weight: a finite number >= 0, else one clear error."""
+    try:
+        weight = float(text)
+    except ValueError:
+        raise FlowSDFError(f"--rgb-weight must be a number >= 0, got {text!r}") from None
+    if not math.isfinite(weight) or weight < 0:
+        raise FlowSDFError(f"--rgb-weight must be a number >= 0, got {text!r}")
+    return weight
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
             cfg.stage1.epochs = args.epochs
         else:
             cfg.phase2.epochs = args.epochs
+    if args.rgb_weight is not None:
+        weight = parse_rgb_weight(args.rgb_weight)
+        if args.stage == "cnn":
+            cfg.stage1.rgb_weight = weight
+        else:
+            cfg.phase2.rgb_weight = weight
     if args.stage == "cnn":
         summary = train_stage1(cfg, Path(args.out), args.data, args.resume, not args.quiet, args.device, args.until_epoch)
     else:

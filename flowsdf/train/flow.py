@@ -28,6 +28,7 @@ from flowsdf.models.sdf import SDFDecoder
 from flowsdf.runs import run_data
 from flowsdf.train.distill import phase1
 from flowsdf.train.loop import Phase, fit_silhouettes, flatten_views, index_views
+from flowsdf.train.rgb import add_albedo, check_rgb
 from flowsdf.train.stage1 import finish
 
 
@@ -81,6 +82,7 @@ def train_flow(
         raise FlowSDFError(f"nothing to resume in {run_dir}: no Stage-2 checkpoint yet")
     cfg, _ = runs.prepare(run_dir, cfg, "phase2", resume_p2)
     data = run_data(cfg, run_dir, data_dir, (init_dir,), progress).to(dev)
+    check_rgb(cfg.phase2, data)
     runs.begin(run_dir, cfg, "phase2")
     runs.record_data(run_dir, data.root, cfg.data.hash())
     (run_dir / "phase1").mkdir(exist_ok=True)
@@ -103,7 +105,8 @@ def train_flow(
 
     phase = Phase(
         name="phase2",
-        modules={"conditioner": conditioner, "velocity": velocity, "decoder": decoder},
+        modules=add_albedo({"conditioner": conditioner, "velocity": velocity, "decoder": decoder}, cfg.phase2,
+                           cfg.decoder.latent_dim, cfg.seed, dev),
         predict=flow_predictor(conditioner, velocity, sigma, cfg.flow.steps),
         decoder=decoder,
         train=cfg.phase2,

@@ -28,12 +28,14 @@ from flowsdf.config import Config, TrainConfig
 from flowsdf.data.dataset import Dataset, Views
 from flowsdf.errors import FlowSDFError
 from flowsdf.eval.figures import prediction_grid
+from flowsdf.eval.shading_figures import shading_figure
 from flowsdf.eval.views import (
     prediction_rows,
 )
 from flowsdf.models.sdf import SDFDecoder
 from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_logits
 from flowsdf.train.ema import WeightAverage
+from flowsdf.train.rgb import shaded_loss
 
 # image batch (B, 3, H, W) + a generator for any noise -> latent codes (B, D)
 Predictor = Callable[[Tensor, torch.Generator], Tensor]
@@ -79,6 +81,15 @@ def silhouette_loss(
     min_sdf = render_views(decoder.field(codes), views.K, views.c2w, size, render_cfg)  # (B, H, W)
     logits = silhouette_logits(min_sdf, tau)
     return F.binary_cross_entropy_with_logits(logits, views.masks), logits
+
+
+def step_loss(phase: "Phase", codes: Tensor, batch: Views, cfg: Config, tau: float) -> tuple[Tensor, dict[str, float]]:
+    """The training loss of one batch: silhouette BCE, plus the shaded-RGB term when the phase
+    has rgb_weight > 0 (Stage 3, train/rgb.py). Returns (loss, parts to log as epoch means)."""
+    if phase.train.rgb_weight == 0:
+        return silhouette_loss(phase.decoder, codes, batch, cfg.render, tau)[0], {}
+    return shaded_loss(phase.decoder, phase.modules["albedo"], codes, batch, cfg.render, tau, cfg.data.ambient,
+                       phase.train.rgb_weight)
 
 
 def index_views(views: Views, idx: Tensor) -> Views:
@@ -141,7 +152,7 @@ def fit_silhouettes(
         tau, epoch_lr = tau_at(tc, epoch), lr_at(tc, epoch)
         gen = epoch_generator(cfg.seed, epoch)
         order = torch.randperm(n, generator=gen).to(train_views.images.device)
-        t0, total, seen = time.perf_counter(), 0.0, 0
+        t0, total, seen, part_sums = time.perf_counter(), 0.0, 0, {}
         for m in phase.modules.values():
             m.train()
         bar = tqdm(range(0, n, tc.batch_size), desc=f"{stage} {epoch + 1}/{tc.epochs}", leave=False, disable=not progress)
@@ -151,7 +162,7 @@ def fit_silhouettes(
                 group["lr"] = lr * tc.lr_scale.get(group["name"], 1.0)
             batch = index_views(train_views, order[s : s + tc.batch_size])
             codes = phase.predict(batch.images, gen)  # (B, D)
-            loss, _ = silhouette_loss(phase.decoder, codes, batch, cfg.render, tau)
+            loss, parts = step_loss(phase, codes, batch, cfg, tau)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
@@ -161,9 +172,11 @@ def fit_silhouettes(
                 ema.update(phase.modules)
             b = batch.images.shape[0]
             total, seen = total + loss.item() * b, seen + b
+            part_sums = {k: part_sums.get(k, 0.0) + v * b for k, v in parts.items()}
             bar.set_postfix(loss=f"{total / seen:.4f}", tau=f"{tau:.3f}")
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "loss": total / seen, "tau": tau, "lr": lr, "seconds": seconds, "images_per_s": seen / seconds}
+        row.update({k: v / seen for k, v in part_sums.items()})
         done = epoch + 1 == tc.epochs
         if (epoch + 1) % tc.figure_every == 0 or done:
             with ema.applied(phase.modules) if ema is not None else contextlib.nullcontext():
@@ -186,6 +199,9 @@ def epoch_figure(phase: Phase, cfg: Config, data: Dataset, run_dir: Path, epoch:
     k = min(phase.train.figure_shapes, len(data.train))
     rows, ious = prediction_rows(phase.predict, phase.decoder, data.train, k, cfg.render, tau, cfg.seed, novel=2)
     prediction_grid(rows, f"{phase.name} epoch {epoch}", Path(run_dir) / phase.name / "figures" / f"epoch_{epoch:04d}.png")
+    if "albedo" in phase.modules:  # Stage 3: predicted shading and normals beside the ground truth
+        shading_figure(phase.predict, phase.decoder, phase.modules["albedo"], data.train, k, cfg, cfg.seed,
+                       f"{phase.name} epoch {epoch}", Path(run_dir) / phase.name / "figures" / f"shading_{epoch:04d}.png")
     return {"figure_train_iou": ious["input"], "figure_novel_iou": ious["novel"]}
 
 
