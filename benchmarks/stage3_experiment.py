@@ -2,21 +2,21 @@
 
 Same data, same preset and budget (epochs), same seeds; per seed four arms:
 
-    sil-s{seed}        Stage 1 from silhouettes, then Stage 2 (Phase 1 + Phase 2) in the same folder
-                       -> arms "cnn-sil" and "flow-sil"
-    rgb-cnn-s{seed}    Stage 1 with --rgb-weight LAMBDA                      -> arm "cnn-rgb"
-    rgb-flow-s{seed}   Stage 2 with --rgb-weight LAMBDA from sil-s{seed}'s Stage 1 -> arm "flow-rgb"
+    sil-s{seed}        Stage 1 from silhouettes                                   -> arm "cnn-sil"
+    rgb-cnn-s{seed}    Stage 1 with rgb_weight LAMBDA                             -> arm "cnn-rgb"
+    flow-sil-s{seed}   Phase 1 from sil-s{seed}'s Stage 1, then Phase 2           -> arm "flow-sil"
+    rgb-flow-s{seed}   the same Phase 1 (copied), then Phase 2 with rgb_weight    -> arm "flow-rgb"
 
-The flow arms start from the same Stage 1. Each flow folder distils its own Phase 1 from it (so
-the two flow arms need not wait for each other); Phase 1 is deterministic on the CPU at a fixed
-thread count, and `--eval` checks that both folders' Phase-1 checkpoints are identical.
+The flow arms start from the same Stage 1 and the same Phase-1 weights. Phase 1 runs without the
+noise-scaling ablation (not part of this comparison), and `--flow-epochs` can shorten Phase 2 for
+both flow arms alike when the CPU budget is short (recorded in each run's config.json).
 
 Training runs as `flowsdf train` subprocesses (`--jobs` at a time, `--threads` each), each
 resumable: rerun the same command after an interruption and every arm continues where it
 stopped. `--eval` then scores every finished arm (`flowsdf.eval.run.evaluate_run`, which includes
 normal accuracy) and writes OUT/results.json and OUT/results.md.
 
-    python benchmarks/stage3_experiment.py --out runs/stage3-exp --seeds 0 1 --rgb-weight 1
+    python benchmarks/stage3_experiment.py --out runs/stage3-exp --seeds 0 1 --rgb-weight 1 [--flow-epochs N]
     python benchmarks/stage3_experiment.py --out runs/stage3-exp --seeds 0 1 --rgb-weight 1 --eval
 """
 
@@ -37,42 +37,78 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass
 class Job:
     name: str
-    args: list[str]  # flowsdf train arguments, without --resume
-    run_dir: Path
-    stage: str  # the stage folder whose summary.json marks the job done
+    args: list[str]  # flowsdf train arguments (without --resume), or this script's --job arguments
+    done_file: Path  # its existence marks the job done
     deps: list[str] = field(default_factory=list)
+    script: bool = False  # run this script with `args` instead of `flowsdf train`
 
 
-def jobs_for(seed: int, out: Path, preset: str, weight: float, threads: int) -> list[Job]:
+def jobs_for(seed: int, out: Path, preset: str, weight: float, threads: int, flow_epochs: int | None) -> list[Job]:
     common = ["--preset", preset, "--seed", str(seed), "--threads", str(threads), "--quiet"]
-    sil, cnn, flow = out / f"sil-s{seed}", out / f"rgb-cnn-s{seed}", out / f"rgb-flow-s{seed}"
+    sil, cnn = out / f"sil-s{seed}", out / f"rgb-cnn-s{seed}"
+    flow_sil, flow_rgb = out / f"flow-sil-s{seed}", out / f"rgb-flow-s{seed}"
     w = ["--rgb-weight", str(weight)]
+    job = ["--out", str(out), "--preset", preset, "--seed", str(seed), "--threads", str(threads), *w,
+           *(["--flow-epochs", str(flow_epochs)] if flow_epochs else [])]
     return [
-        Job(f"s{seed}/cnn-sil", ["--stage", "cnn", "--out", str(sil), *common], sil, "stage1"),
-        Job(f"s{seed}/cnn-rgb", ["--stage", "cnn", "--out", str(cnn), *common, *w], cnn, "stage1"),
-        Job(f"s{seed}/flow-sil", ["--stage", "flow", "--init", str(sil), "--out", str(sil), *common], sil, "phase2",
-            [f"s{seed}/cnn-sil"]),
-        Job(f"s{seed}/flow-rgb", ["--stage", "flow", "--init", str(sil), "--out", str(flow), *common, *w], flow, "phase2",
-            [f"s{seed}/cnn-sil"]),
+        Job(f"s{seed}/cnn-sil", ["--stage", "cnn", "--out", str(sil), *common], sil / "stage1" / "summary.json"),
+        Job(f"s{seed}/cnn-rgb", ["--stage", "cnn", "--out", str(cnn), *common, *w], cnn / "stage1" / "summary.json"),
+        Job(f"s{seed}/phase1", ["--job", "phase1", *job], flow_sil / "phase1" / "last.safetensors", [f"s{seed}/cnn-sil"], True),
+        Job(f"s{seed}/flow-sil", ["--job", "flow-sil", *job], flow_sil / "phase2" / "summary.json", [f"s{seed}/phase1"], True),
+        Job(f"s{seed}/flow-rgb", ["--job", "flow-rgb", *job], flow_rgb / "phase2" / "summary.json", [f"s{seed}/phase1"], True),
     ]
 
 
 def is_done(job: Job) -> bool:
-    return (job.run_dir / job.stage / "summary.json").exists()
+    return job.done_file.exists()
 
 
 def command(job: Job) -> list[str]:
-    started = (job.run_dir / job.stage / "last.safetensors").exists() or (
-        job.stage == "phase2" and (job.run_dir / "phase1" / "last.safetensors").exists())
+    if job.script:
+        return [sys.executable, str(Path(__file__).resolve()), *job.args]
+    started = (job.done_file.parent / "last.safetensors").exists()
     return [sys.executable, "-m", "flowsdf", "train", *job.args, *(["--resume"] if started else [])]
 
 
+def flow_config(preset: str, seed: int, flow_epochs: int | None, rgb_weight: float):
+    from flowsdf import config as config_mod
+
+    cfg = config_mod.preset(preset)
+    cfg.seed = seed
+    cfg.phase1.ablation = False
+    if flow_epochs:
+        cfg.phase2.epochs = flow_epochs
+    cfg.phase2.rgb_weight = rgb_weight
+    return cfg
+
+
+def run_flow_job(kind: str, out: Path, preset: str, seed: int, flow_epochs: int | None, rgb_weight: float) -> None:
+    """One flow job, in this process: Phase 1 only, or a Phase 2 arm (resumable)."""
+    import shutil
+
+    from flowsdf import runs
+    from flowsdf.train.flow import train_flow
+
+    init, flow_sil, flow_rgb = out / f"sil-s{seed}", out / f"flow-sil-s{seed}", out / f"rgb-flow-s{seed}"
+    if kind == "phase1":  # stops before the first Phase-2 epoch
+        train_flow(flow_config(preset, seed, flow_epochs, 0.0), flow_sil, init, progress=False, until_epoch=0)
+        return
+    run = flow_sil if kind == "flow-sil" else flow_rgb
+    if kind == "flow-rgb" and not (run / "phase1" / "last.safetensors").exists():
+        run.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(flow_sil / "phase1", run / ".phase1.tmp", dirs_exist_ok=True)
+        os.replace(run / ".phase1.tmp", run / "phase1")
+    cfg = flow_config(preset, seed, flow_epochs, rgb_weight if kind == "flow-rgb" else 0.0)
+    train_flow(cfg, run, init, resume=runs.checkpoint_path(run, "phase2").exists(), progress=False)
+
+
 def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie left by an earlier invocation counts as finished)."""
+    stat = Path(f"/proc/{pid}/stat")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return True
 
 
 def train_all(jobs: list[Job], out: Path, n_jobs: int) -> None:
@@ -128,9 +164,19 @@ if __name__ == "__main__":
     p.add_argument("--rgb-weight", type=float, default=1.0)
     p.add_argument("--jobs", type=int, default=3, help="training processes at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--flow-epochs", type=int, help="Phase-2 epochs of both flow arms (default: the preset's)")
     p.add_argument("--eval", action="store_true", help="score the finished arms and write results.json / .md")
+    p.add_argument("--job", choices=("phase1", "flow-sil", "flow-rgb"), help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
-    all_jobs = [j for s in args.seeds for j in jobs_for(s, args.out, args.preset, args.rgb_weight, args.threads)]
+    if args.job:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        run_flow_job(args.job, args.out, args.preset, args.seed, args.flow_epochs, args.rgb_weight)
+        raise SystemExit(0)
+    all_jobs = [j for s in args.seeds for j in jobs_for(s, args.out, args.preset, args.rgb_weight, args.threads,
+                                                         args.flow_epochs)]
     if args.eval:
         from stage3_results import evaluate_all  # noqa: E402  (beside this script)
 
