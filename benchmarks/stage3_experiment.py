@@ -70,19 +70,22 @@ def command(job: Job) -> list[str]:
     return [sys.executable, "-m", "flowsdf", "train", *job.args, *(["--resume"] if started else [])]
 
 
-def flow_config(preset: str, seed: int, flow_epochs: int | None, rgb_weight: float):
+def flow_config(preset: str, seed: int, flow_epochs: int | None, rgb_weight: float, phase1_iterations: int | None):
     from flowsdf import config as config_mod
 
     cfg = config_mod.preset(preset)
     cfg.seed = seed
     cfg.phase1.ablation = False
+    if phase1_iterations:
+        cfg.phase1.iterations = phase1_iterations
     if flow_epochs:
         cfg.phase2.epochs = flow_epochs
     cfg.phase2.rgb_weight = rgb_weight
     return cfg
 
 
-def run_flow_job(kind: str, out: Path, preset: str, seed: int, flow_epochs: int | None, rgb_weight: float) -> None:
+def run_flow_job(kind: str, out: Path, preset: str, seed: int, flow_epochs: int | None, rgb_weight: float,
+                 phase1_iterations: int | None) -> None:
     """One flow job, in this process: Phase 1 only, or a Phase 2 arm (resumable)."""
     import shutil
 
@@ -91,14 +94,15 @@ def run_flow_job(kind: str, out: Path, preset: str, seed: int, flow_epochs: int 
 
     init, flow_sil, flow_rgb = out / f"sil-s{seed}", out / f"flow-sil-s{seed}", out / f"rgb-flow-s{seed}"
     if kind == "phase1":  # stops before the first Phase-2 epoch
-        train_flow(flow_config(preset, seed, flow_epochs, 0.0), flow_sil, init, progress=False, until_epoch=0)
+        train_flow(flow_config(preset, seed, flow_epochs, 0.0, phase1_iterations), flow_sil, init, progress=False,
+                   until_epoch=0)
         return
     run = flow_sil if kind == "flow-sil" else flow_rgb
     if kind == "flow-rgb" and not (run / "phase1" / "last.safetensors").exists():
         run.mkdir(parents=True, exist_ok=True)
         shutil.copytree(flow_sil / "phase1", run / ".phase1.tmp", dirs_exist_ok=True)
         os.replace(run / ".phase1.tmp", run / "phase1")
-    cfg = flow_config(preset, seed, flow_epochs, rgb_weight if kind == "flow-rgb" else 0.0)
+    cfg = flow_config(preset, seed, flow_epochs, rgb_weight if kind == "flow-rgb" else 0.0, phase1_iterations)
     train_flow(cfg, run, init, resume=runs.checkpoint_path(run, "phase2").exists(), progress=False)
 
 
@@ -165,6 +169,9 @@ if __name__ == "__main__":
     p.add_argument("--jobs", type=int, default=3, help="training processes at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--flow-epochs", type=int, help="Phase-2 epochs of both flow arms (default: the preset's)")
+    # 150 (the quick preset has 300): on the shared 2-core CPU the experiment must fit in about
+    # two hours; both flow arms start from this same Phase 1, so it shifts their common start.
+    p.add_argument("--phase1-iterations", type=int, default=150, help="Phase-1 iterations (0: the preset's)")
     p.add_argument("--eval", action="store_true", help="score the finished arms and write results.json / .md")
     p.add_argument("--job", choices=("phase1", "flow-sil", "flow-rgb"), help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -173,7 +180,7 @@ if __name__ == "__main__":
         import torch
 
         torch.set_num_threads(args.threads)
-        run_flow_job(args.job, args.out, args.preset, args.seed, args.flow_epochs, args.rgb_weight)
+        run_flow_job(args.job, args.out, args.preset, args.seed, args.flow_epochs, args.rgb_weight, args.phase1_iterations)
         raise SystemExit(0)
     all_jobs = [j for s in args.seeds for j in jobs_for(s, args.out, args.preset, args.rgb_weight, args.threads,
                                                          args.flow_epochs)]

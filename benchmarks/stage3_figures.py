@@ -40,7 +40,8 @@ def normals_figure(out: Path, seed: int, path: Path, n_heldout: int = 3, n_train
         return
     cfg = next(iter(models.values()))[0]
     data = runs.run_data(cfg, out / f"sil-s{seed}", None)
-    rows = [("held-out", data.heldout, i) for i in range(n_heldout)] + [("train", data.train, i) for i in range(n_train)]
+    rows = ([("held-out", data.heldout, i) for i in range(min(n_heldout, len(data.heldout)))]
+            + [("train", data.train, i) for i in range(min(n_train, len(data.train)))])
     codes = {arm: {s: predict_codes(m["predict"], split, c.seed) for s, split in (("held-out", data.heldout), ("train", data.train))}
              for arm, (c, m) in models.items()}
     n_cols = 1 + 2 * (1 + len(models))

@@ -10,7 +10,6 @@ and novel), the phase's training time, and a figure of normal maps per arm besid
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,21 +46,52 @@ def _get(d: dict, path: tuple) -> float | None:
     return d
 
 
+def score_run(run: Path, threads: int) -> None:
+    """The experiment's metrics of every finished model in `run` (the parts of `flowsdf eval` the
+    table uses: no latency or K-sample figures), written to RUN/eval/eval.json."""
+    from flowsdf import runs
+    from flowsdf.checkpoint import atomic_write_text
+    from flowsdf.eval.normals import evaluate_normals
+    from flowsdf.eval.run import load_models
+    from flowsdf.eval.shapes3d import evaluate_shapes
+    from flowsdf.eval.timing import device_name
+    from flowsdf.eval.views import evaluate_views, predict_codes
+
+    torch.set_num_threads(threads)
+    dev = torch.device("cpu")
+    cfg = runs.read_config(run)
+    data = runs.run_data(cfg, run, None)
+    result = {"run": str(run), "device": device_name(dev), "mesh_resolution": 32, "models": {}}
+    for name, m in load_models(run, cfg, dev).items():
+        splits = (("train", data.train), ("heldout", data.heldout))
+        codes = {k: predict_codes(m["predict"], s, cfg.seed) for k, s in splits}
+        groups = (("train_views", "train", data.train, "input"), ("novel_views", "train", data.train, "novel"),
+                  ("heldout_input", "heldout", data.heldout, "input"), ("heldout_novel", "heldout", data.heldout, "novel"))
+        result["models"][name] = {
+            "silhouettes": {k: evaluate_views(m["predict"], m["decoder"], s, g, cfg.render, m["tau"], cfg.seed)
+                            for k, _, s, g in groups},
+            "shapes_3d": {k: evaluate_shapes(m["decoder"], codes[k], s.shapes, bound_radius=cfg.render.bound_radius,
+                                             resolution=32, progress=False) for k, s in splits},
+            "normals": {k: evaluate_normals(m["decoder"], codes[c], s, g, cfg.render) for k, c, s, g in groups},
+        }
+    (run / "eval").mkdir(exist_ok=True)
+    atomic_write_text(run / "eval" / "eval.json", json.dumps(result, indent=2))
+
+
 def score_runs(out: Path, seeds: list[int], threads: int) -> None:
-    """`flowsdf eval` every finished run folder that has no eval.json yet, all at once."""
+    """Score every finished run folder that has no eval.json yet, in parallel subprocesses."""
     procs = []
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     for seed in seeds:
         for pattern in sorted({a[0] for a in ARMS.values()}):
             run = out / pattern.format(seed=seed)
             if (run / "eval" / "eval.json").exists() or not (run / "config.json").exists():
                 continue
             log = (out / "logs" / f"eval_{run.name}.log").open("a")
-            cmd = [sys.executable, "-m", "flowsdf", "eval", str(run), "--k", "1", "--mesh-resolution", "32", "--quiet"]
-            procs.append((run, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)))
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--score", str(run), "--threads", str(threads)]
+            procs.append((run, subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)))
     for run, proc in procs:
         if proc.wait() != 0:
-            print(f"eval of {run} failed (see {out / 'logs'})", file=sys.stderr)
+            print(f"scoring {run} failed (see {out / 'logs'})", file=sys.stderr)
 
 
 def _seconds(run: Path, stages: list[str]) -> float:
@@ -144,3 +174,13 @@ def evaluate_all(out: Path, seeds: list[int], rgb_weight: float, threads: int) -
         return
     for seed in seeds:
         normals_figure(out, seed, out / f"normals_s{seed}.png")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="score one run folder of the Stage-3 experiment")
+    p.add_argument("--score", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    score_run(a.score, a.threads)
