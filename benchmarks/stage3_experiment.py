@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+ALBEDO_LR_SCALE = 100.0
 
 
 @dataclass
@@ -81,6 +82,8 @@ def flow_config(preset: str, seed: int, flow_epochs: int | None, rgb_weight: flo
     if flow_epochs:
         cfg.phase2.epochs = flow_epochs
     cfg.phase2.rgb_weight = rgb_weight
+    if rgb_weight > 0:  # the albedo head is new in Phase 2: 100 x the phase's lr (2e-4 at peak)
+        cfg.phase2.lr_scale = {**cfg.phase2.lr_scale, "albedo": ALBEDO_LR_SCALE}
     return cfg
 
 

@@ -49,6 +49,7 @@ EVAL_RESOLUTION = {"seed": 64, "quick": 32, "tiny": 16}
 # Stage 3's weight of the shaded-RGB L1 beside the silhouette BCE (see train/rgb.py and the README's
 # Stage-3 experiment for how it was chosen).
 RGB_WEIGHT = {"seed": 1.0, "quick": 1.0, "tiny": 1.0}
+ALBEDO_LR_SCALE = 100.0
 
 
 def _stage_state(run: Path, stage: str) -> str:
@@ -109,7 +110,10 @@ def train_stage3(cfg, out: Path, data_root: Path, device: str, progress: bool) -
             shutil.rmtree(tmp)
         shutil.copytree(out / "phase1", tmp)
         os.replace(tmp, s3_dir / "phase1")
-    s3_cfg = dataclasses.replace(cfg, phase2=dataclasses.replace(cfg.phase2, rgb_weight=RGB_WEIGHT.get(cfg.preset, 1.0)))
+    # The albedo head is the one new part of this phase: it gets ALBEDO_LR_SCALE x the phase's lr.
+    phase2 = dataclasses.replace(cfg.phase2, rgb_weight=RGB_WEIGHT.get(cfg.preset, 1.0),
+                                 lr_scale={**cfg.phase2.lr_scale, "albedo": ALBEDO_LR_SCALE})
+    s3_cfg = dataclasses.replace(cfg, phase2=phase2)
     resume = runs.checkpoint_path(s3_dir, "phase2").exists()
     train_flow(s3_cfg, s3_dir, out, data_root, resume=resume, progress=progress, device=device)
     return s3_dir

@@ -5,6 +5,13 @@ channel, one per shape), so a colour *field* over xyz would spend capacity on va
 does not exist; a small MLP on the code is the model that matches the data. The output goes
 through a sigmoid so it stays a valid reflectance in (0, 1), and the last layer starts at zero so
 every shape starts mid-grey (0.5) rather than at a random colour.
+
+The code is layer-normalised (no parameters) on the way in: trained codes are tiny (norm ~0.4
+over 128 dimensions, ~0.04 per entry), so on raw codes the first layer's output is its bias, the
+same for every shape, and the head needs thousands of steps to tell colours apart (measured: still
+grey for every shape after 140 Stage-1 steps at lr 1e-3). A head that is new in a phase whose
+other parts are pre-trained (Flow Phase 2, lr 2e-4) also needs a larger share of the lr
+(TrainConfig.lr_scale = {"albedo": ...}).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from flowsdf import checkpoint
 
@@ -31,7 +39,8 @@ class AlbedoHead(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         """z (B, D) -> albedo (B, 3) in (0, 1)."""
-        return torch.sigmoid(self.l2(torch.nn.functional.silu(self.l1(z))))  # (B, 3)
+        z = F.layer_norm(z, z.shape[-1:])  # (B, D) unit scale whatever the codes' norm
+        return torch.sigmoid(self.l2(F.silu(self.l1(z))))  # (B, 3)
 
 
 def build_albedo(latent_dim: int, seed: int) -> AlbedoHead:
