@@ -45,6 +45,9 @@ class TrainConfig:
     # Per-step decay of an exponential moving average of the weights; the average is the model
     # the phase keeps (its checkpoint, figures and summary). 0 = off: the last weights.
     ema_decay: float = 0.0
+    # Stage 3: weight of the shaded-RGB L1 inside the mask beside the silhouette BCE (train/rgb.py);
+    # 0 = silhouette only, exactly as before (no albedo head, no shading).
+    rgb_weight: float = 0.0
     figure_every: int = 25  # epochs between prediction-grid figures (always at the end too)
     figure_shapes: int = 6  # shapes shown in each figure
 
@@ -124,7 +127,7 @@ RULES: dict[type, dict[str, Rule]] = {
         "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "lr": POSITIVE, "lr_final_fraction": FRACTION,
         "warmup_steps": COUNT, "lr_scale": Rule("a map of module names to numbers >= 0", lambda v: all(x >= 0 for x in v.values())),
         "tau_start": POSITIVE, "tau_end": POSITIVE, "grad_clip": NON_NEGATIVE,
-        "ema_decay": Rule("a number in [0, 1)", lambda v: 0 <= v < 1), "figure_every": POSITIVE_INT,
+        "ema_decay": Rule("a number in [0, 1)", lambda v: 0 <= v < 1), "figure_every": POSITIVE_INT, "rgb_weight": NON_NEGATIVE,
         "figure_shapes": POSITIVE_INT,
     },
     ConditionerConfig: {

@@ -93,13 +93,16 @@ class FlowSDF:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, model: str = "flow", device: str | torch.device = "auto",
-                 finished: bool = True) -> "FlowSDF":
+                 finished: bool = True, stage1: str | Path | None = None) -> "FlowSDF":
         """Load `model` from a run folder onto `device` ("auto": CUDA when present).
 
         With `finished` (the default) only a model whose training ran to its last epoch is
         accepted. `finished=False` takes the latest state instead — for a flow, Phase 2's last
         epoch or, before Phase 2, Phase 1's flow with the Stage-1 decoder (for the gradient check).
-        Every refusal (no run, unfinished, damaged, another config) is one FlowSDFError.
+        Phase 1's flows decode with the Stage-1 decoder: the run's own, else the checkpoint Phase 1
+        recorded, else `stage1` (a checkpoint path) when given — a caller that knows it, such as
+        Stage 2's training, passes it. Every refusal (no run, unfinished, damaged, another config)
+        is one FlowSDFError.
         """
         if model not in MODELS:
             raise FlowSDFError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
@@ -127,7 +130,7 @@ class FlowSDF:
             what = "a Phase-1 flow" if model == "flow" else "Phase 1's no-scaling ablation flow"
             raise FlowSDFError(f"{run_dir} has no {what} ({p1} does not exist)")
         meta = checkpoint.load(p1, flow_modules, map_location=dev)
-        s1 = _stage1_checkpoint_of(run_dir)
+        s1 = Path(stage1) if stage1 is not None else _stage1_checkpoint_of(run_dir)
         checkpoint.load(s1, {"decoder": decoder, "encoder": build_stage1(cfg)[0].to(dev)}, map_location=dev)
         return cls(cfg, model, decoder, conditioner=conditioner, velocity=velocity, sigma=float(meta["sigma"]),
                    tau=cfg.stage1.tau_end, run_dir=run_dir, stages=("stage1", "phase1"))

@@ -22,7 +22,9 @@ def test_report_regenerates_the_published_table_and_embeds_the_figures(tiny_repo
     assert "CNN encoder (Stage 1" in text and "Rectified flow (Stage 2" in text
     start = json.loads((out / "phase2" / "start.json").read_text())
     assert f"training-view BCE {start['bce']:.4f}" in text
-    for link in ("report_figures/loss_curves.png", "report_figures/meshes.png", "report_figures/flow_samples.png",
+    assert "Rectified flow + RGB (Stage 3)" in text and "Normal accuracy" in text
+    for link in ("report_figures/stage3_shading.png", "stage3/phase2/figures/shading_0002.png",
+                 "report_figures/loss_curves.png", "report_figures/meshes.png", "report_figures/flow_samples.png",
                  "phase2/figures/flow_strip.png", "stage1/figures/epoch_0001.png", "phase2/figures/epoch_0002.png"):
         assert f"]({link})" in text and (out / link).stat().st_size > 1000
 
@@ -38,6 +40,10 @@ def test_eval_json_has_every_split_and_per_shape_figures(tiny_report):
         assert len(m["shapes_3d"]["train"]["per_shape"]) == cfg.data.n_train_shapes
         assert 0.0 <= m["shapes_3d"]["heldout"]["mean"]["volumetric_iou"] <= 1.0
         assert m["latency"]["device"]
+        assert set(m["normals"]) == {"train_views", "novel_views", "heldout_input", "heldout_novel"}
+    s3 = json.loads((out / "eval" / "stage3.json").read_text())["models"]["flow"]
+    assert runs.read_config(out / "stage3").phase2.rgb_weight > 0
+    assert len(s3["shapes_3d"]["heldout"]["per_shape"]) == cfg.data.n_heldout_shapes
     s = result["models"]["flow"]["sampling"]
     assert s["novel_views"]["k"] == 4 and 0.0 <= s["novel_views"]["best_of_k_iou"] <= 1.0
     assert s["diversity"]["code_pairwise_l2"] > 0  # K seeds give K different codes
@@ -46,9 +52,12 @@ def test_eval_json_has_every_split_and_per_shape_figures(tiny_report):
 def test_rerunning_reproduce_skips_finished_steps(tiny_report):
     out, _ = tiny_report
     stamps = {s: runs.checkpoint_path(out, s).stat().st_mtime_ns for s in ("stage1", "phase1", "phase2")}
+    stamps["stage3"] = runs.checkpoint_path(out / "stage3", "phase2").stat().st_mtime_ns
     eval_stamp = (out / "eval" / "eval.json").stat().st_mtime_ns
     reproduce("tiny", out, device="cpu", progress=False)
-    assert {s: runs.checkpoint_path(out, s).stat().st_mtime_ns for s in stamps} == stamps
+    again = {s: runs.checkpoint_path(out, s).stat().st_mtime_ns for s in ("stage1", "phase1", "phase2")}
+    again["stage3"] = runs.checkpoint_path(out / "stage3", "phase2").stat().st_mtime_ns
+    assert again == stamps
     assert (out / "eval" / "eval.json").stat().st_mtime_ns == eval_stamp
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from flowsdf import config as config_mod
@@ -32,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --stage cnn: torch.compile the decoder for the renderer, in this run's Stage 1 and the "
                         "Stage 2 that continues it (GPUs; adds compile time); ignored with --resume")
     t.add_argument("--seed", type=int, help="override the training seed; ignored with --resume")
+    t.add_argument("--rgb-weight", metavar="LAMBDA",
+                   help="Stage 3: add LAMBDA x shaded-RGB L1 inside the mask to the silhouette BCE (Stage 1, or "
+                        "Phase 2 with --stage flow); default 0 = silhouette only; ignored with --resume")
     t.add_argument("--until-epoch", type=int, metavar="N",
                    help="stop after epoch N (schedules unchanged); continue later with --resume")
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
@@ -39,6 +43,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     overrides.add_argument(t)
     t.set_defaults(func=run)
+
+
+def parse_rgb_weight(text: str) -> float:
+    """--rgb-weight: a finite number >= 0, else one clear error."""
+    try:
+        weight = float(text)
+    except ValueError:
+        raise FlowSDFError(f"--rgb-weight must be a number >= 0, got {text!r}") from None
+    if not math.isfinite(weight) or weight < 0:
+        raise FlowSDFError(f"--rgb-weight must be a number >= 0, got {text!r}")
+    return weight
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = set_overrides(cfg, args)
     stage = "stage1" if args.stage == "cnn" else "phase2"
     before = runs.checkpoint_epoch(Path(args.out), stage) if args.resume else None
+    if args.rgb_weight is not None:
+        weight = parse_rgb_weight(args.rgb_weight)
+        if args.stage == "cnn":
+            cfg.stage1.rgb_weight = weight
+        else:
+            cfg.phase2.rgb_weight = weight
     if args.stage == "cnn":
         summary = train_stage1(cfg, Path(args.out), args.data, args.resume, not args.quiet, args.device, args.until_epoch)
     else:

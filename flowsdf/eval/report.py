@@ -1,4 +1,8 @@
-"""`flowsdf reproduce`: data -> Stage 1 -> Stage 2 (Phase 1, Phase 2) -> eval -> report.md.
+"""`flowsdf reproduce`: data -> Stage 1 -> Stage 2 (Phase 1, Phase 2) -> Stage 3 -> eval -> report.md.
+
+Stage 3 (the flow + RGB) is a second Phase 2 with `rgb_weight` = RGB_WEIGHT[preset], trained in
+OUT/stage3 from the same Stage 1 and the same Phase 1 (copied from OUT/phase1), evaluated like the
+others (OUT/eval/stage3.json) and reported as the table's third row.
 
 Every step is skipped when its output is already there and resumed when it was interrupted, so
 rerunning the same command after a crash or Ctrl-C continues where it stopped.
@@ -6,7 +10,10 @@ rerunning the same command after a crash or Ctrl-C continues where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -25,9 +32,11 @@ from flowsdf.eval.run import (
     markdown_tables,
     write,
 )
+from flowsdf.eval.shading_figures import shading_grid, shading_rows
 from flowsdf.eval.shapes3d import gt_field
 from flowsdf.eval.views import predict_codes
 from flowsdf.mesh.extract import extract_mesh
+from flowsdf.models.albedo import load_albedo
 from flowsdf.pipeline import FlowSDF
 from flowsdf.runs import run_data
 from flowsdf.train.flow import train_flow
@@ -36,6 +45,10 @@ from flowsdf.train.stage1 import train_stage1
 # Marching-cubes resolution of the 3-D metrics per preset: 64 where a GPU or time allows;
 # 32 keeps the quick report inside its CPU budget (see evaluate3d for what it changes).
 EVAL_RESOLUTION = {"seed": 64, "quick": 32, "tiny": 16}
+# Stage 3's weight of the shaded-RGB L1 beside the silhouette BCE (see train/rgb.py and the README's
+# Stage-3 experiment for how it was chosen).
+RGB_WEIGHT = {"seed": 1.0, "quick": 1.0, "tiny": 1.0}
+ALBEDO_LR_SCALE = 100.0
 
 
 def _stage_state(run: Path, stage: str) -> str:
@@ -73,15 +86,59 @@ def reproduce(
         resume = p2 == "partial" or runs.checkpoint_path(out, "phase1").exists()
         train_flow(cfg, out, out, data_root, resume=resume, progress=progress, device=device)
 
+    s3_dir = train_stage3(cfg, out, data_root, device, progress)
+
     eval_json = out / "eval" / "eval.json"
     if not eval_json.exists():
         result = evaluate_run(out, data_root, device, mesh_resolution=EVAL_RESOLUTION.get(preset, 64), progress=progress)
         write(result, eval_json)
+    s3_json = out / "eval" / "stage3.json"
+    if not s3_json.exists():
+        s3 = evaluate_run(s3_dir, data_root, device, mesh_resolution=EVAL_RESOLUTION.get(preset, 64), progress=progress)
+        write(s3, s3_json)
     result = json.loads(eval_json.read_text())
+    result["models"]["flow_rgb"] = json.loads(s3_json.read_text())["models"]["flow"]
     figures = make_figures(out, data_root, device, EVAL_RESOLUTION.get(preset, 64))
+    figures.update(stage3_figure(s3_dir, data_root, device, out / "report_figures" / "stage3_shading.png"))
     report = out / "report.md"
     atomic_write_text(report, render_report(cfg, out, result, figures, time.perf_counter() - t0))
     return report
+
+
+def train_stage3(cfg, out: Path, data_root: Path, device: str, progress: bool) -> Path:
+    """The flow + RGB in OUT/stage3, from OUT's Stage 1 and a copy of OUT's Phase 1; its folder."""
+    s3_dir = out / "stage3"
+    if _stage_state(s3_dir, "phase2") == "done":
+        return s3_dir
+    if not runs.checkpoint_path(s3_dir, "phase1").exists():
+        s3_dir.mkdir(parents=True, exist_ok=True)
+        tmp = s3_dir / ".phase1.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(out / "phase1", tmp)
+        os.replace(tmp, s3_dir / "phase1")
+    # The albedo head is the one new part of this phase: it gets ALBEDO_LR_SCALE x the phase's lr.
+    phase2 = dataclasses.replace(cfg.phase2, rgb_weight=RGB_WEIGHT.get(cfg.preset, 1.0),
+                                 lr_scale={**cfg.phase2.lr_scale, "albedo": ALBEDO_LR_SCALE})
+    s3_cfg = dataclasses.replace(cfg, phase2=phase2)
+    resume = runs.checkpoint_path(s3_dir, "phase2").exists()
+    train_flow(s3_cfg, s3_dir, out, data_root, resume=resume, progress=progress, device=device)
+    return s3_dir
+
+
+def stage3_figure(s3_dir: Path, data_root: Path, device: str, path: Path, n_shapes: int = 4) -> dict[str, str]:
+    """Input, predicted shading, normal map and ground truth, input view and novel views, of the
+    Stage-3 flow on training and held-out shapes."""
+    dev = pick_device(device)
+    cfg = runs.read_config(s3_dir)
+    data = run_data(cfg, s3_dir, data_root).to(dev)
+    flow = FlowSDF.from_run(s3_dir, "flow", dev)
+    albedo = load_albedo(runs.checkpoint_path(s3_dir, "phase2"), cfg.decoder.latent_dim, dev)
+    rows = []
+    for split in (data.train, data.heldout):
+        rows += shading_rows(flow.predictor(), flow.decoder, albedo, split, min(n_shapes // 2, len(split)), cfg, cfg.seed)
+    shading_grid(rows, "Stage 3 (flow + RGB): training shapes (top), held-out shapes (bottom)", path)
+    return {"stage3_shading": str(path.relative_to(path.parent.parent))}
 
 
 def make_figures(out: Path, data_root: Path, device: str, resolution: int) -> dict[str, str]:
@@ -124,6 +181,10 @@ def samples_figure(flow: FlowSDF, data, path: Path, n_images: int = 4, k: int = 
 def _mesh(field, resolution: int, dev) -> dict:
     v, f = extract_mesh(field, resolution=resolution, device=dev)
     return {"vertices": v, "faces": f}
+
+
+def _shading_figures(out: Path) -> list[str]:
+    return [str(f.relative_to(out)) for f in sorted((out / "stage3" / "phase2" / "figures").glob("shading_*.png"))]
 
 
 def _epoch_figures(out: Path, stage: str) -> list[str]:
@@ -178,6 +239,13 @@ def render_report(cfg, out: Path, result: dict, figures: dict[str, str], seconds
     for stage, title in (("stage1", "Stage 1 predictions"), ("phase2", "Stage 2 (Phase 2) predictions")):
         lines += [f"### {title} per epoch (training view, two novel views; IoU in orange)", ""]
         lines += [f"![{title} {Path(f).stem}]({f})" for f in _epoch_figures(out, stage)] + [""]
+    s3_cfg = runs.read_config(out / "stage3")
+    lines += ["### Stage 3 (flow + RGB): shading and normals", "",
+              f"Phase 2 again from the same Stage 1 and Phase 1, with loss = BCE + {s3_cfg.phase2.rgb_weight:g} x "
+              "RGB L1 inside the mask (train/rgb.py). Per view: ground-truth image, predicted shading, predicted "
+              "normals, analytic normals (camera frame).", "",
+              f"![stage 3 shading]({figures['stage3_shading']})", ""]
+    lines += [f"![stage 3 {Path(f).stem}]({f})" for f in _shading_figures(out)] + [""]
     lines += ["### The 8-step flow strip", "", "![flow strip](phase2/figures/flow_strip.png)", "",
               "### Sample diversity", "", f"![flow samples]({figures['flow_samples']})", "",
               "### Extracted meshes (prediction vs ground truth, three angles)", "", f"![meshes]({figures['meshes']})", "",

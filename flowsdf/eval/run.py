@@ -7,6 +7,8 @@ For each finished model in the run (the Stage-1 CNN, the Stage-2 flow) and each 
 - 2-D: silhouette BCE (the training loss, at the model's final tau) and IoU (threshold 0.5);
 - 3-D against the analytic SDF: volumetric IoU, Chamfer-L1 and F-score@0.02 (see evaluate3d),
   for the code predicted from each shape's input view;
+- normal accuracy: mean angle between predicted and analytic normals on the visible surface, on
+  the same four view sets (eval/normals.py), for the code predicted from each shape's input view;
 - flows: best-of-K and mean-of-K novel-view IoU over K seeds, and sample diversity;
 - timing: encoder, conditioner + flow at 1/2/4/8 steps, mesh extraction, batch 1 and 32.
 
@@ -27,6 +29,7 @@ from flowsdf.data.dataset import ShapeSplit
 from flowsdf.device import pick_device
 from flowsdf.errors import FlowSDFError, warn
 from flowsdf.eval.metrics import silhouette_iou
+from flowsdf.eval.normals import evaluate_normals
 from flowsdf.eval.shapes3d import evaluate_shapes
 from flowsdf.eval.timing import device_name, inference_latency
 from flowsdf.eval.views import (
@@ -122,10 +125,18 @@ def evaluate_run(
                 "heldout_novel": ev(data.heldout, "novel"),
             },
         }
+        codes = {split: predict_codes(predict, s, cfg.seed) for split, s in (("train", data.train), ("heldout", data.heldout))}
         r["shapes_3d"] = {
-            split: evaluate_shapes(model.decoder, predict_codes(predict, s, cfg.seed), s.shapes,
+            split: evaluate_shapes(model.decoder, codes[split], s.shapes,
                                    bound_radius=cfg.render.bound_radius, resolution=mesh_resolution, progress=progress)
             for split, s in (("train", data.train), ("heldout", data.heldout))
+        }
+        r["normals"] = {
+            key: evaluate_normals(model.decoder, codes[split], s, group, cfg.render)
+            for key, split, s, group in (("train_views", "train", data.train, "input"),
+                                         ("novel_views", "train", data.train, "novel"),
+                                         ("heldout_input", "heldout", data.heldout, "input"),
+                                         ("heldout_novel", "heldout", data.heldout, "novel"))
         }
         if name == "flow":
             r["sampling"] = {
@@ -143,7 +154,8 @@ def evaluate_run(
     return result
 
 
-MODEL_NAMES = {"cnn": "CNN encoder (Stage 1, Mini SDF-SRN)", "flow": "Rectified flow (Stage 2, Flow-SDF)"}
+MODEL_NAMES = {"cnn": "CNN encoder (Stage 1, Mini SDF-SRN)", "flow": "Rectified flow (Stage 2, Flow-SDF)",
+               "flow_rgb": "Rectified flow + RGB (Stage 3)"}
 
 
 def _fmt(x: float | None, spec: str = ".4f") -> str:
@@ -165,7 +177,7 @@ def markdown_tables(result: dict) -> str:
     ]
     for name, r in result["models"].items():
         lat = r["latency"]["batch"]["1"]
-        if name == "flow":
+        if "flow" in lat:
             inf = f"{lat['flow']['8']['mean_ms']:.1f} ms (8 steps, incl. conditioner)"
         else:
             inf = f"{lat['encoder']['mean_ms']:.1f} ms (one forward pass)"
@@ -189,6 +201,21 @@ def markdown_tables(result: dict) -> str:
             f"{_fmt(t['chamfer_l1'])} / {_fmt(h['chamfer_l1'])} | {_fmt(t['fscore'], '.3f')} / {_fmt(h['fscore'], '.3f')} | "
             f"{t['empty_meshes'] + h['empty_meshes']} of {t['shapes'] + h['shapes']} |"
         )
+    if any("normals" in r for r in result["models"].values()):
+        lines += [
+            "",
+            "Normal accuracy: mean angle (degrees) between predicted and analytic normals on the visible surface "
+            "(pixels where both hit; coverage = share of the true surface pixels scored).",
+            "",
+            "| Model | train views | novel views | held-out input | held-out novel | coverage (novel) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in result["models"].items():
+            if "normals" in r:
+                n = r["normals"]
+                lines.append(f"| {MODEL_NAMES[name]} | " + " | ".join(
+                    _fmt(n[k]["mean_angle_deg"], ".1f") for k in ("train_views", "novel_views", "heldout_input", "heldout_novel"))
+                    + f" | {_fmt(n['novel_views']['coverage'], '.3f')} |")
     if "flow" in result["models"]:
         smp = result["models"]["flow"]["sampling"]
         d = smp["diversity"]

@@ -28,6 +28,7 @@ from flowsdf.runs import run_data
 from flowsdf.train import distributed
 from flowsdf.train.distill import phase1
 from flowsdf.train.loop import Phase, fit_silhouettes, flatten_views, index_views
+from flowsdf.train.rgb import add_albedo, check_rgb
 from flowsdf.train.stage1 import finish
 
 
@@ -98,6 +99,7 @@ def train_flow(
     cfg, _ = runs.prepare(run_dir, cfg, "phase2", resume_p2)
     with distributed.main_first():
         data = run_data(cfg, run_dir, data_dir, (init_dir,), progress).to(dev)
+    check_rgb(cfg.phase2, data)
     if distributed.is_main():
         runs.begin(run_dir, cfg, "phase2")
         runs.record_data(run_dir, data.root, cfg.data.hash())
@@ -120,7 +122,8 @@ def train_flow(
 
     phase = Phase(
         name="phase2",
-        modules={"conditioner": conditioner, "velocity": velocity, "decoder": decoder},
+        modules=add_albedo({"conditioner": conditioner, "velocity": velocity, "decoder": decoder}, cfg.phase2,
+                           cfg.decoder.latent_dim, cfg.seed, dev),
         predict=flow_predictor(conditioner, velocity, sigma, cfg.flow.steps),
         decoder=decoder,
         train=cfg.phase2,
@@ -150,12 +153,12 @@ def train_flow(
     summary["diversity"] = sample_diversity(
         conditioner, velocity, decoder, data.train, sigma, cfg.flow.steps, cfg.render, tau, seed=cfg.seed
     )
-    summary["flow_strip"] = str(flow_strip_figure(cfg, run_dir, data))
+    summary["flow_strip"] = str(flow_strip_figure(cfg, run_dir, data, init_ckpt))
     atomic_write_text(run_dir / "phase2" / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def flow_strip_figure(cfg: Config, run_dir: Path, data: Dataset, n_images: int = 3) -> Path:
+def flow_strip_figure(cfg: Config, run_dir: Path, data: Dataset, init_ckpt: Path, n_images: int = 3) -> Path:
     """The flow-step strip for a few training images: the finished flow with its noise scaling,
     and (when Phase 1 ran the ablation) the flow distilled without scaling, decoded by the
     Stage-1 decoder whose codes it was fitted to."""
@@ -164,7 +167,8 @@ def flow_strip_figure(cfg: Config, run_dir: Path, data: Dataset, n_images: int =
     flow = FlowSDF.from_run(run_dir, "flow", dev)
     models = [(f"noise scaling on (sigma={flow.sigma:.3f})", flow)]
     if (Path(run_dir) / "phase1" / "noscale.safetensors").exists():
-        models.append(("noise scaling off (sigma=1, Phase-1 ablation)", FlowSDF.from_run(run_dir, "flow-noscale", dev)))
+        models.append(("noise scaling off (sigma=1, Phase-1 ablation)",
+                       FlowSDF.from_run(run_dir, "flow-noscale", dev, stage1=init_ckpt)))
     strips = []
     for label, pipe in models:
         latents, sils = pipe.flow_steps(views.images, views.K, views.c2w, seed=cfg.seed)

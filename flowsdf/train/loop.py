@@ -28,6 +28,7 @@ from flowsdf.config import Config, TrainConfig
 from flowsdf.data.dataset import Dataset, Views
 from flowsdf.errors import FlowSDFError
 from flowsdf.eval.figures import prediction_grid
+from flowsdf.eval.shading_figures import shading_figure
 from flowsdf.eval.views import (
     prediction_rows,
 )
@@ -35,6 +36,7 @@ from flowsdf.models.sdf import SDFDecoder
 from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_logits
 from flowsdf.train import distributed
 from flowsdf.train.ema import WeightAverage
+from flowsdf.train.rgb import shaded_loss
 
 # image batch (B, 3, H, W) + a generator for any noise -> latent codes (B, D)
 Predictor = Callable[[Tensor, torch.Generator], Tensor]
@@ -82,6 +84,15 @@ def silhouette_loss(
     return F.binary_cross_entropy_with_logits(logits, views.masks), logits
 
 
+def step_loss(phase: "Phase", codes: Tensor, batch: Views, cfg: Config, tau: float) -> tuple[Tensor, dict[str, float]]:
+    """The training loss of one batch: silhouette BCE, plus the shaded-RGB term when the phase
+    has rgb_weight > 0 (Stage 3, train/rgb.py). Returns (loss, parts to log as epoch means)."""
+    if phase.train.rgb_weight == 0:
+        return silhouette_loss(phase.decoder, codes, batch, cfg.render, tau)[0], {}
+    return shaded_loss(phase.decoder, phase.modules["albedo"], codes, batch, cfg.render, tau, cfg.data.ambient,
+                       phase.train.rgb_weight)
+
+
 def index_views(views: Views, idx: Tensor) -> Views:
     return Views(*(x[idx] for x in (views.images, views.masks, views.K, views.c2w, views.light)))
 
@@ -91,25 +102,27 @@ class SilhouetteObjective(nn.Module):
 
     Every rank maps the whole global batch to codes (a few ms: the renderer is nearly all of a
     step) so that any noise the predictor draws is what one process would draw, then renders
-    only its share. The loss is scaled so that DDP's gradient average is the gradient of the
-    mean BCE over the global batch; in one process it is the plain mean.
+    only its share. The loss (`step_loss`: the silhouette BCE, plus Stage 3's shaded RGB) is
+    scaled so that DDP's gradient average is the gradient of the mean over the global batch; in
+    one process it is the plain mean.
     """
 
-    def __init__(self, phase: "Phase", render_cfg: RenderConfig):
+    def __init__(self, phase: "Phase", cfg: Config):
         super().__init__()
         self.parts = nn.ModuleDict(phase.modules)  # registered, so DDP sees their parameters
-        self.phase, self.render_cfg = phase, render_cfg
+        self.phase, self.cfg = phase, cfg
 
-    def forward(self, batch: Views, gen: torch.Generator, tau: float, part: slice) -> tuple[Tensor, Tensor]:
-        """-> (loss to back-propagate, sum over the share of each image's mean BCE, detached)."""
+    def forward(self, batch: Views, gen: torch.Generator, tau: float, part: slice) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """-> (loss to back-propagate, sum over the share of each image's loss (detached), the
+        same sums of the loss's logged parts)."""
         codes = self.phase.predict(batch.images, gen)[part]  # (b, D)
         local = Views(*(x[part] for x in (batch.images, batch.masks, batch.K, batch.c2w, batch.light)))
         b, total = local.images.shape[0], batch.images.shape[0]
         if b == 0:  # every parameter still takes part, with a zero gradient
             zero = 0.0 * sum(p.sum() for p in self.parameters())
-            return zero, zero.detach()
-        loss, _ = silhouette_loss(self.phase.decoder, codes, local, self.render_cfg, tau)
-        return loss * distributed.loss_scale(b, total), loss.detach() * b
+            return zero, zero.detach(), {}
+        loss, parts = step_loss(self.phase, codes, local, self.cfg, tau)
+        return loss * distributed.loss_scale(b, total), loss.detach() * b, {k: v * b for k, v in parts.items()}
 
 
 @dataclass
@@ -164,7 +177,7 @@ def fit_silhouettes(
         # An instance attribute shadows the method, so decoder.field() uses the compiled
         # function; the weights and the checkpoint are untouched. Chunk sizes vary: dynamic.
         phase.decoder.forward_points = torch.compile(phase.decoder.forward_points, dynamic=True)
-    step_loss = distributed.wrap(SilhouetteObjective(phase, cfg.render))
+    step_loss = distributed.wrap(SilhouetteObjective(phase, cfg))
     main = distributed.is_main()
     progress = progress and main
 
@@ -176,7 +189,7 @@ def fit_silhouettes(
         tau, epoch_lr = tau_at(tc, epoch), lr_at(tc, epoch)
         gen = epoch_generator(cfg.seed, epoch)
         order = torch.randperm(n, generator=gen).to(train_views.images.device)
-        t0, total, seen = time.perf_counter(), 0.0, 0
+        t0, total, seen, part_sums, seen_here = time.perf_counter(), 0.0, 0, {}, 0
         for m in phase.modules.values():
             m.train()
         bar = tqdm(range(0, n, tc.batch_size), desc=f"{stage} {epoch + 1}/{tc.epochs}", leave=False, disable=not progress)
@@ -186,7 +199,8 @@ def fit_silhouettes(
                 group["lr"] = lr * tc.lr_scale.get(group["name"], 1.0)
             batch = index_views(train_views, order[s : s + tc.batch_size])
             b = batch.images.shape[0]
-            loss, loss_sum = step_loss(batch, gen, tau, distributed.share(b))
+            share = distributed.share(b)
+            loss, loss_sum, part_sum = step_loss(batch, gen, tau, share)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
@@ -195,9 +209,13 @@ def fit_silhouettes(
             if ema is not None:
                 ema.update(phase.modules)
             total, seen = total + distributed.all_sum(loss_sum.item()), seen + b
+            # Loss parts (Stage 3) are logged from this process's shares: rank 0's under torchrun.
+            part_sums = {k: part_sums.get(k, 0.0) + v for k, v in part_sum.items()}
+            seen_here += len(range(b)[share])
             bar.set_postfix(loss=f"{total / seen:.4f}", tau=f"{tau:.3f}")
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "loss": total / seen, "tau": tau, "lr": lr, "seconds": seconds, "images_per_s": seen / seconds}
+        row.update({k: v / seen_here for k, v in part_sums.items()})
         done = epoch + 1 == tc.epochs
         if not main:  # rank 0 writes the figures, metrics and checkpoint
             continue
@@ -222,6 +240,9 @@ def epoch_figure(phase: Phase, cfg: Config, data: Dataset, run_dir: Path, epoch:
     k = min(phase.train.figure_shapes, len(data.train))
     rows, ious = prediction_rows(phase.predict, phase.decoder, data.train, k, cfg.render, tau, cfg.seed, novel=2)
     prediction_grid(rows, f"{phase.name} epoch {epoch}", Path(run_dir) / phase.name / "figures" / f"epoch_{epoch:04d}.png")
+    if "albedo" in phase.modules:  # Stage 3: predicted shading and normals beside the ground truth
+        shading_figure(phase.predict, phase.decoder, phase.modules["albedo"], data.train, k, cfg, cfg.seed,
+                       f"{phase.name} epoch {epoch}", Path(run_dir) / phase.name / "figures" / f"shading_{epoch:04d}.png")
     return {"figure_train_iou": ious["input"], "figure_novel_iou": ious["novel"]}
 
 

@@ -21,6 +21,7 @@ from flowsdf.models.build import build_stage1
 from flowsdf.runs import load_data, run_data
 from flowsdf.train import distributed
 from flowsdf.train.loop import Phase, fit_silhouettes
+from flowsdf.train.rgb import add_albedo, check_rgb
 
 
 def train_stage1(
@@ -47,6 +48,7 @@ def train_stage1(
             data = load_data(cfg, data_dir, progress=progress)
             cfg = dataclasses.replace(cfg, data=data.config)  # the run records the data it really used
     cfg, resume = runs.prepare(run_dir, cfg, "stage1", resume)
+    check_rgb(cfg.stage1, data)
     data = data.to(dev)
     if distributed.is_main():
         runs.begin(run_dir, cfg, "stage1")
@@ -54,7 +56,7 @@ def train_stage1(
     encoder, decoder = (m.to(dev) for m in build_stage1(cfg))
     phase = Phase(
         name="stage1",
-        modules={"encoder": encoder, "decoder": decoder},
+        modules=add_albedo({"encoder": encoder, "decoder": decoder}, cfg.stage1, cfg.decoder.latent_dim, cfg.seed, dev),
         predict=lambda images, gen: encoder(images),
         decoder=decoder,
         train=cfg.stage1,
