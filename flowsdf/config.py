@@ -61,6 +61,9 @@ class DistillConfig:
 class Config:
     preset: str = "seed"
     seed: int = 0
+    # The frame codes are decoded in: "world" (the dataset's, as published) or "view" (each shape
+    # re-expressed relative to its input view; see flowsdf.data.frames). Applied when data is loaded.
+    frame: str = "world"
     data: DataConfig = field(default_factory=DataConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
