@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from flowsdf.data.dataset import DataConfig
 from flowsdf.errors import FlowSDFError
@@ -81,6 +82,90 @@ class Config:
     )
 
 
+# --- What a valid config is ---------------------------------------------------------------------
+# Every field's type comes from its annotation; its range from this table, one rule per field, so
+# that a config.json or a --set override with an impossible value is refused by one line naming
+# the field instead of failing later, deep inside torch.
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A field's allowed values: `ok(value)` on a value of the right type; `text` says it in words."""
+
+    text: str  # completes "config: render.n_samples must be ..."
+    ok: Callable[[Any], bool]
+
+
+POSITIVE_INT = Rule("a positive integer", lambda v: v >= 1)
+COUNT = Rule("an integer >= 0", lambda v: v >= 0)
+POSITIVE = Rule("a positive number", lambda v: v > 0)
+NON_NEGATIVE = Rule("a number >= 0", lambda v: v >= 0)
+FRACTION = Rule("a number in [0, 1]", lambda v: 0 <= v <= 1)
+ANY_BOOL = Rule("true or false", lambda v: True)
+CHANNELS = Rule("a non-empty list of positive integers", lambda v: len(v) > 0 and all(c >= 1 for c in v))
+EVEN = Rule("an even integer >= 2", lambda v: v >= 2 and v % 2 == 0)
+
+RULES: dict[type, dict[str, Rule]] = {
+    Config: {"preset": Rule("a preset name", lambda v: v in PRESETS), "seed": COUNT},
+    DataConfig: {
+        "n_train_shapes": POSITIVE_INT, "n_heldout_shapes": POSITIVE_INT, "train_views": POSITIVE_INT,
+        "novel_views": POSITIVE_INT, "image_size": POSITIVE_INT, "fov_deg": Rule("in (0, 180)", lambda v: 0 < v < 180),
+        # Cameras must see the whole bounding sphere (radius <= 0.9) from outside it.
+        "cam_distance": Rule("a number > 1", lambda v: v > 1), "ambient": FRACTION, "csg_fraction": FRACTION,
+        "gt_samples": Rule("an integer >= 2", lambda v: v >= 2), "seed": COUNT,
+    },
+    RenderConfig: {
+        "n_samples": POSITIVE_INT, "bound_radius": POSITIVE, "chunk_points": POSITIVE_INT,
+        "search_dtype": Rule("'float32' or 'bfloat16'", lambda v: v in ("float32", "bfloat16")), "naive": ANY_BOOL,
+    },
+    EncoderConfig: {"image_size": POSITIVE_INT, "channels": CHANNELS, "fc_hidden": POSITIVE_INT, "latent_dim": POSITIVE_INT},
+    DecoderConfig: {"latent_dim": POSITIVE_INT, "hidden": POSITIVE_INT, "xyz_frequencies": COUNT},
+    TrainConfig: {
+        "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "lr": POSITIVE, "lr_final_fraction": FRACTION,
+        "warmup_steps": COUNT, "lr_scale": Rule("a map of module names to numbers >= 0", lambda v: all(x >= 0 for x in v.values())),
+        "tau_start": POSITIVE, "tau_end": POSITIVE, "grad_clip": NON_NEGATIVE,
+        "ema_decay": Rule("a number in [0, 1)", lambda v: 0 <= v < 1), "figure_every": POSITIVE_INT,
+        "figure_shapes": POSITIVE_INT,
+    },
+    ConditionerConfig: {
+        "image_size": POSITIVE_INT, "channels": CHANNELS, "embed_dim": POSITIVE_INT, "group_norm": ANY_BOOL,
+        "norm_groups": POSITIVE_INT,
+    },
+    VelocityConfig: {
+        "latent_dim": POSITIVE_INT, "cond_dim": POSITIVE_INT, "hidden": POSITIVE_INT, "depth": POSITIVE_INT,
+        "mlp_ratio": POSITIVE_INT, "time_embed_dim": EVEN,
+    },
+    FlowConfig: {"steps": POSITIVE_INT, "noise_scaling": ANY_BOOL, "velocity_weight": NON_NEGATIVE, "sampling_weight": NON_NEGATIVE},
+    DistillConfig: {"iterations": POSITIVE_INT, "batch_size": POSITIVE_INT, "lr": POSITIVE, "ablation": ANY_BOOL},
+}
+
+
+def _fits(cfg: Config) -> list[str]:
+    """Agreements between sections that the models need (each a message, empty when all hold)."""
+    problems = []
+    for name, part in (("encoder", cfg.encoder), ("conditioner", cfg.conditioner)):
+        step = 2 ** len(part.channels)
+        if part.image_size % step:
+            problems.append(f"{name}.image_size must be a multiple of {step} ({len(part.channels)} stride-2 convs), got {part.image_size}")
+        if part.image_size != cfg.data.image_size:
+            problems.append(f"{name}.image_size ({part.image_size}) must equal data.image_size ({cfg.data.image_size})")
+    if cfg.conditioner.group_norm:
+        for c in cfg.conditioner.channels:
+            if c % min(cfg.conditioner.norm_groups, c):
+                problems.append(f"conditioner.channels: {c} is not divisible into conditioner.norm_groups "
+                                f"({cfg.conditioner.norm_groups}) groups")
+    for name, dim in (("decoder", cfg.decoder.latent_dim), ("velocity", cfg.velocity.latent_dim)):
+        if dim != cfg.encoder.latent_dim:
+            problems.append(f"{name}.latent_dim ({dim}) must equal encoder.latent_dim ({cfg.encoder.latent_dim})")
+    if cfg.velocity.cond_dim != cfg.conditioner.embed_dim:
+        problems.append(f"velocity.cond_dim ({cfg.velocity.cond_dim}) must equal conditioner.embed_dim ({cfg.conditioner.embed_dim})")
+    xyz_dim = 3 + 6 * cfg.decoder.xyz_frequencies
+    if cfg.decoder.hidden <= cfg.decoder.latent_dim + xyz_dim:
+        problems.append(f"decoder.hidden must exceed latent_dim + xyz features ({cfg.decoder.latent_dim + xyz_dim}) "
+                        f"for the skip layer, got {cfg.decoder.hidden}")
+    return problems
+
+
 def seed_preset() -> Config:
     """The published protocol: 50 shapes x 1 view, 64x64, 48 samples, 300 epochs.
 
@@ -136,27 +221,72 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _build(cls: type, value: Any) -> Any:
-    """Rebuild a dataclass (recursively) from plain JSON values, checking field names."""
+def _build(cls: Any, value: Any, path: str = "", rule: Rule | None = None) -> Any:
+    """Rebuild a dataclass (recursively) from plain JSON values, checking every field's name,
+    type and range (RULES); `path` names the field in the one-line error ("render.n_samples")."""
     if dataclasses.is_dataclass(cls):
+        where = path or "the config"
         if not isinstance(value, dict):
-            raise FlowSDFError(f"config: expected an object for {cls.__name__}, got {value!r}")
+            raise FlowSDFError(f"config: {where} must be an object of {cls.__name__} fields, got {value!r}")
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(value) - names
         if unknown:
-            raise FlowSDFError(f"config: unknown field(s) {sorted(unknown)} in {cls.__name__}")
-        return cls(**{k: _build(hints[k], v) for k, v in value.items()})
-    origin = typing.get_origin(cls)
-    if origin is tuple:
-        return tuple(value)
+            raise FlowSDFError(f"config: unknown field(s) {sorted(unknown)} in {where} ({cls.__name__})")
+        rules = RULES.get(cls, {})
+        return cls(**{k: _build(hints[k], v, f"{path}.{k}" if path else k, rules.get(k)) for k, v in value.items()})
+    built = _typed(cls, value)
+    if built is _WRONG or (rule is not None and not rule.ok(built)):
+        raise FlowSDFError(f"config: {path} must be {rule.text if rule else _type_text(cls)}, got {json.dumps(value)}")
+    return built
+
+
+_WRONG = object()  # what _typed returns for a value of the wrong type
+
+
+def _typed(cls: Any, value: Any) -> Any:
+    """`value` as the annotated type `cls` (int, float, bool, str, tuple[T, ...], dict[str, T],
+    T | None), or _WRONG. JSON has no tuples, and writes 1.0 as 1; bools are not numbers here."""
+    origin, args = typing.get_origin(cls), typing.get_args(cls)
     if origin in (typing.Union, types.UnionType):
-        return value
-    return value
+        if value is None and type(None) in args:
+            return None
+        return _typed(next(a for a in args if a is not type(None)), value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return _WRONG
+        items = [_typed(args[0], v) for v in value]
+        return _WRONG if _WRONG in items else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return _WRONG
+        items = {k: _typed(args[1], v) for k, v in value.items()}
+        return _WRONG if _WRONG in items.values() else items
+    if cls is bool:
+        return value if isinstance(value, bool) else _WRONG
+    if cls is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _WRONG
+    if cls is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok else _WRONG
+    if cls is str:
+        return value if isinstance(value, str) else _WRONG
+    raise TypeError(f"config field type {cls} has no JSON form")  # a new field type: teach _typed
+
+
+def _type_text(cls: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(cls, f"of type {getattr(cls, '__name__', cls)}")
 
 
 def from_dict(d: dict[str, Any]) -> Config:
-    return _build(Config, d)
+    """A checked Config from plain JSON values: every field's type and range, then the agreements
+    between sections; a problem is one FlowSDFError line naming the field."""
+    cfg = _build(Config, d)
+    problems = _fits(cfg)
+    if problems:
+        raise FlowSDFError(f"config: {problems[0]}")
+    return cfg
 
 
 def dumps(cfg: Config) -> str:
@@ -165,6 +295,7 @@ def dumps(cfg: Config) -> str:
 
 def loads(text: str) -> Config:
     try:
-        return from_dict(json.loads(text))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise FlowSDFError(f"config is not valid: {e}") from e
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FlowSDFError(f"config is not valid JSON: {e}") from e
+    return from_dict(d)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from flowsdf import config as config_mod
+from flowsdf import overrides
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", type=Path, help="run folder (default: runs/reproduce-PRESET)")
     r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    overrides.add_argument(r)
     r.set_defaults(func=run)
 
 
@@ -23,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
     from flowsdf.eval.report import reproduce
 
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.preset}"
-    report = reproduce(args.preset, out, args.device, not args.quiet)
+    report = reproduce(args.preset, out, args.device, not args.quiet, args.overrides)
     print(f"report: {report}")
     return 0

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from flowsdf import config as config_mod
+from flowsdf import overrides
 from flowsdf.errors import FlowSDFError
 
 STAGES = ("cnn", "flow")
@@ -30,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    overrides.add_argument(t)
     t.set_defaults(func=run)
 
 
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             cfg.stage1.epochs = args.epochs
         else:
             cfg.phase2.epochs = args.epochs
+    cfg = set_overrides(cfg, args)
     if args.stage == "cnn":
         summary = train_stage1(cfg, Path(args.out), args.data, args.resume, not args.quiet, args.device, args.until_epoch)
     else:
@@ -71,3 +74,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"train views: BCE {summary['train_views']['bce']:.5f}  IoU {summary['train_views']['iou']:.3f} | "
           f"novel views: BCE {summary['novel_views']['bce']:.5f}  IoU {summary['novel_views']['iou']:.3f}")
     return 0
+
+
+def set_overrides(cfg: config_mod.Config, args: argparse.Namespace) -> config_mod.Config:
+    """Apply `--set`; a resumed run must already have those values, and Stage 2 takes every
+    section but its own from the Stage-1 run."""
+    from flowsdf import runs
+
+    cfg = overrides.apply(cfg, args.overrides)
+    if args.overrides and args.resume:
+        overrides.check_recorded(runs.read_config(Path(args.out)), args.overrides, args.out)
+    elif args.stage == "flow":
+        fixed = [k for k in overrides.keys(args.overrides) if k.split(".")[0] not in runs.STAGE2_FIELDS]
+        if fixed:
+            raise FlowSDFError(f"--set {fixed[0]}: Stage 2 takes this from its Stage-1 run; with --stage flow only "
+                               f"{', '.join(runs.STAGE2_FIELDS)} can be set")
+    return cfg

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from flowsdf import config as config_mod
+from flowsdf import overrides
 from flowsdf import runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.data import dataset
@@ -46,13 +47,21 @@ def _stage_state(run: Path, stage: str) -> str:
     return "partial" if runs.checkpoint_path(run, stage).exists() else "new"
 
 
-def reproduce(preset: str, out: Path, device: str = "auto", progress: bool = True) -> Path:
-    """Run (or continue) the whole protocol of `preset` into `out`; returns the report path."""
+def reproduce(
+    preset: str, out: Path, device: str = "auto", progress: bool = True, set_items: list[str] | None = None
+) -> Path:
+    """Run (or continue) the whole protocol of `preset` into `out`; returns the report path.
+
+    `set_items` are `--set KEY=VALUE` config overrides (flowsdf.overrides); a continued
+    reproduction must have been started with the same values.
+    """
     out = Path(out)
     runs.ensure_writable(out)
-    cfg = config_mod.preset(preset)
-    if (out / "config.json").exists() and runs.read_config(out).preset != preset:
-        raise FlowSDFError(f"{out} holds a reproduction of another preset; choose another --out")
+    cfg = overrides.apply(config_mod.preset(preset), set_items or [])
+    if (out / "config.json").exists():
+        if runs.read_config(out).preset != preset:
+            raise FlowSDFError(f"{out} holds a reproduction of another preset; choose another --out")
+        overrides.check_recorded(runs.read_config(out), set_items or [], str(out))
     t0 = time.perf_counter()
     data_root = dataset.default_root(cfg.data)
     dataset.ensure(cfg.data, data_root, progress)

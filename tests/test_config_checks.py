@@ -1,0 +1,59 @@
+"""Every config field is checked for type and range when a config is read."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+
+import pytest
+
+from flowsdf import config as config_mod
+from flowsdf.cli import main
+from flowsdf.errors import FlowSDFError
+
+
+def test_every_field_has_a_range_rule():
+    hints = typing.get_type_hints(config_mod.Config)
+    sections = [config_mod.Config, *(t for t in hints.values() if dataclasses.is_dataclass(t))]
+    for cls in sections:
+        leaves = {n for n, t in typing.get_type_hints(cls).items() if not dataclasses.is_dataclass(t)}
+        missing = leaves - set(config_mod.RULES[cls])
+        assert not missing, f"{cls.__name__} fields without a rule in config.RULES: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", list(config_mod.PRESETS))
+def test_presets_pass_the_checks(name):
+    cfg = config_mod.preset(name)
+    assert config_mod.loads(config_mod.dumps(cfg)) == cfg
+
+
+@pytest.mark.parametrize("section, key, value, words", [
+    ("render", "n_samples", "abc", "render.n_samples must be a positive integer, got \"abc\""),
+    ("render", "n_samples", -5, "render.n_samples must be a positive integer, got -5"),
+    ("stage1", "lr", True, "stage1.lr must be a positive number"),
+    ("stage1", "ema_decay", 1.0, "stage1.ema_decay must be a number in [0, 1)"),
+    ("data", "ambient", 2, "data.ambient must be a number in [0, 1]"),
+    ("encoder", "channels", [32, "x"], "encoder.channels must be a non-empty list of positive integers"),
+    ("velocity", "cond_dim", 7, "velocity.cond_dim (7) must equal conditioner.embed_dim"),
+    ("decoder", "hidden", 100, "decoder.hidden must exceed"),
+    ("data", "seed", -1, "data.seed must be an integer >= 0"),
+])
+def test_bad_values_are_one_line_naming_the_field(tiny_cfg, section, key, value, words):
+    d = config_mod.to_dict(tiny_cfg)
+    d[section][key] = value
+    with pytest.raises(FlowSDFError) as e:
+        config_mod.loads(json.dumps(d))
+    assert str(e.value).startswith("config: ") and words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_run_with_a_bad_value_is_refused_by_the_cli(capsys, tmp_path, tiny_cfg):
+    run = tmp_path / "r"
+    run.mkdir()
+    d = config_mod.to_dict(tiny_cfg)
+    d["render"]["n_samples"] = -5
+    (run / "config.json").write_text(json.dumps(d))
+    for argv in (["train", "--stage", "cnn", "--out", str(run), "--resume"], ["eval", str(run)], ["check-grads", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == f"flowsdf: error: config: render.n_samples must be a positive integer, got -5\n"
