@@ -46,6 +46,12 @@ class TrainConfig:
     ema_decay: float = 0.0
     figure_every: int = 25  # epochs between prediction-grid figures (always at the end too)
     figure_shapes: int = 6  # shapes shown in each figure
+    # Extra training signals (flowsdf.train.losses), each off at weight 0 as in the seed.
+    eikonal_weight: float = 0.0  # (|grad f| - 1)^2 at random points in the bounding sphere
+    eikonal_points: int = 256  # per code and step
+    bg_bound_weight: float = 0.0  # L1 violation of the background rays' SDF lower bound
+    bg_bound_rays: int = 128  # background rays per view and step
+    bg_bound_depths: int = 4  # random depths per ray
 
 
 @dataclass
@@ -106,7 +112,8 @@ CHANNELS = Rule("a non-empty list of positive integers", lambda v: len(v) > 0 an
 EVEN = Rule("an even integer >= 2", lambda v: v >= 2 and v % 2 == 0)
 
 RULES: dict[type, dict[str, Rule]] = {
-    Config: {"preset": Rule("a preset name", lambda v: v in PRESETS), "seed": COUNT},
+    Config: {"preset": Rule("a preset name", lambda v: v in PRESETS), "seed": COUNT,
+             "frame": Rule("'world' or 'view'", lambda v: v in ("world", "view"))},
     DataConfig: {
         "n_train_shapes": POSITIVE_INT, "n_heldout_shapes": POSITIVE_INT, "train_views": POSITIVE_INT,
         "novel_views": POSITIVE_INT, "image_size": POSITIVE_INT, "fov_deg": Rule("in (0, 180)", lambda v: 0 < v < 180),
@@ -125,7 +132,8 @@ RULES: dict[type, dict[str, Rule]] = {
         "warmup_steps": COUNT, "lr_scale": Rule("a map of module names to numbers >= 0", lambda v: all(x >= 0 for x in v.values())),
         "tau_start": POSITIVE, "tau_end": POSITIVE, "grad_clip": NON_NEGATIVE,
         "ema_decay": Rule("a number in [0, 1)", lambda v: 0 <= v < 1), "figure_every": POSITIVE_INT,
-        "figure_shapes": POSITIVE_INT,
+        "figure_shapes": POSITIVE_INT, "eikonal_weight": NON_NEGATIVE, "eikonal_points": POSITIVE_INT,
+        "bg_bound_weight": NON_NEGATIVE, "bg_bound_rays": POSITIVE_INT, "bg_bound_depths": POSITIVE_INT,
     },
     ConditionerConfig: {
         "image_size": POSITIVE_INT, "channels": CHANNELS, "embed_dim": POSITIVE_INT, "group_norm": ANY_BOOL,

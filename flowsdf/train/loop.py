@@ -34,6 +34,7 @@ from flowsdf.eval.views import (
 from flowsdf.models.sdf import SDFDecoder
 from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_logits
 from flowsdf.train.ema import WeightAverage
+from flowsdf.train.losses import extra_terms
 
 # image batch (B, 3, H, W) + a generator for any noise -> latent codes (B, D)
 Predictor = Callable[[Tensor, torch.Generator], Tensor]
@@ -152,6 +153,9 @@ def fit_silhouettes(
             batch = index_views(train_views, order[s : s + tc.batch_size])
             codes = phase.predict(batch.images, gen)  # (B, D)
             loss, _ = silhouette_loss(phase.decoder, codes, batch, cfg.render, tau)
+            extra = extra_terms(phase.decoder, codes, batch, cfg.render, tc, gen)
+            if extra is not None:
+                loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:

@@ -1,0 +1,115 @@
+"""3-D quality experiments: frame, training signals, data scale, test-time refinement.
+
+Each variant is the `quick` preset (Stage 1 only: CNN encoder + SDF decoder) with `--set`
+overrides, trained into OUT/<variant>/ and evaluated with `evaluate_run` (the same code as
+`flowsdf eval`): held-out input / novel-view IoU, 3-D volumetric IoU, Chamfer-L1, F-score, and
+the training time. Every variant shares the held-out set (its shapes and renders do not depend
+on the number of training shapes). The driver is resumable: a finished variant is skipped, an
+unfinished one resumes from its last epoch checkpoint; results go to OUT/results.json and a
+Markdown table OUT/results.md after every variant.
+
+    PYTHONPATH=$PWD python benchmarks/quality_experiments.py --out outputs/quality --only view-50 world-50
+    PYTHONPATH=$PWD python benchmarks/quality_experiments.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from flowsdf import overrides, runs
+from flowsdf.checkpoint import atomic_write_text
+from flowsdf.config import quick_preset
+from flowsdf.eval.run import evaluate_run
+from flowsdf.train.stage1 import train_stage1
+
+VIEW = ["frame=view"]
+# name -> (--set overrides on the quick preset, what it tests)
+VARIANTS: dict[str, tuple[list[str], str]] = {
+    "world-50": ([], "quick Stage 1 as it is (world frame)"),
+    "view-50": (VIEW, "view frame"),
+    "view-50-eik": (VIEW + ["stage1.eikonal_weight=0.1"], "view frame + eikonal term"),
+    "view-50-bg": (VIEW + ["stage1.bg_bound_weight=1.0"], "view frame + background lower bound"),
+    "view-50-eik-bg": (VIEW + ["stage1.eikonal_weight=0.1", "stage1.bg_bound_weight=1.0"], "view frame + both"),
+    # Data scale at (about) the quick image budget per shape count: epochs shrink as shapes grow.
+    "view-200": (VIEW + ["data.n_train_shapes=200", "stage1.epochs=30"], "view frame, 200 shapes, 2x quick images"),
+    "view-1000": (VIEW + ["data.n_train_shapes=1000", "stage1.epochs=8"], "view frame, 1000 shapes, 2.7x quick images"),
+    "view-200-eik-bg": (VIEW + ["data.n_train_shapes=200", "stage1.epochs=30", "stage1.eikonal_weight=0.1",
+                                "stage1.bg_bound_weight=1.0"], "view frame, 200 shapes, both terms"),
+}
+
+
+def result_row(name: str, ev: dict, wall: float, cpu: float) -> dict:
+    cnn = ev["models"]["cnn"]
+    s, h, t = cnn["silhouettes"], cnn["shapes_3d"]["heldout"]["mean"], cnn["shapes_3d"]["train"]["mean"]
+    return {
+        "variant": name, "overrides": VARIANTS[name][0], "what": VARIANTS[name][1],
+        "train_iou": s["train_views"]["iou"], "novel_iou": s["novel_views"]["iou"],
+        "heldout_input_iou": s["heldout_input"]["iou"], "heldout_novel_iou": s["heldout_novel"]["iou"],
+        "heldout_3d_iou": h["volumetric_iou"], "heldout_chamfer": h["chamfer_l1"], "heldout_fscore": h["fscore"],
+        "train_3d_iou": t["volumetric_iou"], "training_seconds": cnn["training_seconds"],
+        "session_wall_seconds": wall, "session_cpu_seconds": cpu, "device": ev["device"],
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| variant | what | train IoU | held-out IoU input / novel | held-out 3-D IoU | Chamfer-L1 | F@0.02 "
+        "| train 3-D IoU | training time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['what']} | {r['train_iou']:.3f} | {r['heldout_input_iou']:.3f} / "
+            f"{r['heldout_novel_iou']:.3f} | {r['heldout_3d_iou']:.3f} | {r['heldout_chamfer']:.4f} | "
+            f"{r['heldout_fscore']:.3f} | {r['train_3d_iou']:.3f} | {r['training_seconds'] / 60:.1f} min |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_variant(name: str, out: Path, threads: int) -> dict:
+    run_dir = out / name
+    cfg = overrides.apply(quick_preset(), VARIANTS[name][0])
+    resume = runs.checkpoint_path(run_dir, "stage1").is_file()
+    t0, c0 = time.perf_counter(), time.process_time()
+    train_stage1(cfg, run_dir, resume=resume, progress=False)
+    ev = evaluate_run(run_dir, k=1, timing_repeats=1, progress=False)
+    atomic_write_text(run_dir / "eval" / "eval.json", json.dumps(ev, indent=2))
+    return result_row(name, ev, time.perf_counter() - t0, (time.process_time() - c0) / threads)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("outputs/quality"))
+    p.add_argument("--only", nargs="+", help="variants to run, in this order (default: all)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--list", action="store_true")
+    args = p.parse_args()
+    if args.list:
+        for name, (sets, what) in VARIANTS.items():
+            print(f"{name:18s} {what}: {' '.join(sets) or '(none)'}")
+        return
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / "results.json"
+    rows = json.loads(results_path.read_text()) if results_path.exists() else []
+    done = {r["variant"] for r in rows}
+    for name in args.only or list(VARIANTS):
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; see --list")
+        if name in done:
+            print(f"{name}: done (in {results_path})")
+            continue
+        print(f"{name}: training + evaluating ...", flush=True)
+        rows.append(run_variant(name, args.out, args.threads))
+        atomic_write_text(results_path, json.dumps(rows, indent=2))
+        atomic_write_text(args.out / "results.md", markdown(rows))
+        print(markdown(rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Training signals beyond the BCE: the eikonal term and the background lower bound."""
+
+from __future__ import annotations
+
+import torch
+
+from flowsdf.data import dataset, shapes
+from flowsdf.data.dataset import Views
+from flowsdf.render.silhouette import RenderConfig
+from flowsdf.train import losses
+
+CPU = torch.device("cpu")
+
+
+def test_eikonal_is_zero_for_a_distance_field_and_positive_for_a_scaled_one():
+    gen = torch.Generator().manual_seed(0)
+    sphere = lambda p, item: torch.linalg.vector_norm(p, dim=-1) - 0.5  # noqa: E731
+    assert losses.eikonal_loss(sphere, 3, 500, 0.9, gen, CPU).item() < 1e-10
+    for k in (0.5, 3.0):
+        scaled = lambda p, item, k=k: k * sphere(p, item)  # noqa: E731
+        # |grad| = k everywhere: the term is exactly (k - 1)^2.
+        assert abs(losses.eikonal_loss(scaled, 3, 500, 0.9, gen, CPU).item() - (k - 1) ** 2) < 1e-6
+
+
+def test_eikonal_gradient_reaches_the_decoder(tiny_cfg):
+    from flowsdf.models.sdf import SDFDecoder
+
+    decoder = SDFDecoder(tiny_cfg.decoder)
+    codes = torch.randn(2, tiny_cfg.decoder.latent_dim) * 0.1
+    loss = losses.eikonal_loss(decoder.field(codes), 2, 64, 0.9, torch.Generator().manual_seed(0), CPU)
+    loss.backward()
+    assert loss.item() > 0 and decoder.l1.weight.grad.abs().sum() > 0
+
+
+def test_background_bound_is_met_by_the_exact_sdf(tiny_data_dir):
+    """On every view of the dataset, the analytic SDF at points of background rays is at least the
+    bound, up to pixel discretisation (a silhouette can reach a fraction of a pixel past its mask)."""
+    data = dataset.load(tiny_data_dir)
+    gen = torch.Generator().manual_seed(0)
+    focal = float(data.train.input.K[0, 0, 0, 0])
+    # One pixel's footprint at the far side of the bounding sphere.
+    pixel = (data.config.cam_distance + 0.9) / focal
+    checked = 0
+    for split in (data.train, data.heldout):
+        for v in (split.input, split.novel):
+            N, V = v.masks.shape[:2]
+            flat = Views(*(x.flatten(0, 1) for x in (v.images, v.masks, v.K, v.c2w, v.light)))
+            points, item, bound = losses.background_bound_points(flat, RenderConfig(), 10_000, 8, gen)
+            for b in item.unique().tolist():
+                m = item == b
+                sdf = shapes.sdf(split.shapes[b // V], points[m])
+                assert (bound[m] - sdf).max().item() < pixel
+                checked += int(m.sum())
+            assert (bound > 0).any()
+    assert checked > 1000
+
+
+def test_background_bound_is_violated_by_a_too_large_shape(tiny_data_dir):
+    """Sanity: a shape twice too large breaks the bound by far more than a pixel."""
+    data = dataset.load(tiny_data_dir)
+    v = data.train.input
+    flat = Views(*(x[:, 0] for x in (v.images, v.masks, v.K, v.c2w, v.light)))
+    points, item, bound = losses.background_bound_points(flat, RenderConfig(), 10_000, 8, torch.Generator().manual_seed(0))
+    sdf = torch.cat([shapes.sdf(data.train.shapes[b], points[item == b] / 2.0) * 2.0 for b in item.unique().tolist()])
+    order = torch.cat([torch.nonzero(item == b).squeeze(1) for b in item.unique().tolist()])
+    assert (bound[order] - sdf).max().item() > 0.2
+
+
+def test_background_sines_are_zero_on_the_silhouette_and_grow_away_from_it():
+    mask = torch.zeros(1, 16, 16)
+    mask[0, 6:10, 6:10] = 1.0
+    from flowsdf.data import cameras
+    import numpy as np
+
+    K = torch.from_numpy(cameras.intrinsics(16, 40.0)).float()[None]
+    c2w = torch.from_numpy(cameras.look_at(np.array([2.5, 0.0, 0.0]))).float()[None]
+    s = losses.background_sines(mask, K, c2w)[0]  # (16, 16)
+    assert (s[6:10, 6:10] == 0).all()
+    assert s[8, 10] == 0  # the neighbouring pixel: within the one-pixel margin
+    assert 0 < s[8, 12] < s[8, 14] < s[8, 15]
+
+
+def test_extra_terms_are_off_by_default(tiny_cfg):
+    from flowsdf.models.sdf import SDFDecoder
+
+    assert losses.extra_terms(SDFDecoder(tiny_cfg.decoder), torch.zeros(1, tiny_cfg.decoder.latent_dim), None,
+                              tiny_cfg.render, tiny_cfg.stage1, torch.Generator()) is None
