@@ -40,6 +40,15 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "view-1000": (VIEW + ["data.n_train_shapes=1000", "stage1.epochs=8"], "view frame, 1000 shapes, 2.7x quick images"),
     "view-200-eik-bg": (VIEW + ["data.n_train_shapes=200", "stage1.epochs=30", "stage1.eikonal_weight=0.1",
                                 "stage1.bg_bound_weight=1.0"], "view frame, 200 shapes, both terms"),
+    # Short probes (16 epochs of 50 shapes = 800 image-steps, a quarter of quick's budget) for a
+    # loaded 2-core CPU; the same comparisons at equal budget.
+    "p-world": (["stage1.epochs=16"], "probe: world frame"),
+    "p-view": (VIEW + ["stage1.epochs=16"], "probe: view frame"),
+    "p-view-eik": (VIEW + ["stage1.epochs=16", "stage1.eikonal_weight=0.1"], "probe: view + eikonal"),
+    "p-view-bg": (VIEW + ["stage1.epochs=16", "stage1.bg_bound_weight=1.0"], "probe: view + background bound"),
+    "p-view-eik-bg": (VIEW + ["stage1.epochs=16", "stage1.eikonal_weight=0.1", "stage1.bg_bound_weight=1.0"],
+                      "probe: view + eikonal + background bound"),
+    "p-view-200": (VIEW + ["data.n_train_shapes=200", "stage1.epochs=4"], "probe: view, 200 shapes (same 800 images)"),
 }
 
 
@@ -88,28 +97,39 @@ def main() -> None:
     p.add_argument("--only", nargs="+", help="variants to run, in this order (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--list", action="store_true")
+    p.add_argument("--collect", action="store_true", help="only rebuild results.json / results.md")
     args = p.parse_args()
+    if args.collect:
+        print(collect(args.out))
+        return
     if args.list:
         for name, (sets, what) in VARIANTS.items():
             print(f"{name:18s} {what}: {' '.join(sets) or '(none)'}")
         return
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    results_path = args.out / "results.json"
-    rows = json.loads(results_path.read_text()) if results_path.exists() else []
-    done = {r["variant"] for r in rows}
     for name in args.only or list(VARIANTS):
         if name not in VARIANTS:
             raise SystemExit(f"unknown variant {name!r}; see --list")
-        if name in done:
-            print(f"{name}: done (in {results_path})")
+        done = args.out / name / "result.json"
+        if done.exists():
+            print(f"{name}: done ({done})")
             continue
         print(f"{name}: training + evaluating ...", flush=True)
-        rows.append(run_variant(name, args.out, args.threads))
-        atomic_write_text(results_path, json.dumps(rows, indent=2))
-        atomic_write_text(args.out / "results.md", markdown(rows))
-        print(markdown(rows), flush=True)
+        atomic_write_text(done, json.dumps(run_variant(name, args.out, args.threads), indent=2))
+        print(collect(args.out), flush=True)
 
+
+def collect(out: Path) -> str:
+    """Gather every finished variant's result.json into OUT/results.json and OUT/results.md (several
+    drivers may run at once: each writes only its own variants' files)."""
+    rows = [json.loads((out / n / "result.json").read_text()) for n in VARIANTS if (out / n / "result.json").exists()]
+    for r in rows:
+        r.setdefault("what", VARIANTS[r["variant"]][1])
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=2))
+    table = markdown(rows)
+    atomic_write_text(out / "results.md", table)
+    return table
 
 if __name__ == "__main__":
     main()
