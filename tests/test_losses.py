@@ -85,3 +85,15 @@ def test_extra_terms_are_off_by_default(tiny_cfg):
 
     assert losses.extra_terms(SDFDecoder(tiny_cfg.decoder), torch.zeros(1, tiny_cfg.decoder.latent_dim), None,
                               tiny_cfg.render, tiny_cfg.stage1, torch.Generator()) is None
+
+
+def test_seed_and_quick_stay_faithful_and_shapes_turns_the_recipe_on():
+    from flowsdf import config as config_mod
+
+    for name in ("seed", "quick"):
+        cfg = config_mod.preset(name)
+        assert cfg.frame == "world"
+        for tc in (cfg.stage1, cfg.phase2):
+            assert tc.eikonal_weight == 0 and tc.bg_bound_weight == 0
+    shapes_cfg = config_mod.preset("shapes")
+    assert shapes_cfg.frame == "view" and shapes_cfg.stage1.eikonal_weight > 0 and shapes_cfg.stage1.bg_bound_weight > 0
