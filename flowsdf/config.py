@@ -52,6 +52,9 @@ class TrainConfig:
     bg_bound_weight: float = 0.0  # L1 violation of the background rays' SDF lower bound
     bg_bound_rays: int = 128  # background rays per view and step
     bg_bound_depths: int = 4  # random depths per ray
+    # Each training shape's code, predicted from its first input view, is supervised by the
+    # silhouettes of all its training views (data.train_views) instead of each view being a sample.
+    all_views: bool = False
 
 
 @dataclass
@@ -133,7 +136,7 @@ RULES: dict[type, dict[str, Rule]] = {
         "tau_start": POSITIVE, "tau_end": POSITIVE, "grad_clip": NON_NEGATIVE,
         "ema_decay": Rule("a number in [0, 1)", lambda v: 0 <= v < 1), "figure_every": POSITIVE_INT,
         "figure_shapes": POSITIVE_INT, "eikonal_weight": NON_NEGATIVE, "eikonal_points": POSITIVE_INT,
-        "bg_bound_weight": NON_NEGATIVE, "bg_bound_rays": POSITIVE_INT, "bg_bound_depths": POSITIVE_INT,
+        "bg_bound_weight": NON_NEGATIVE, "bg_bound_rays": POSITIVE_INT, "bg_bound_depths": POSITIVE_INT, "all_views": ANY_BOOL,
     },
     ConditionerConfig: {
         "image_size": POSITIVE_INT, "channels": CHANNELS, "embed_dim": POSITIVE_INT, "group_norm": ANY_BOOL,

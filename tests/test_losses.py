@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from flowsdf.data import dataset, shapes
@@ -97,3 +98,31 @@ def test_seed_and_quick_stay_faithful_and_shapes_turns_the_recipe_on():
             assert tc.eikonal_weight == 0 and tc.bg_bound_weight == 0
     shapes_cfg = config_mod.preset("shapes")
     assert shapes_cfg.frame == "view" and shapes_cfg.stage1.eikonal_weight > 0 and shapes_cfg.stage1.bg_bound_weight > 0
+
+
+def test_all_views_pairs_each_code_with_every_view_of_its_shape():
+    B, V, S = 2, 3, 4
+    views = Views(torch.rand(B, V, 3, S, S), torch.rand(B, V, S, S), torch.rand(B, V, 3, 3), torch.rand(B, V, 4, 4),
+                  torch.rand(B, V, 3))
+    codes = torch.arange(B, dtype=torch.float32)[:, None].expand(B, 5)  # code b is all b
+    flat_codes, flat = losses.all_views_batch(codes, views)
+    assert flat_codes.shape == (B * V, 5) and flat.masks.shape == (B * V, S, S)
+    for i in range(B * V):
+        assert (flat_codes[i] == i // V).all()
+        assert torch.equal(flat.c2w[i], views.c2w[i // V, i % V])
+
+
+def test_stage1_trains_with_every_view_supervising(tmp_path, tiny_cfg):
+    import dataclasses
+
+    from flowsdf import runs
+    from flowsdf.train.stage1 import train_stage1
+
+    cfg = dataclasses.replace(tiny_cfg, data=dataclasses.replace(tiny_cfg.data, train_views=2),
+                              stage1=dataclasses.replace(tiny_cfg.stage1, epochs=1, all_views=True))
+    data_dir = tmp_path / "data"
+    dataset.generate(cfg.data, data_dir, progress=False)
+    train_stage1(cfg, tmp_path / "run", data_dir, progress=False)
+    rows = runs.read_metrics(tmp_path / "run", "stage1")
+    # One sample per shape, each rendered from its 2 views: 8 images for 4 shapes.
+    assert len(rows) == 1 and rows[0]["images_per_s"] * rows[0]["seconds"] == pytest.approx(8)

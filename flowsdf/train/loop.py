@@ -34,7 +34,7 @@ from flowsdf.eval.views import (
 from flowsdf.models.sdf import SDFDecoder
 from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_logits
 from flowsdf.train.ema import WeightAverage
-from flowsdf.train.losses import extra_terms
+from flowsdf.train.losses import all_views_batch, extra_terms
 
 # image batch (B, 3, H, W) + a generator for any noise -> latent codes (B, D)
 Predictor = Callable[[Tensor, torch.Generator], Tensor]
@@ -134,7 +134,8 @@ def fit_silhouettes(
         start_epoch = int(meta["epoch"])
         runs.truncate_metrics(run_dir, stage, start_epoch)
 
-    train_views = flatten_views(data.train.input)
+    # all_views: one sample per shape (its views stay together); else one sample per view.
+    train_views = data.train.input if tc.all_views else flatten_views(data.train.input)
     n = train_views.images.shape[0]
     steps_per_epoch = math.ceil(n / tc.batch_size)
     last = tc.epochs if until_epoch is None else min(until_epoch, tc.epochs)
@@ -151,7 +152,9 @@ def fit_silhouettes(
             for group in optimizer.param_groups:
                 group["lr"] = lr * tc.lr_scale.get(group["name"], 1.0)
             batch = index_views(train_views, order[s : s + tc.batch_size])
-            codes = phase.predict(batch.images, gen)  # (B, D)
+            codes = phase.predict(batch.images[:, 0] if tc.all_views else batch.images, gen)  # (B, D)
+            if tc.all_views:
+                codes, batch = all_views_batch(codes, batch)  # (B*V, D), B*V views
             loss, _ = silhouette_loss(phase.decoder, codes, batch, cfg.render, tau)
             extra = extra_terms(phase.decoder, codes, batch, cfg.render, tc, gen)
             if extra is not None:

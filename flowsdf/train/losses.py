@@ -110,6 +110,14 @@ def background_bound_loss(
     return (bound - field(points, item)).clamp(min=0.0).mean()
 
 
+def all_views_batch(codes: Tensor, views: Views) -> tuple[Tensor, Views]:
+    """Multi-view supervision: each code (B, D), predicted from its shape's first view, paired
+    with every view of that shape (B, V, ...) -> codes (B*V, D) and the flattened views (B*V)."""
+    V = views.masks.shape[1]
+    flat = Views(*(x.flatten(0, 1) for x in (views.images, views.masks, views.K, views.c2w, views.light)))
+    return codes.repeat_interleave(V, dim=0), flat
+
+
 def extra_terms(decoder: SDFDecoder, codes: Tensor, views: Views, render_cfg: RenderConfig, train_cfg,
                 gen: torch.Generator) -> Tensor | None:
     """The weighted sum of the enabled terms for a batch (codes (B, D), views (B)), or None when
