@@ -202,16 +202,15 @@ def quick_preset() -> Config:
 
 
 def shapes_preset() -> Config:
-    """The 3-D recipe (README, "From blobs to shapes"): quick's resolution, the view frame, ten
-    times the shapes, and SDF-SRN's eikonal term and background lower bound. About 45 minutes on
-    a free 2-core CPU (projected from measured epoch times)."""
+    """The 3-D recipe measured so far (README, "From blobs to shapes"): quick's resolution and
+    world frame with twenty times the shapes, one view each (4x quick's training images). The
+    view frame, the eikonal term and the background bound did not help in the probes and stay
+    off. Projected ~35 min on a free 2-core CPU from measured throughput; not yet run in full."""
     cfg = quick_preset()
     cfg.preset = "shapes"
-    cfg.frame = "view"
-    cfg.data.n_train_shapes = 500
-    cfg.stage1 = TrainConfig(epochs=16, batch_size=8, lr=1e-3, figure_every=4, eikonal_weight=0.1, bg_bound_weight=1.0)
-    cfg.phase2 = TrainConfig(epochs=4, batch_size=8, lr=2e-4, warmup_steps=35, tau_start=0.01, tau_end=0.01,
-                             figure_every=2, eikonal_weight=0.1, bg_bound_weight=1.0)
+    cfg.data.n_train_shapes = 1000
+    cfg.stage1 = TrainConfig(epochs=12, batch_size=8, lr=1e-3, figure_every=4)
+    cfg.phase2 = TrainConfig(epochs=2, batch_size=8, lr=2e-4, warmup_steps=35, tau_start=0.01, tau_end=0.01, figure_every=1)
     return cfg
 
 

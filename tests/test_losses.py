@@ -88,7 +88,7 @@ def test_extra_terms_are_off_by_default(tiny_cfg):
                               tiny_cfg.render, tiny_cfg.stage1, torch.Generator()) is None
 
 
-def test_seed_and_quick_stay_faithful_and_shapes_turns_the_recipe_on():
+def test_seed_and_quick_stay_faithful_and_shapes_scales_the_data():
     from flowsdf import config as config_mod
 
     for name in ("seed", "quick"):
@@ -97,7 +97,7 @@ def test_seed_and_quick_stay_faithful_and_shapes_turns_the_recipe_on():
         for tc in (cfg.stage1, cfg.phase2):
             assert tc.eikonal_weight == 0 and tc.bg_bound_weight == 0
     shapes_cfg = config_mod.preset("shapes")
-    assert shapes_cfg.frame == "view" and shapes_cfg.stage1.eikonal_weight > 0 and shapes_cfg.stage1.bg_bound_weight > 0
+    assert shapes_cfg.data.n_train_shapes > config_mod.preset("quick").data.n_train_shapes
 
 
 def test_all_views_pairs_each_code_with_every_view_of_its_shape():
