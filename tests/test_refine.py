@@ -74,3 +74,16 @@ def test_eval_with_refinement_raises_the_input_view_iou(view_run, tiny_data_dir)
     p, r = plain["models"]["cnn"]["silhouettes"], refined["models"]["cnn"]["silhouettes"]
     assert r["heldout_input"]["bce"] < p["heldout_input"]["bce"]
     assert r["train_views"]["bce"] < p["train_views"]["bce"]
+
+
+def test_eval_command_takes_refine_steps(view_run, tiny_data_dir, tmp_path, capsys):
+    import json
+
+    from flowsdf.cli import main
+
+    out = tmp_path / "e.json"
+    code = main(["eval", str(view_run), "--data", str(tiny_data_dir), "--refine", "3", "--k", "1",
+                 "--mesh-resolution", "16", "--out", str(out), "--quiet"])
+    assert code == 0 and json.loads(out.read_text())["refine_steps"] == 3
+    assert main(["eval", str(view_run), "--refine", "-1"]) == 2
+    assert "--refine must be at least 0" in capsys.readouterr().err
