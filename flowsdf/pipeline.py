@@ -231,7 +231,8 @@ class FlowSDF:
     def refine(self, codes: Tensor, images: Tensor, steps: int) -> Tensor:
         """Codes (M, D) fitted for `steps` steps to the foreground masks of their pictures
         (M, 3, S, S), seen from the input camera: C0 for a view-frame model, else the camera
-        `estimate_camera` finds for each code."""
+        `estimate_camera` finds for each code (measured: from an estimated camera refinement
+        does not help a world-frame model; from the true camera it does — README)."""
         masks = foreground_mask(images.to(self.device))  # (M, S, S)
         if self.cfg.frame == "view":
             K, c2w = self.input_camera()
