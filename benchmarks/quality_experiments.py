@@ -42,6 +42,11 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     # Data scale at (about) the quick image budget per shape count: epochs shrink as shapes grow.
     "view-200": (VIEW + ["data.n_train_shapes=200", "stage1.epochs=30"], "view frame, 200 shapes, 2x quick images"),
     "view-1000": (VIEW + ["data.n_train_shapes=1000", "stage1.epochs=8"], "view frame, 1000 shapes, 2.7x quick images"),
+    # The data-scaling curve in the world frame (the view frame fails with one view: README).
+    "world-200": (["data.n_train_shapes=200", "stage1.epochs=30"], "world frame, 200 shapes, 2x quick images"),
+    "world-1000": (["data.n_train_shapes=1000", "stage1.epochs=8"], "world frame, 1000 shapes, 2.7x quick images"),
+    "world-mv3": (["data.train_views=3", "stage1.all_views=true", "stage1.epochs=60"],
+                  "world frame, 3 supervising views per shape, quick's steps"),
     "view-200-eik-bg": (VIEW + ["data.n_train_shapes=200", "stage1.epochs=30", "stage1.eikonal_weight=0.1",
                                 "stage1.bg_bound_weight=1.0"], "view frame, 200 shapes, both terms"),
     # Short probes (16 epochs of 50 shapes = 800 image-steps, a quarter of quick's budget) for a
