@@ -64,6 +64,8 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
                    "probe: view frame, 3 supervising views per shape"),
     "p-world-mv3": (["data.train_views=3", "stage1.all_views=true", "stage1.epochs=5"],
                     "probe: world frame, 3 supervising views per shape"),
+    "p-world-mv3-e16": (["data.train_views=3", "stage1.all_views=true", "stage1.epochs=16"],
+                        "probe: world frame, 3 supervising views per shape, the probes' 112 steps (2,400 images)"),
     "p-world-eik-bg": (["stage1.epochs=16", "stage1.eikonal_weight=0.1", "stage1.bg_bound_weight=1.0"],
                        "probe: world + eikonal + background bound"),
     "p-world-eik": (["stage1.epochs=16", "stage1.eikonal_weight=0.1"], "probe: world + eikonal"),
