@@ -23,7 +23,6 @@ normal accuracy) and writes OUT/results.json and OUT/results.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

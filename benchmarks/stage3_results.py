@@ -173,7 +173,7 @@ def markdown(result: dict) -> str:
             per = ", ".join(format(v, fmts[label]) for v in vals)
             cells.append(f"{format(mean, fmts[label])} [{per}]" if len(vals) > 1 else format(mean, fmts[label]))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"Seeds per arm: " + ", ".join(f"{a} {sorted(r)}" for a, r in result["arms"].items()),
+    lines += ["", "Seeds per arm: " + ", ".join(f"{a} {sorted(r)}" for a, r in result["arms"].items()),
               f"Flow arms from identical Phase-1 weights: {result['same_phase1']}"]
     return "\n".join(lines) + "\n"
 

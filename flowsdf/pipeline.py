@@ -34,7 +34,8 @@ from torch.nn import functional as F
 from flowsdf import checkpoint, runs
 from flowsdf.config import Config
 from flowsdf.data import cameras
-from flowsdf.data.images import load_image
+from flowsdf.data.frames import canonical_c2w
+from flowsdf.data.images import foreground_mask, load_image
 from flowsdf.device import pick_device
 from flowsdf.errors import FlowSDFError
 from flowsdf.eval.shapes3d import bounded, decoder_field
@@ -45,6 +46,7 @@ from flowsdf.models.conditioner import ImageConditioner
 from flowsdf.models.encoder import CNNEncoder
 from flowsdf.models.sdf import SDFDecoder
 from flowsdf.models.velocity import VelocityNet
+from flowsdf.refine import refine_codes
 from flowsdf.render.silhouette import render_views, silhouette_logits
 
 MODELS = ("cnn", "flow", "flow-noscale")
@@ -191,10 +193,25 @@ class FlowSDF:
 
     @torch.no_grad()
     def __call__(self, images: ImageInput | Sequence[ImageInput], samples: int = 1, steps: int | None = None,
-                 seed: int = 0, trajectory: bool = False) -> Result:
-        """K = `samples` codes per picture (N, K, D); `trajectory` keeps the flow's Euler states."""
+                 seed: int = 0, trajectory: bool = False, refine: int = 0) -> Result:
+        """K = `samples` codes per picture (N, K, D); `trajectory` keeps the flow's Euler states.
+
+        `refine` > 0 fits every code for that many steps to its picture's foreground mask, seen
+        from the input camera (flowsdf.refine); the trajectory, if kept, is the unrefined one.
+        """
         if samples < 1:
             raise FlowSDFError(f"samples must be at least 1, got {samples}")
+        if refine < 0:
+            raise FlowSDFError(f"refine must be at least 0 steps, got {refine}")
+        result = self._sample(images, samples, steps, seed, trajectory)
+        if refine > 0:
+            N, K = result.codes.shape[:2]
+            codes = self.refine(result.codes.flatten(0, 1), result.images.repeat_interleave(K, dim=0), refine)
+            result.codes = codes.view(N, K, -1)  # (N, K, D)
+        return result
+
+    def _sample(self, images: ImageInput | Sequence[ImageInput], samples: int, steps: int | None, seed: int,
+                trajectory: bool) -> Result:
         steps = self.cfg.flow.steps if steps is None else steps
         if self.is_flow and steps < 1:
             raise FlowSDFError(f"steps must be at least 1, got {steps}")
@@ -213,6 +230,21 @@ class FlowSDF:
         if traj is not None:
             traj = traj.view(steps + 1, N, K, -1)  # (steps + 1, N, K, D)
         return Result(batch, codes, seed, steps, traj)
+
+    def refine(self, codes: Tensor, images: Tensor, steps: int) -> Tensor:
+        """Codes (M, D) fitted for `steps` steps to the foreground masks of their pictures
+        (M, 3, S, S), seen from the input camera: C0 for a view-frame model, else the camera
+        `estimate_camera` finds for each code (measured: from an estimated camera refinement
+        does not help a world-frame model; from the true camera it does — README)."""
+        masks = foreground_mask(images.to(self.device))  # (M, S, S)
+        if self.cfg.frame == "view":
+            K, c2w = self.input_camera()
+            K, c2w = K.expand(len(codes), 3, 3), c2w.expand(len(codes), 4, 4)
+        else:
+            cams = [self.estimate_camera(code, mask)[:2] for code, mask in zip(codes, masks)]
+            K, c2w = torch.stack([c[0] for c in cams]), torch.stack([c[1] for c in cams])
+        return refine_codes(self.decoder, codes.to(self.device), masks, K.to(self.device), c2w.to(self.device),
+                            self.cfg.render, self.tau, steps)
 
     @torch.no_grad()
     def silhouettes(self, codes: Tensor, K: Tensor, c2w: Tensor, size: int | None = None) -> Tensor:
@@ -255,6 +287,19 @@ class FlowSDF:
         position = d.cam_distance * np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
         K = torch.from_numpy(cameras.intrinsics(self.image_size, d.fov_deg)).float()
         return K, torch.from_numpy(cameras.look_at(position)).float()
+
+    def input_camera(self) -> tuple[Tensor, Tensor]:
+        """Intrinsics (3, 3) and camera-to-world (4, 4) of the camera a picture is taken from.
+
+        Only a view-frame model has one: its codes live in the frame of their input view, whose
+        camera is always C0. A world-frame model's input camera depends on the unknown pose
+        (use `estimate_camera`).
+        """
+        if self.cfg.frame != "view":
+            raise FlowSDFError("only a view-frame model (config frame 'view') knows its input camera; "
+                               "for a world-frame model use estimate_camera")
+        K = torch.from_numpy(cameras.intrinsics(self.image_size, self.cfg.data.fov_deg)).float()
+        return K, torch.from_numpy(canonical_c2w(self.cfg.data.cam_distance)).float()
 
     @torch.no_grad()
     def estimate_camera(self, code: Tensor, mask: Tensor, azimuths: int = 24,

@@ -21,6 +21,7 @@ from flowsdf.checkpoint import atomic_write_text
 from flowsdf.config import Config
 from flowsdf.data import dataset as data_mod
 from flowsdf.data.dataset import Dataset
+from flowsdf.data.frames import apply_frame
 from flowsdf.errors import FlowSDFError, warn
 
 
@@ -243,7 +244,7 @@ def load_data(
         raise FlowSDFError(
             f"dataset images are {data.config.image_size}px but the config expects {cfg.encoder.image_size}px"
         )
-    return data
+    return apply_frame(data, cfg.frame)
 
 
 def run_data(

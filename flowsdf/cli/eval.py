@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--data", type=Path, help="dataset folder (default: the run's cached dataset)")
     e.add_argument("--k", type=int, default=4, help="flow samples per image for best-of-K / mean-of-K (default 4)")
     e.add_argument("--mesh-resolution", type=int, default=64, help="marching-cubes grid for 3-D metrics (default 64)")
+    e.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                   help="fit each predicted code for STEPS steps to the input picture's mask before scoring (default 0)")
     e.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=run)
@@ -30,11 +32,14 @@ def run(args: argparse.Namespace) -> int:
         raise FlowSDFError("--k must be at least 1")
     if args.mesh_resolution < 8:
         raise FlowSDFError("--mesh-resolution must be at least 8")
+    if args.refine < 0:
+        raise FlowSDFError("--refine must be at least 0")
     out = Path(args.out) if args.out else Path(args.run) / "eval" / "eval.json"
     if out.is_dir():
         raise FlowSDFError(f"--out {out} is a folder; give a file name such as {out / 'eval.json'}")
     ensure_writable(out.parent)
-    result = evaluate_run(Path(args.run), args.data, args.device, args.k, args.mesh_resolution, progress=not args.quiet)
+    result = evaluate_run(Path(args.run), args.data, args.device, args.k, args.mesh_resolution, progress=not args.quiet,
+                          refine=args.refine)
     write(result, out)
     print(markdown_tables(result))
     print(f"wrote {out} and {out.with_suffix('.md')}")

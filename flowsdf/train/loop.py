@@ -36,6 +36,7 @@ from flowsdf.models.sdf import SDFDecoder
 from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_logits
 from flowsdf.train import distributed
 from flowsdf.train.ema import WeightAverage
+from flowsdf.train.losses import all_views_batch, extra_terms
 from flowsdf.train.rgb import shaded_loss
 
 # image batch (B, 3, H, W) + a generator for any noise -> latent codes (B, D)
@@ -115,13 +116,20 @@ class SilhouetteObjective(nn.Module):
     def forward(self, batch: Views, gen: torch.Generator, tau: float, part: slice) -> tuple[Tensor, Tensor, dict[str, float]]:
         """-> (loss to back-propagate, sum over the share of each image's loss (detached), the
         same sums of the loss's logged parts)."""
-        codes = self.phase.predict(batch.images, gen)[part]  # (b, D)
+        tc = self.phase.train
+        # all_views: a sample is a shape with its V views, its code predicted from the first.
+        codes = self.phase.predict(batch.images[:, 0] if tc.all_views else batch.images, gen)[part]  # (b, D)
         local = Views(*(x[part] for x in (batch.images, batch.masks, batch.K, batch.c2w, batch.light)))
         b, total = local.images.shape[0], batch.images.shape[0]
         if b == 0:  # every parameter still takes part, with a zero gradient
             zero = 0.0 * sum(p.sum() for p in self.parameters())
             return zero, zero.detach(), {}
+        if tc.all_views:
+            codes, local = all_views_batch(codes, local)  # (b*V, D), b*V views
         loss, parts = step_loss(self.phase, codes, local, self.cfg, tau)
+        extra = extra_terms(self.phase.decoder, codes, local, self.cfg.render, tc, gen)  # eikonal, background bound
+        if extra is not None:
+            loss = loss + extra
         return loss * distributed.loss_scale(b, total), loss.detach() * b, {k: v * b for k, v in parts.items()}
 
 
@@ -181,7 +189,8 @@ def fit_silhouettes(
     main = distributed.is_main()
     progress = progress and main
 
-    train_views = flatten_views(data.train.input)
+    # all_views: one sample per shape (its views stay together); else one sample per view.
+    train_views = data.train.input if tc.all_views else flatten_views(data.train.input)
     n = train_views.images.shape[0]
     steps_per_epoch = math.ceil(n / tc.batch_size)
     last = tc.epochs if until_epoch is None else min(until_epoch, tc.epochs)
@@ -214,7 +223,9 @@ def fit_silhouettes(
             seen_here += len(range(b)[share])
             bar.set_postfix(loss=f"{total / seen:.4f}", tau=f"{tau:.3f}")
         seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "loss": total / seen, "tau": tau, "lr": lr, "seconds": seconds, "images_per_s": seen / seconds}
+        # With all_views a sample is a shape and all its views: images rendered = samples x views.
+        images = seen * (train_views.masks.shape[1] if tc.all_views else 1)
+        row = {"epoch": epoch + 1, "loss": total / seen, "tau": tau, "lr": lr, "seconds": seconds, "images_per_s": images / seconds}
         row.update({k: v / seen_here for k, v in part_sums.items()})
         done = epoch + 1 == tc.epochs
         if not main:  # rank 0 writes the figures, metrics and checkpoint
