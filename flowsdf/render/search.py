@@ -23,6 +23,8 @@ Cost per ray: n / stride coarse samples + (2 * stride - 1) for a refined ray, e.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 from torch import Tensor
 
@@ -30,19 +32,19 @@ from torch import Tensor
 
 
 @torch.no_grad()
-def search_depths(
-    field, o: Tensor, d: Tensor, item: Tensor, t: Tensor, n_items: int, chunk_points: int, use_bf16: bool
-) -> tuple[Tensor, Tensor]:
-    """Smallest field value among the depths t (R, k) of each ray, and its column (R,).
+def chunked_values(
+    field, o: Tensor, d: Tensor, item: Tensor, t: Tensor, chunk_points: int, use_bf16: bool
+) -> Iterator[tuple[int, int, Tensor]]:
+    """The field at the depths t (R, k) of rays o, d (R, 3), in chunks without autograd: yields
+    (s, e, values (e - s, k) float32) for rays s..e-1, each chunk about `chunk_points` points.
 
-    Rays arrive grouped by item (row-major over (B, R)); chunks never mix items, so the field
-    gets a plain int item. Returns (min value (R,) float32, argmin column (R,) long).
+    Rays arrive grouped by item (row-major over (B, R)), so each item is one contiguous run and a
+    chunk never mixes items: the field gets a plain int item and can broadcast its per-code terms
+    instead of gathering them per point. With `use_bf16` the field runs under bfloat16 autocast.
     """
     k = t.shape[1]
     rays_per_chunk = max(1, chunk_points // k)
-    best_val = torch.empty(t.shape[0], device=t.device)  # (R,)
-    best_col = torch.empty(t.shape[0], dtype=torch.long, device=t.device)  # (R,)
-    counts = torch.bincount(item, minlength=n_items).tolist() if item.numel() else []
+    counts = torch.bincount(item).tolist() if item.numel() else []
     start = 0
     for b, count in enumerate(counts):
         for s in range(start, start + count, rays_per_chunk):
@@ -50,8 +52,23 @@ def search_depths(
             pts = o[s:e, None, :] + t[s:e, :, None] * d[s:e, None, :]  # (h, k, 3)
             with torch.autocast(device_type=o.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 vals = field(pts.reshape(-1, 3), b)  # (h*k,)
-            best_val[s:e], best_col[s:e] = vals.view(e - s, k).float().min(dim=1)
+            yield s, e, vals.view(e - s, k).float()
         start += count
+
+
+@torch.no_grad()
+def search_depths(
+    field, o: Tensor, d: Tensor, item: Tensor, t: Tensor, chunk_points: int, use_bf16: bool
+) -> tuple[Tensor, Tensor]:
+    """Smallest field value among the depths t (R, k) of each ray, and its column (R,).
+
+    Rays arrive grouped by item (see chunked_values). Returns (min value (R,) float32, argmin
+    column (R,) long).
+    """
+    best_val = torch.empty(t.shape[0], device=t.device)  # (R,)
+    best_col = torch.empty(t.shape[0], dtype=torch.long, device=t.device)  # (R,)
+    for s, e, vals in chunked_values(field, o, d, item, t, chunk_points, use_bf16):
+        best_val[s:e], best_col[s:e] = vals.min(dim=1)
     return best_val, best_col
 
 
@@ -69,10 +86,9 @@ def coarse_to_fine_depth(
     H, S = t.shape
     if stride < 1:
         raise ValueError(f"coarse stride must be >= 1, got {stride}")
-    n_items = int(item.max().item()) + 1 if H else 0
     offset = (stride - 1) // 2  # coarse samples sit mid-way in each group of `stride`
     cols = torch.arange(offset, S, stride, device=t.device)  # (Sc,)
-    coarse_val, kc = search_depths(field, o, d, item, t[:, cols], n_items, chunk_points, use_bf16)  # (H,), (H,)
+    coarse_val, kc = search_depths(field, o, d, item, t[:, cols], chunk_points, use_bf16)  # (H,), (H,)
     jc = cols[kc]  # (H,) the coarse argmin's full-resolution column
     best = t.gather(1, jc[:, None]).squeeze(1)  # (H,)
     spacing = (t[:, 1] - t[:, 0]) * stride if S > 1 else torch.zeros_like(best)  # (H,) coarse spacing
@@ -82,6 +98,6 @@ def coarse_to_fine_depth(
     # Full resolution between the coarse argmin's neighbours: columns jc - stride + 1 .. jc + stride - 1.
     window = (jc[refine, None] + torch.arange(1 - stride, stride, device=t.device)).clamp(0, S - 1)  # (Hr, 2s-1)
     t_win = t[refine].gather(1, window)  # (Hr, 2s-1)
-    _, kw = search_depths(field, o[refine], d[refine], item[refine], t_win, n_items, chunk_points, use_bf16)
+    _, kw = search_depths(field, o[refine], d[refine], item[refine], t_win, chunk_points, use_bf16)
     best[refine] = t_win.gather(1, kw[:, None]).squeeze(1)
     return best, refine

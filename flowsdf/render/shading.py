@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from flowsdf.render.search import chunked_values
 from flowsdf.render.silhouette import (
     MISS_SDF,
     Field,
@@ -113,24 +114,12 @@ def search_samples(field: Field, o: Tensor, d: Tensor, item: Tensor, t: Tensor, 
     """
     if cfg.search_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"search_dtype must be float32 or bfloat16, got {cfg.search_dtype!r}")
-    n = cfg.n_samples
-    rays_per_chunk = max(1, cfg.chunk_points // n)
-    use_bf16 = cfg.search_dtype == "bfloat16"
     best = torch.empty_like(t[:, 0])  # (H,)
     first = torch.empty(t.shape[0], dtype=torch.long, device=t.device)  # (H,)
-    counts = torch.bincount(item).tolist() if item.numel() else []
-    start = 0
-    for b, count in enumerate(counts):
-        for s in range(start, start + count, rays_per_chunk):
-            e = min(s + rays_per_chunk, start + count)
-            pts = o[s:e, None, :] + t[s:e, :, None] * d[s:e, None, :]  # (h, S, 3)
-            with torch.autocast(device_type=o.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                vals = field(pts.reshape(-1, 3), b)  # (h*S,)
-            vals = vals.view(e - s, n).float()  # (h, S)
-            best[s:e] = t[s:e].gather(1, vals.argmin(dim=1)[:, None]).squeeze(1)
-            neg = vals < 0  # (h, S)
-            first[s:e] = torch.where(neg.any(dim=1), neg.float().argmax(dim=1), -1)
-        start += count
+    for s, e, vals in chunked_values(field, o, d, item, t, cfg.chunk_points, cfg.search_dtype == "bfloat16"):
+        best[s:e] = t[s:e].gather(1, vals.argmin(dim=1)[:, None]).squeeze(1)  # vals (h, S)
+        neg = vals < 0  # (h, S)
+        first[s:e] = torch.where(neg.any(dim=1), neg.float().argmax(dim=1), -1)
     return best, first
 
 

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from flowsdf.render.search import coarse_to_fine_depth
+from flowsdf.render.search import chunked_values, coarse_to_fine_depth
 
 Field = Callable[[Tensor, Tensor], Tensor]
 
@@ -135,22 +135,9 @@ def argmin_depth(
     """
     if cfg.search_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"search_dtype must be float32 or bfloat16, got {cfg.search_dtype!r}")
-    n = cfg.n_samples
-    rays_per_chunk = max(1, cfg.chunk_points // n)
-    use_bf16 = cfg.search_dtype == "bfloat16"
     best = torch.empty_like(t[:, 0])  # (H,)
-    # Rays arrive grouped by item (row-major over (B, R)), so each item is one contiguous run.
-    counts = torch.bincount(item).tolist() if item.numel() else []
-    start = 0
-    for b, count in enumerate(counts):
-        for s in range(start, start + count, rays_per_chunk):
-            e = min(s + rays_per_chunk, start + count)
-            pts = o[s:e, None, :] + t[s:e, :, None] * d[s:e, None, :]  # (h, S, 3)
-            with torch.autocast(device_type=o.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                vals = field(pts.reshape(-1, 3), b)  # (h*S,)
-            k = vals.view(e - s, n).float().argmin(dim=1)  # (h,)
-            best[s:e] = t[s:e].gather(1, k[:, None]).squeeze(1)
-        start += count
+    for s, e, vals in chunked_values(field, o, d, item, t, cfg.chunk_points, cfg.search_dtype == "bfloat16"):
+        best[s:e] = t[s:e].gather(1, vals.argmin(dim=1)[:, None]).squeeze(1)  # vals (h, S)
     return best
 
 
