@@ -8,14 +8,12 @@ export never leaves half a mesh under the final name.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import trimesh
 
-from flowsdf.checkpoint import publish
+from flowsdf.checkpoint import atomic_write_bytes
 from flowsdf.errors import FlowSDFError
 
 FORMATS = ("glb", "obj", "ply")
@@ -44,14 +42,7 @@ def export_mesh(mesh: trimesh.Trimesh, path: str | Path, file_format: str | None
     data = mesh.export(file_type=file_format)
     data = data.encode() if isinstance(data, str) else data  # OBJ comes back as text
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, data)
     return path
 
 
