@@ -71,13 +71,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.seed = args.seed
     if args.until_epoch is not None and args.until_epoch < 1:
         raise FlowSDFError("--until-epoch must be at least 1")
+    # The flags below set the trained phase's section: Stage 1's, or Phase 2's with --stage flow.
+    phase_cfg = cfg.stage1 if args.stage == "cnn" else cfg.phase2
     if args.epochs is not None:
         if args.epochs < 1:
             raise FlowSDFError("--epochs must be at least 1")
-        if args.stage == "cnn":
-            cfg.stage1.epochs = args.epochs
-        else:
-            cfg.phase2.epochs = args.epochs
+        phase_cfg.epochs = args.epochs
     if args.compile:
         if args.stage != "cnn":
             raise FlowSDFError("--compile is a Stage-1 option: Stage 2 keeps the renderer settings of its Stage-1 run")
@@ -85,19 +84,12 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         if args.batch_size < 1:
             raise FlowSDFError("--batch-size must be at least 1")
-        if args.stage == "cnn":
-            cfg.stage1.batch_size = args.batch_size
-        else:
-            cfg.phase2.batch_size = args.batch_size
-    cfg = set_overrides(cfg, args)
+        phase_cfg.batch_size = args.batch_size
+    if args.rgb_weight is not None:
+        phase_cfg.rgb_weight = parse_rgb_weight(args.rgb_weight)
+    cfg = set_overrides(cfg, args)  # --set has the last word, checked like a config file
     stage = "stage1" if args.stage == "cnn" else "phase2"
     before = runs.checkpoint_epoch(Path(args.out), stage) if args.resume else None
-    if args.rgb_weight is not None:
-        weight = parse_rgb_weight(args.rgb_weight)
-        if args.stage == "cnn":
-            cfg.stage1.rgb_weight = weight
-        else:
-            cfg.phase2.rgb_weight = weight
     if args.stage == "cnn":
         summary = train_stage1(cfg, Path(args.out), args.data, args.resume, not args.quiet, args.device, args.until_epoch)
     else:
