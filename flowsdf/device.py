@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from flowsdf.errors import FlowSDFError
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present, else CPU; an explicit name must exist."""
+    """`auto` picks the device the environment variable FLOWSDF_DEVICE names when it is set (so a
+    whole session or test suite can be kept on one device), else CUDA when present, else CPU; an
+    explicit name must exist."""
     if name == "auto":
+        if os.environ.get("FLOWSDF_DEVICE"):
+            return pick_device(os.environ["FLOWSDF_DEVICE"])
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FlowSDFError(f"device {name!r} requested but CUDA is not available")

@@ -20,7 +20,9 @@ from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_log
 def silhouette_bce(decoder: SDFDecoder, codes: Tensor, masks: Tensor, K: Tensor, c2w: Tensor,
                    render_cfg: RenderConfig, tau: float) -> Tensor:
     """Per-picture BCE (N,) of the codes' (N, D) soft silhouettes from cameras K (N, 3, 3),
-    c2w (N, 4, 4) against masks (N, S, S)."""
+    c2w (N, 4, 4) against masks (N, S, S). Cameras and masks are moved to the codes' device (a
+    dataset's views live on the CPU)."""
+    masks, K, c2w = (t.to(codes.device) for t in (masks, K, c2w))
     min_sdf = render_views(decoder.field(codes), K, c2w, masks.shape[-1], render_cfg)  # (N, S, S)
     bce = F.binary_cross_entropy_with_logits(silhouette_logits(min_sdf, tau), masks, reduction="none")
     return bce.flatten(1).mean(1)

@@ -1,12 +1,19 @@
-"""Shared fixtures: one tiny dataset per test session, single-threaded torch.
+"""Shared fixtures: one tiny dataset per test session, single-threaded torch, CPU by default.
 
 Single-threaded because the CI machine has 2 cores: two threads per test process contend badly
 with anything else running, and these tests are tiny.
+
+`--device auto` (every command's and training function's default) means the CPU in this suite,
+on a GPU machine too, subprocesses included: the suite checks bit-exact properties (resume equals
+an uninterrupted run, two runs are identical, two processes train like one), which hold on the
+CPU; CUDA's atomic adds and cuDNN's algorithm choice change the last bits from run to run.
+tests/test_device.py is what checks the device that FLOWSDF_TEST_DEVICE names.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +21,8 @@ import torch
 
 from flowsdf import config as config_mod
 from flowsdf.data import dataset
+
+os.environ["FLOWSDF_DEVICE"] = "cpu"
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def flowsdf(*argv) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     r = subprocess.run([sys.executable, "-m", "flowsdf", *map(str, argv)], env=env, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
 

@@ -1,5 +1,6 @@
 """`flowsdf view` refuses what it cannot serve with one line, before it starts serving."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -36,7 +37,8 @@ def test_damaged_run_through_the_command_prints_one_line_and_serves_nothing(tmp_
     (tmp_path / "config.json").write_text("{not json")
     proc = subprocess.run([sys.executable, "-m", "flowsdf", "view", str(tmp_path), "--port", "1"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                          env={"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                                   "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("flowsdf: error: "), proc.stderr

@@ -59,7 +59,7 @@ def server(tiny_surface_run, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("viewer") / "server.log"
     cmd = [sys.executable, "-m", "flowsdf", "view", str(tiny_surface_run), "--port", str(port), "--device", "cpu",
            "--max-upload-mb", str(UPLOAD_LIMIT_MB), "--max-samples", "2", "--max-resolution", "40"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}/"
