@@ -51,6 +51,7 @@ class Reconstruction:
     steps: int
     model: str
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    refine: int = 0  # refinement steps each code was fitted for (0: none)
 
 
 # The viewpoints searched for a picture's camera: the grid FlowSDF.estimate_camera searches, on
@@ -108,9 +109,12 @@ def reconstruct_image(
     steps: int | None = None,
     seed: int = 0,
     resolution: int = 128,
+    refine: int = 0,
 ) -> Reconstruction:
     """Reconstruct one picture (path, PIL image or (3, H, W) tensor): K = `samples` meshes at
     `resolution`^3, the input-view silhouette and, for K >= 2, the uncertainty on the mean mesh.
+    `refine` > 0 fits each code to the picture's foreground for that many steps first
+    (FlowSDF.__call__; flowsdf.refine).
 
     Raises FlowSDFError for a picture that cannot be read (flowsdf.data.images).
     """
@@ -125,7 +129,7 @@ def reconstruct_image(
 
     if isinstance(image, Tensor) and image.dim() == 4 and image.shape[0] != 1:
         raise ValueError(f"reconstruct_image takes one picture, got a batch of {image.shape[0]}")
-    result = pipe(image if isinstance(image, Tensor) else [image], samples=samples, steps=steps, seed=seed)
+    result = pipe(image if isinstance(image, Tensor) else [image], samples=samples, steps=steps, seed=seed, refine=refine)
     codes = result.codes[0]  # (K, D)
     lap("codes")
     meshes = []
@@ -148,5 +152,5 @@ def reconstruct_image(
     return Reconstruction(
         image=result.images[0].cpu(), codes=codes.cpu(), meshes=meshes, mean_mesh=mean_mesh, vertex_std=std,
         std_max=std_max, silhouette=silhouette.cpu(), camera=(K.cpu(), c2w.cpu()), camera_iou=iou,
-        seed=seed, steps=result.steps, model=pipe.model, timings=timings,
+        seed=seed, steps=result.steps, model=pipe.model, timings=timings, refine=refine,
     )

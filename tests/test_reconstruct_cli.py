@@ -89,6 +89,29 @@ def test_cnn_and_one_sample_write_one_mesh_without_uncertainty(capsys, shaped_ru
         ["summary.json", "shape0_sample1.obj", "shape0_preview.png", "shape1_sample1.obj", "shape1_preview.png"])
 
 
+def test_refine_fits_the_codes_the_meshes_come_from(capsys, shaped_run, pictures, tmp_path):
+    """--refine STEPS: the written mesh is the refined code's (pipe(..., refine=STEPS)), not the
+    plain prediction's; the summary records the steps; a negative count is one error line."""
+    from flowsdf.reconstruct import reconstruct_image
+
+    out = tmp_path / "out"
+    code, _, err = reconstruct(capsys, pictures / "shape0.png", "--run", shaped_run, "--out", out, "--model", "cnn",
+                               "--resolution", "16", "--format", "ply", "--refine", "3")
+    assert code == 0, err
+    entry = json.loads((out / "summary.json").read_text())["images"][0]
+    assert entry["refine_steps"] == 3
+    pipe = FlowSDF.from_run(shaped_run, "cnn", "cpu")
+    refined = reconstruct_image(pipe, pictures / "shape0.png", resolution=16, refine=3)
+    plain = reconstruct_image(pipe, pictures / "shape0.png", resolution=16)
+    torch.testing.assert_close(refined.codes, pipe(Image.open(pictures / "shape0.png"), refine=3).codes[0])
+    assert not torch.equal(refined.codes, plain.codes)
+    written = load_mesh(out / entry["meshes"][0]["path"])
+    np.testing.assert_allclose(written.vertices, refined.meshes[0].vertices, atol=1e-5)
+    code, _, err = reconstruct(capsys, pictures, "--run", shaped_run, "--out", tmp_path / "bad", "--refine", "-1")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "--refine must be at least 0" in lines[0]
+
+
 def _png_bytes(size: int = 8) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
@@ -161,7 +184,7 @@ def test_example_script_runs_on_a_trained_run(shaped_run, tmp_path):
     root = Path(__file__).resolve().parents[1]
     run = tmp_path / "run"
     shutil.copytree(shaped_run, run)
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])), "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, str(root / "examples" / "reconstruct.py"), str(run),
                           "--samples", "2", "--resolution", "20"],
                          capture_output=True, text=True, env=env, timeout=600)

@@ -37,6 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--steps", type=int, metavar="N", help="Euler steps of the flow (default: the run's, 8)")
     r.add_argument("--seed", type=int, default=0, help="sample k uses seed S + k (default 0)")
     r.add_argument("--resolution", type=int, default=128, metavar="R", help="marching-cubes grid R^3 (default 128)")
+    r.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                   help="fit each code to the picture's silhouette for STEPS Adam steps first (default 0: off). "
+                        "Measured to help models of the view frame (known input camera); for world-frame models "
+                        "the camera is estimated and it did not help (README)")
     r.add_argument("--format", default="glb", choices=FORMATS, help="mesh file format (default glb)")
     r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -49,6 +53,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise FlowSDFError(f"--samples must be at least 1, got {args.samples}")
     if args.steps is not None and args.steps < 1:
         raise FlowSDFError(f"--steps must be at least 1, got {args.steps}")
+    if args.refine < 0:
+        raise FlowSDFError(f"--refine must be at least 0 steps, got {args.refine}")
     if not 8 <= args.resolution <= 512:
         raise FlowSDFError(f"--resolution must be between 8 and 512, got {args.resolution}")
 
@@ -112,7 +118,8 @@ def _write(rec, file: Path, name: str, args: argparse.Namespace) -> dict[str, An
     azimuth, elevation = camera_angles(rec.camera[1].numpy())
     timings = {**rec.timings, "write": time.perf_counter() - start}
     return {
-        "file": str(file), "model": rec.model, "seed": rec.seed, "steps": rec.steps, "samples": len(rec.meshes),
+        "file": str(file), "model": rec.model, "seed": rec.seed, "steps": rec.steps, "refine_steps": rec.refine,
+        "samples": len(rec.meshes),
         "resolution": args.resolution, "meshes": meshes, "uncertainty": uncertainty,
         "preview": preview.name, "camera": {"azimuth_deg": azimuth, "elevation_deg": elevation, "iou": rec.camera_iou},
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
@@ -138,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     for file in tqdm(files, desc="reconstruct", unit="picture", disable=args.quiet):
         try:
             rec = reconstruct_image(pipe, file, samples=args.samples, steps=args.steps, seed=args.seed,
-                                    resolution=args.resolution)
+                                    resolution=args.resolution, refine=args.refine)
         except FlowSDFError as e:
             print(f"flowsdf: error: {e}", file=sys.stderr)
             failures.append({"file": str(file), "error": str(e)})
