@@ -53,3 +53,12 @@ def test_world_frame_leaves_data_alone_and_unknown_frames_fail(data):
     assert frames.apply_frame(data, "world") is data
     with pytest.raises(FlowSDFError, match="unknown frame"):
         frames.apply_frame(data, "object")
+
+
+def test_single_view_frame_problem_names_the_setting_that_cannot_learn_depth():
+    from flowsdf.data.frames import single_view_frame_problem
+
+    assert single_view_frame_problem("world", 1) is None
+    assert single_view_frame_problem("view", 3) is None
+    problem = single_view_frame_problem("view", 1)  # C0 is the only camera training ever sees
+    assert problem is not None and "data.train_views >= 2" in problem
