@@ -45,8 +45,12 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "world-200": (["data.n_train_shapes=200", "stage1.epochs=30"], "world frame, 200 shapes, 2x quick images"),
     "world-1000": (["data.n_train_shapes=1000", "stage1.epochs=12"],
                    "world frame, 1000 shapes x 12 epochs (the `shapes` preset's Stage 1), 4x quick images"),
+    "world-5000": (["data.n_train_shapes=5000", "stage1.epochs=10"],
+                   "world frame, 5000 shapes x 10 epochs, 17x quick images"),
     "world-mv3": (["data.train_views=3", "stage1.all_views=true", "stage1.epochs=60"],
                   "world frame, 3 supervising views per shape, quick's steps"),
+    "world-mv3-200": (["data.n_train_shapes=200", "data.train_views=3", "stage1.all_views=true", "stage1.epochs=20"],
+                      "world frame, 200 shapes x 3 supervising views x 20 epochs (12,000 images, the shapes preset's budget)"),
     "view-200-eik-bg": (VIEW + ["data.n_train_shapes=200", "stage1.epochs=30", "stage1.eikonal_weight=0.1",
                                 "stage1.bg_bound_weight=1.0"], "view frame, 200 shapes, both terms"),
     # Short probes (16 epochs of 50 shapes = 800 image-steps, a quarter of quick's budget) for a
