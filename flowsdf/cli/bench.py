@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from flowsdf.cli.options import add_device
 from flowsdf.errors import FlowSDFError
 
 
@@ -15,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "in float32 / bfloat16, coarse-to-fine search), conditioner + flow latency at "
                                    "batch 1 and 64 for 1/2/4/8 steps, and mesh extraction at 128^3; print a table "
                                    "and optionally write JSON.")
-    b.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    add_device(b)
     b.add_argument("--out", type=Path, metavar="FILE.json", help="write the figures as JSON")
     b.add_argument("--run", type=Path, help="time the training step with this Stage-1 run's weights and config")
     b.add_argument("--batch", type=int, help="training-step batch (default 8, the seed's)")

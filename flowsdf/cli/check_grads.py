@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from flowsdf.cli.options import add_device
 from flowsdf.errors import FlowSDFError
 
 
@@ -15,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("run", type=Path, help="a run folder with a Stage-2 checkpoint")
     g.add_argument("--data", type=Path, help="dataset folder (default: the run's cached dataset)")
     g.add_argument("--batch", type=int, help="images in the batch (default: Phase 2's batch size)")
-    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    add_device(g)
     g.add_argument("--json", action="store_true", help="print the result as JSON")
     g.set_defaults(func=run)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flowsdf.cli.options import add_device
 from flowsdf.errors import FlowSDFError
 from flowsdf.runs import ensure_writable
 
@@ -20,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--mesh-resolution", type=int, default=64, help="marching-cubes grid for 3-D metrics (default 64)")
     e.add_argument("--refine", type=int, default=0, metavar="STEPS",
                    help="fit each predicted code for STEPS steps to the input picture's mask before scoring (default 0)")
-    e.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    add_device(e)
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=run)
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flowsdf.cli.options import add_device
 from flowsdf.errors import FlowSDFError
 from flowsdf.mesh.export import FORMATS
 
@@ -42,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "Measured to help models of the view frame (known input camera); for world-frame models "
                         "the camera is estimated and it did not help (README)")
     r.add_argument("--format", default="glb", choices=FORMATS, help="mesh file format (default glb)")
-    r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    add_device(r)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=run)
 

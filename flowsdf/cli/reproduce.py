@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flowsdf import config as config_mod
 from flowsdf import overrides
+from flowsdf.cli.options import add_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Regenerate the published table and figures; rerun the same command to continue.")
     r.add_argument("--preset", default="quick", help=f"config preset ({presets}); default quick")
     r.add_argument("--out", type=Path, help="run folder (default: runs/reproduce-PRESET)")
-    r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    add_device(r)
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     overrides.add_argument(r)
     r.set_defaults(func=run)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from flowsdf import config as config_mod
 from flowsdf import overrides, runs
+from flowsdf.cli.options import add_device
 from flowsdf.errors import FlowSDFError
 
 STAGES = ("cnn", "flow")
@@ -38,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "Phase 2 with --stage flow); default 0 = silhouette only; ignored with --resume")
     t.add_argument("--until-epoch", type=int, metavar="N",
                    help="stop after epoch N (schedules unchanged); continue later with --resume")
-    t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    add_device(t)
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     overrides.add_argument(t)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flowsdf.cli.options import add_device
 from flowsdf.errors import FlowSDFError
 
 
@@ -18,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     v.add_argument("--data", type=Path, help="dataset folder (default: the run's recorded dataset)")
-    v.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    add_device(v)
     v.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted, in MB (default 10)")
     v.add_argument("--max-samples", type=int, default=8, help="largest K per reconstruction (default 8)")
     v.add_argument("--max-resolution", type=int, default=128,
