@@ -80,6 +80,14 @@ def test_data_command_writes_and_then_reuses_the_cache(capsys, tmp_path):
     assert code == 0 and "wrote" in out and err == ""
 
 
+def test_data_command_takes_overrides_and_refuses_bad_workers(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "data", "--preset", "tiny", "--out", str(tmp_path / "d"), "--quiet",
+                           "--set", "data.n_train_shapes=3")
+    assert code == 0 and "3 training shapes" in out
+    code, _, err = run_cli(capsys, "data", "--preset", "tiny", "--out", str(tmp_path / "e"), "--workers", "0")
+    assert code == 2 and "--workers" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("argv", [["train", "--stage", "cnn"], ["nope"]])
 def test_argparse_errors_exit_nonzero(argv):
     with pytest.raises(SystemExit) as e:

@@ -69,3 +69,14 @@ def test_missing_and_corrupt_datasets_fail_with_one_clear_error(tmp_path, tiny_d
     with pytest.raises(FlowSDFError, match="refusing to overwrite"):
         dataset.ensure(dataset.DataConfig(), tmp_path / "junk")
     assert (tmp_path / "junk" / "keep.txt").read_text() == "mine"
+
+
+def test_workers_render_the_same_files(tmp_path, tiny_cfg, tiny_data_dir):
+    dataset.generate(tiny_cfg.data, tmp_path / "parallel", progress=False, workers=2)
+    for split in dataset.SPLITS:
+        with np.load(tiny_data_dir / f"{split}.npz") as a, np.load(tmp_path / "parallel" / f"{split}.npz") as b:
+            assert sorted(a.files) == sorted(b.files)
+            for k in a.files:
+                assert np.array_equal(a[k], b[k]), k
+    with pytest.raises(FlowSDFError, match="workers"):
+        dataset.generate(tiny_cfg.data, tmp_path / "none", workers=0)

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from flowsdf import config as config_mod
+from flowsdf import overrides
+from flowsdf.errors import FlowSDFError
 from flowsdf.runs import ensure_writable
 
 
@@ -17,23 +19,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", help="dataset folder (default: data_cache/shapes-<config hash>)")
     d.add_argument("--seed", type=int, help="data seed (default: the preset's)")
     d.add_argument("--force", action="store_true", help="regenerate even if the cached dataset is current")
+    d.add_argument("--workers", type=int, default=1,
+                   help="render in this many processes (default 1; the files are the same for any number)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    overrides.add_argument(d)
     d.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from flowsdf.data import dataset
 
+    if args.workers < 1:
+        raise FlowSDFError(f"--workers must be >= 1, got {args.workers}")
     cfg = config_mod.preset(args.preset)
     if args.seed is not None:
         cfg.data.seed = args.seed
+    cfg = overrides.apply(cfg, args.overrides)  # e.g. --set data.n_train_shapes=5000, as `train` takes it
     root = Path(args.out) if args.out else dataset.default_root(cfg.data)
     if dataset.is_current(cfg.data, root) and not args.force:
         print(f"dataset up to date: {root}")
         return 0
     dataset.check_replaceable(root)
     ensure_writable(root)
-    dataset.generate(cfg.data, root, progress=not args.quiet)
+    dataset.generate(cfg.data, root, progress=not args.quiet, workers=args.workers)
     data = dataset.load(root)
     print(f"wrote {root}: {len(data.train)} training shapes x {cfg.data.train_views} view(s), "
           f"{len(data.heldout)} held-out shapes, {cfg.data.novel_views} novel views each, "

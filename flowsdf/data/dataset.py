@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -135,40 +136,67 @@ def _render_view(spec: shapes.Spec, albedo: np.ndarray, K: np.ndarray, c2w: np.n
     return image_u8, hit.view(S, S).numpy().astype(np.uint8), light
 
 
+def _render_shape(job: tuple) -> dict[str, list]:
+    """Every view of one shape in one group: job = (spec, albedo, K, camera positions, cfg)."""
+    spec, albedo, K, positions, cfg = job
+    per = {k: [] for k in VIEW_KEYS}
+    for position in positions:
+        c2w = cameras.look_at(position)
+        img, mask, light = _render_view(spec, albedo, K, c2w, cfg)
+        for key, val in zip(VIEW_KEYS, (img, mask, K, c2w, light)):
+            per[key].append(val)
+    return per
+
+
+def _one_thread() -> None:
+    # Each worker renders one small view at a time: threads inside it would only contend.
+    torch.set_num_threads(1)
+
+
 def _render_split(
-    specs: list[shapes.Spec], rng: np.random.Generator, cfg: DataConfig, desc: str, progress: bool = True
+    specs: list[shapes.Spec], rng: np.random.Generator, cfg: DataConfig, desc: str, progress: bool = True,
+    workers: int = 1,
 ) -> dict:
     K = cameras.intrinsics(cfg.image_size, cfg.fov_deg)
     n, arrays = len(specs), {}
     albedo = rng.uniform(0.35, 1.0, size=(n, 3))
     view_counts = {"input": cfg.train_views if desc == "train" else 1, "novel": cfg.novel_views}
+    # Every random draw happens here, before any rendering: the result does not depend on `workers`.
     positions = {
         group: np.stack([cameras.random_viewpoints(rng, v, cfg.cam_distance) for _ in range(n)])
         for group, v in view_counts.items()
     }
-    with tqdm(total=n * sum(view_counts.values()), desc=f"rendering {desc}", unit="view", leave=False,
-              disable=not progress) as bar:
-        for group, v in view_counts.items():
-            out = {k: [] for k in VIEW_KEYS}
-            for i, spec in enumerate(specs):
-                per = {k: [] for k in VIEW_KEYS}
-                for j in range(v):
-                    c2w = cameras.look_at(positions[group][i, j])
-                    img, mask, light = _render_view(spec, albedo[i], K, c2w, cfg)
-                    for key, val in zip(VIEW_KEYS, (img, mask, K, c2w, light)):
-                        per[key].append(val)
-                    bar.update()
+    pool = None
+    if workers > 1:
+        # spawn, not fork: a forked child inherits torch's thread pools mid-state.
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_one_thread)
+    try:
+        with tqdm(total=n * sum(view_counts.values()), desc=f"rendering {desc}", unit="view", leave=False,
+                  disable=not progress) as bar:
+            for group, v in view_counts.items():
+                jobs = ((specs[i], albedo[i], K, positions[group][i], cfg) for i in range(n))
+                per_shape = pool.imap(_render_shape, jobs, chunksize=16) if pool else map(_render_shape, jobs)
+                out = {k: [] for k in VIEW_KEYS}
+                for per in per_shape:  # in shape order, whatever finished first
+                    for key in VIEW_KEYS:
+                        out[key].append(np.stack(per[key]))
+                    bar.update(v)
                 for key in VIEW_KEYS:
-                    out[key].append(np.stack(per[key]))
-            for key in VIEW_KEYS:
-                arr = np.stack(out[key])
-                arrays[f"{group}_{key}"] = arr if arr.dtype == np.uint8 else arr.astype(np.float32)
+                    arr = np.stack(out[key])
+                    arrays[f"{group}_{key}"] = arr if arr.dtype == np.uint8 else arr.astype(np.float32)
+    finally:
+        if pool is not None:
+            pool.terminate()
     arrays["albedo"] = albedo.astype(np.float32)
     return arrays
 
 
-def generate(cfg: DataConfig, root: Path, progress: bool = True) -> None:
-    """Render the whole dataset into `root` (replacing it atomically); `progress` shows a bar."""
+def generate(cfg: DataConfig, root: Path, progress: bool = True, workers: int = 1) -> None:
+    """Render the whole dataset into `root` (replacing it atomically); `progress` shows a bar.
+
+    `workers` > 1 renders shapes in that many processes; the files are the same either way."""
+    if workers < 1:
+        raise FlowSDFError(f"workers must be >= 1, got {workers}")
     streams = np.random.SeedSequence(cfg.seed).spawn(4)
     specs = {
         "train": shapes.random_shapes(cfg.n_train_shapes, int(streams[0].generate_state(1)[0]), cfg.csg_fraction),
@@ -187,7 +215,7 @@ def generate(cfg: DataConfig, root: Path, progress: bool = True) -> None:
         raise FlowSDFError(f"cannot write the dataset to {root}: {e.strerror or e}") from e
     try:
         for split, stream in zip(SPLITS, streams[2:]):
-            arrays = _render_split(specs[split], np.random.default_rng(stream), cfg, split, progress)
+            arrays = _render_split(specs[split], np.random.default_rng(stream), cfg, split, progress, workers)
             np.savez_compressed(tmp / f"{split}.npz", **arrays)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a dataset is meant to be shared
@@ -209,12 +237,12 @@ def is_current(cfg: DataConfig, root: Path) -> bool:
         return False
 
 
-def ensure(cfg: DataConfig, root: Path, progress: bool = True) -> Dataset:
+def ensure(cfg: DataConfig, root: Path, progress: bool = True, workers: int = 1) -> Dataset:
     """Load the dataset at `root`, generating it first if missing or made from another config."""
     root = Path(root)
     if not is_current(cfg, root):
         check_replaceable(root)
-        generate(cfg, root, progress)
+        generate(cfg, root, progress, workers)
     return load(root)
 
 
