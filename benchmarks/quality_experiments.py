@@ -124,6 +124,11 @@ def device_label(device: str) -> str:
     return f"CPU, {torch.get_num_threads()} threads"
 
 
+def fmt(value: float | None, spec: str) -> str:
+    """A table cell: the number, or a dash where there is none (an empty mesh has no Chamfer distance)."""
+    return "-" if value is None else format(value, spec)
+
+
 def markdown(rows: list[dict]) -> str:
     """One row per variant; then, for view-frame variants, the same held-out figures after refinement."""
     lines = [
@@ -134,7 +139,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['what']} | {r['train_iou']:.3f} | {r['novel_iou']:.3f} | {r['heldout_input_iou']:.3f} / "
-            f"{r['heldout_novel_iou']:.3f} | {r['heldout_3d_iou']:.3f} | {r['heldout_chamfer']:.4f} | "
+            f"{r['heldout_novel_iou']:.3f} | {r['heldout_3d_iou']:.3f} | {fmt(r['heldout_chamfer'], '.4f')} | "
             f"{r['heldout_fscore']:.3f} | {r['training_seconds'] / 60:.1f} min ({r['images_per_s_median']:.2f}) |"
         )
     refined = [r for r in rows if r.get("refined")]
@@ -144,7 +149,7 @@ def markdown(rows: list[dict]) -> str:
         for r in refined:
             f = r["refined"]
             lines.append(f"| {r['variant']} | {f['steps']} | {f['heldout_input_iou']:.3f} / {f['heldout_novel_iou']:.3f} | "
-                         f"{f['heldout_3d_iou']:.3f} | {f['heldout_chamfer']:.4f} | {f['heldout_fscore']:.3f} |")
+                         f"{f['heldout_3d_iou']:.3f} | {fmt(f['heldout_chamfer'], '.4f')} | {f['heldout_fscore']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
