@@ -115,6 +115,7 @@ PROBES = {
     "g-world-10k": (GPU, "GPU: world frame, 10000 shapes x 10 epochs, batch 32"),
     "pose-mv3-1000": (MV3, "world frame + input pose, 1000 shapes x 3 supervising views x 8 epochs"),
     "world-mv3-1000": (MV3, "world frame, 1000 shapes x 3 supervising views x 8 epochs"),
+    "view-mv3-1000": (["frame=view", *MV3], "view frame (the camera known by construction), 1000 shapes x 3 supervising views x 8 epochs"),
     "t-pose": (["data.n_train_shapes=60", "stage1.epochs=1", "stage1.batch_size=32"], "dry run"),
     "t-world": (["data.n_train_shapes=60", "stage1.epochs=1", "stage1.batch_size=32"], "dry run"),
 }
