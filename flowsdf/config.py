@@ -223,6 +223,24 @@ def shapes_preset() -> Config:
     return cfg
 
 
+def views_preset() -> Config:
+    """The best recipe measured (README, "Giving the encoder its camera"): the view frame, so the
+    input camera is known by construction (in the world frame no single-picture method can expect
+    more than ~0.73 held-out 3-D IoU on this dataset), and three supervising views per training
+    shape, so depth is constrained. Stage 1 is the `view-mv3-1000` probe: 12 min on a shared 2-core
+    CPU, held-out IoU 0.893 input (0.938 with 20 refinement steps) / 0.810 novel, 3-D IoU 0.701.
+    The whole reproduction has not been run."""
+    cfg = quick_preset()
+    cfg.preset = "views"
+    cfg.frame = "view"
+    cfg.data.n_train_shapes = 1000
+    cfg.data.train_views = 3
+    cfg.stage1 = TrainConfig(epochs=8, batch_size=8, lr=1e-3, figure_every=4, all_views=True)
+    cfg.phase2 = TrainConfig(epochs=2, batch_size=8, lr=2e-4, warmup_steps=35, tau_start=0.01, tau_end=0.01, figure_every=1,
+                             all_views=True)
+    return cfg
+
+
 def tiny_preset() -> Config:
     """Seconds on a CPU, for tests: a handful of small shapes, 16x16, 12 samples."""
     cfg = Config(preset="tiny")
@@ -238,7 +256,7 @@ def tiny_preset() -> Config:
     return cfg
 
 
-PRESETS = {"seed": seed_preset, "quick": quick_preset, "shapes": shapes_preset, "tiny": tiny_preset}
+PRESETS = {"seed": seed_preset, "quick": quick_preset, "shapes": shapes_preset, "views": views_preset, "tiny": tiny_preset}
 
 
 def preset(name: str) -> Config:

@@ -55,10 +55,22 @@ def test_world_frame_leaves_data_alone_and_unknown_frames_fail(data):
         frames.apply_frame(data, "object")
 
 
-def test_single_view_frame_problem_names_the_setting_that_cannot_learn_depth():
-    from flowsdf.data.frames import single_view_frame_problem
+def test_view_frame_problem_names_the_settings_that_cannot_learn_depth():
+    from flowsdf.data.frames import view_frame_problem
 
-    assert single_view_frame_problem("world", 1) is None
-    assert single_view_frame_problem("view", 3) is None
-    problem = single_view_frame_problem("view", 1)  # C0 is the only camera training ever sees
+    assert view_frame_problem("world", 1, False) is None
+    assert view_frame_problem("view", 3, True) is None
+    problem = view_frame_problem("view", 1, True)  # C0 is the only camera training ever sees
     assert problem is not None and "data.train_views >= 2" in problem
+    problem = view_frame_problem("view", 3, False)  # samples from the other views' pictures
+    assert problem is not None and "all_views=true" in problem
+
+
+def test_the_views_preset_is_a_view_frame_setting_that_learns_depth():
+    from flowsdf import config as config_mod
+    from flowsdf.data.frames import view_frame_problem
+
+    cfg = config_mod.preset("views")
+    assert cfg.frame == "view" and cfg.data.train_views >= 2
+    for phase in (cfg.stage1, cfg.phase2):
+        assert view_frame_problem(cfg.frame, cfg.data.train_views, phase.all_views) is None

@@ -81,19 +81,27 @@ def to_view_frame(split: ShapeSplit, distance: float) -> ShapeSplit:
     return ShapeSplit(specs, split.albedo, _turn_views(split.input, T), _turn_views(split.novel, T))
 
 
-def single_view_frame_problem(frame: str, train_views: int) -> str | None:
+def view_frame_problem(frame: str, train_views: int, all_views: bool) -> str | None:
     """Why a view-frame training setting will not learn depth, or None when it can.
 
     In the view frame, with one training view per shape every training picture and silhouette is
     seen from C0, so nothing constrains a shape along C0's axis: measured (quick resolution,
     README) held-out novel-view IoU 0.395 against 0.765 in the world frame. Several views per
-    shape bring back the missing directions (measured with stage1.all_views: 0.690).
+    shape bring back the missing directions (measured with stage1.all_views: 0.690) — but only as
+    `all_views` supervision: the frame is the shape's first view's, so a code predicted from
+    another view's picture (one sample per view) would have to guess where that camera stands,
+    the very ambiguity the view frame removes.
     """
-    if frame != "view" or train_views >= 2:
+    if frame != "view":
         return None
-    return ("frame=view with one training view per shape leaves every shape unconstrained along the "
-            "input camera's axis (measured: held-out novel-view IoU 0.395 vs 0.765 in the world frame); "
-            "use data.train_views >= 2 (measured with stage1.all_views=true) or frame=world")
+    if train_views < 2:
+        return ("frame=view with one training view per shape leaves every shape unconstrained along the "
+                "input camera's axis (measured: held-out novel-view IoU 0.395 vs 0.765 in the world frame); "
+                "use data.train_views >= 2 with all_views=true, or frame=world")
+    if not all_views:
+        return ("frame=view with several views per shape needs all_views=true: the frame is each shape's "
+                "first view's, and a code predicted from another view's picture cannot know where that camera stands")
+    return None
 
 
 def apply_frame(data: Dataset, frame: str) -> Dataset:

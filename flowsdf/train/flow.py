@@ -14,8 +14,9 @@ from flowsdf import checkpoint, runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.config import Config
 from flowsdf.data.dataset import Dataset
+from flowsdf.data.frames import view_frame_problem
 from flowsdf.device import pick_device
-from flowsdf.errors import FlowSDFError
+from flowsdf.errors import FlowSDFError, warn
 from flowsdf.eval.figures import flow_strip
 from flowsdf.eval.views import (
     evaluate_views,
@@ -100,6 +101,9 @@ def train_flow(
     with distributed.main_first():
         data = run_data(cfg, run_dir, data_dir, (init_dir,), progress).to(dev)
     check_rgb(cfg.phase2, data)
+    problem = view_frame_problem(cfg.frame, cfg.data.train_views, cfg.phase2.all_views)
+    if problem and distributed.is_main():
+        warn(problem)
     if distributed.is_main():
         runs.begin(run_dir, cfg, "phase2")
         runs.record_data(run_dir, data.root, cfg.data.hash())

@@ -12,7 +12,7 @@ from flowsdf import runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.config import Config
 from flowsdf.data.dataset import Dataset
-from flowsdf.data.frames import single_view_frame_problem
+from flowsdf.data.frames import view_frame_problem
 from flowsdf.device import pick_device
 from flowsdf.errors import warn
 from flowsdf.eval.timing import device_name
@@ -51,7 +51,7 @@ def train_stage1(
             cfg = dataclasses.replace(cfg, data=data.config)  # the run records the data it really used
     cfg, resume = runs.prepare(run_dir, cfg, "stage1", resume)
     check_rgb(cfg.stage1, data)
-    problem = single_view_frame_problem(cfg.frame, cfg.data.train_views)
+    problem = view_frame_problem(cfg.frame, cfg.data.train_views, cfg.stage1.all_views)
     if problem and distributed.is_main():
         warn(problem)
     data = data.to(dev)
