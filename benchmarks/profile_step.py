@@ -15,16 +15,13 @@ import time
 import torch
 from torch.nn import functional as F
 
+from flowsdf.build import build_stage1
 from flowsdf.config import preset
-from flowsdf.data.cameras import camera_rays
-from flowsdf.eval.bench import _train_inputs
-from flowsdf.models.build import build_stage1
-from flowsdf.render.silhouette import (
-    best_depths,
-    sample_depths,
-    silhouette_logits,
-    sphere_interval,
-)
+from flowsdf.render.cameras import camera_rays
+from flowsdf.render.rays import MISS_SDF, sphere_rays
+from flowsdf.render.search import search_rays
+from flowsdf.render.silhouette import silhouette_logits
+from flowsdf.speed.bench import _train_inputs
 
 
 def main() -> None:
@@ -51,14 +48,10 @@ def main() -> None:
             codes = encoder(images)  # (B, D)
             t["encoder fwd"] = time.perf_counter()
             field = decoder.field(codes)
-            hit, t_near, t_far, _ = sphere_interval(o_all, d_all, rc.bound_radius)
-            item = torch.arange(B)[:, None].expand(B, R)[hit]
-            o, d = o_all[hit], d_all[hit]
-            ts = sample_depths(t_near[hit], t_far[hit], rc.n_samples)
-            best = best_depths(field, o, d, item, ts, rc, 0.01)
+            rays = sphere_rays(o_all, d_all, rc)
+            best = search_rays(field, rays, rc, 0.01).best
             t["search (no grad)"] = time.perf_counter()
-            ray_min = field(o + best[:, None] * d, item)
-            min_sdf = torch.full((B, R), 1.0).index_put((hit,), ray_min)
+            min_sdf = rays.image(field(rays.at(best), rays.item), MISS_SDF)
             loss = F.binary_cross_entropy_with_logits(silhouette_logits(min_sdf, 0.01), masks.reshape(B, -1))
             t["grad pass fwd"] = time.perf_counter()
             opt.zero_grad(set_to_none=True)

@@ -24,9 +24,9 @@ import torch
 from flowsdf import overrides, runs
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.config import quick_preset
-from flowsdf.eval.run import refined_predictor
-from flowsdf.eval.shapes3d import evaluate_shapes
-from flowsdf.eval.views import evaluate_views, predict_codes
+from flowsdf.evaluate import refined_predictor
+from flowsdf.metrics.shapes import evaluate_shapes
+from flowsdf.metrics.views import evaluate_views, predict_codes
 from flowsdf.pipeline import FlowSDF
 from flowsdf.train.stage1 import train_stage1
 
@@ -35,9 +35,9 @@ VIEW = ["frame=view"]
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "world-50": ([], "quick Stage 1 as it is (world frame)"),
     "view-50": (VIEW, "view frame"),
-    "view-50-eik": (VIEW + ["stage1.eikonal_weight=0.1"], "view frame + eikonal term"),
-    "view-50-bg": (VIEW + ["stage1.bg_bound_weight=1.0"], "view frame + background lower bound"),
-    "view-50-eik-bg": (VIEW + ["stage1.eikonal_weight=0.1", "stage1.bg_bound_weight=1.0"], "view frame + both"),
+    "view-50-eik": (VIEW + ["stage1.sdfsrn.eikonal_weight=0.1"], "view frame + eikonal term"),
+    "view-50-bg": (VIEW + ["stage1.sdfsrn.bg_bound_weight=1.0"], "view frame + background lower bound"),
+    "view-50-eik-bg": (VIEW + ["stage1.sdfsrn.eikonal_weight=0.1", "stage1.sdfsrn.bg_bound_weight=1.0"], "view frame + both"),
     # Data scale at (about) the quick image budget per shape count: epochs shrink as shapes grow.
     "view-200": (VIEW + ["data.n_train_shapes=200", "stage1.epochs=30"], "view frame, 200 shapes, 2x quick images"),
     "view-1000": (VIEW + ["data.n_train_shapes=1000", "stage1.epochs=8"], "view frame, 1000 shapes, 2.7x quick images"),
@@ -51,15 +51,15 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
                   "world frame, 3 supervising views per shape, quick's steps"),
     "world-mv3-200": (["data.n_train_shapes=200", "data.train_views=3", "stage1.all_views=true", "stage1.epochs=20"],
                       "world frame, 200 shapes x 3 supervising views x 20 epochs (12,000 images, the shapes preset's budget)"),
-    "view-200-eik-bg": (VIEW + ["data.n_train_shapes=200", "stage1.epochs=30", "stage1.eikonal_weight=0.1",
-                                "stage1.bg_bound_weight=1.0"], "view frame, 200 shapes, both terms"),
+    "view-200-eik-bg": (VIEW + ["data.n_train_shapes=200", "stage1.epochs=30", "stage1.sdfsrn.eikonal_weight=0.1",
+                                "stage1.sdfsrn.bg_bound_weight=1.0"], "view frame, 200 shapes, both terms"),
     # Short probes (16 epochs of 50 shapes = 800 image-steps, a quarter of quick's budget) for a
     # loaded 2-core CPU; the same comparisons at equal budget.
     "p-world": (["stage1.epochs=16"], "probe: world frame"),
     "p-view": (VIEW + ["stage1.epochs=16"], "probe: view frame"),
-    "p-view-eik": (VIEW + ["stage1.epochs=16", "stage1.eikonal_weight=0.1"], "probe: view + eikonal"),
-    "p-view-bg": (VIEW + ["stage1.epochs=16", "stage1.bg_bound_weight=1.0"], "probe: view + background bound"),
-    "p-view-eik-bg": (VIEW + ["stage1.epochs=16", "stage1.eikonal_weight=0.1", "stage1.bg_bound_weight=1.0"],
+    "p-view-eik": (VIEW + ["stage1.epochs=16", "stage1.sdfsrn.eikonal_weight=0.1"], "probe: view + eikonal"),
+    "p-view-bg": (VIEW + ["stage1.epochs=16", "stage1.sdfsrn.bg_bound_weight=1.0"], "probe: view + background bound"),
+    "p-view-eik-bg": (VIEW + ["stage1.epochs=16", "stage1.sdfsrn.eikonal_weight=0.1", "stage1.sdfsrn.bg_bound_weight=1.0"],
                       "probe: view + eikonal + background bound"),
     "p-view-200": (VIEW + ["data.n_train_shapes=200", "stage1.epochs=4"], "probe: view, 200 shapes (same 800 images)"),
     # Multi-view supervision: 3 training views per shape, the code from the first one supervised by
@@ -70,10 +70,10 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
                     "probe: world frame, 3 supervising views per shape"),
     "p-world-mv3-e16": (["data.train_views=3", "stage1.all_views=true", "stage1.epochs=16"],
                         "probe: world frame, 3 supervising views per shape, the probes' 112 steps (2,400 images)"),
-    "p-world-eik-bg": (["stage1.epochs=16", "stage1.eikonal_weight=0.1", "stage1.bg_bound_weight=1.0"],
+    "p-world-eik-bg": (["stage1.epochs=16", "stage1.sdfsrn.eikonal_weight=0.1", "stage1.sdfsrn.bg_bound_weight=1.0"],
                        "probe: world + eikonal + background bound"),
-    "p-world-eik": (["stage1.epochs=16", "stage1.eikonal_weight=0.1"], "probe: world + eikonal"),
-    "p-world-bg": (["stage1.epochs=16", "stage1.bg_bound_weight=1.0"], "probe: world + background bound"),
+    "p-world-eik": (["stage1.epochs=16", "stage1.sdfsrn.eikonal_weight=0.1"], "probe: world + eikonal"),
+    "p-world-bg": (["stage1.epochs=16", "stage1.sdfsrn.bg_bound_weight=1.0"], "probe: world + background bound"),
     "p-world-200": (["data.n_train_shapes=200", "stage1.epochs=4"], "probe: world, 200 shapes (same 800 images)"),
 }
 
@@ -176,7 +176,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("outputs/quality"))
     p.add_argument("--only", nargs="+", help="variants to run, in this order (default: all)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--refine", type=int, default=20, help="refinement steps also scored (world frame: from the camera estimate_camera finds; 0: off)")
+    p.add_argument("--refine", type=int, default=20, help="refinement steps also scored (world frame: from the searched camera, FlowSDF.input_camera; 0: off)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (training and evaluation)")
     p.add_argument("--list", action="store_true")
     p.add_argument("--collect", action="store_true", help="only rebuild results.json / results.md")

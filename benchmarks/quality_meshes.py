@@ -15,9 +15,9 @@ import torch
 
 from flowsdf import runs
 from flowsdf.data import shapes
-from flowsdf.eval.figures import mesh_gallery
-from flowsdf.eval.shapes3d import gt_field
+from flowsdf.figures.plots import mesh_gallery
 from flowsdf.mesh.extract import extract_mesh
+from flowsdf.metrics.shapes import gt_field
 from flowsdf.pipeline import FlowSDF
 
 

@@ -17,13 +17,14 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize
 
 from flowsdf import runs
-from flowsdf.eval.figures import save_figure
-from flowsdf.eval.shapes3d import gt_field
+from flowsdf.figures.plots import save_figure
+from flowsdf.figures.preview import camera_angles, draw_mesh
 from flowsdf.mesh.export import to_trimesh
 from flowsdf.mesh.extract import extract_mesh_coarse_to_fine
-from flowsdf.mesh.preview import camera_angles, draw_mesh
+from flowsdf.mesh.uncertainty import CMAP
+from flowsdf.metrics.shapes import gt_field
 from flowsdf.pipeline import FlowSDF
-from flowsdf.reconstruct import UNCERTAINTY_CMAP, reconstruct_image
+from flowsdf.reconstruct import reconstruct_image
 
 
 def main() -> None:
@@ -55,7 +56,7 @@ def main() -> None:
                 ax.set_title(title, fontsize=8)
         if r == 0:
             fig.axes[0].set_title("input (held out)", fontsize=8)
-        bar = plt.cm.ScalarMappable(norm=Normalize(0.0, rec.std_max), cmap=colormaps[UNCERTAINTY_CMAP])
+        bar = plt.cm.ScalarMappable(norm=Normalize(0.0, rec.std_max), cmap=colormaps[CMAP])
         cb = fig.colorbar(bar, ax=fig.axes[-1], fraction=0.05, pad=0.0)
         cb.ax.tick_params(labelsize=6)
     fig.suptitle("flowsdf reconstruct: held-out pictures -> meshes (std of the samples' SDF as colour)", fontsize=8)

@@ -24,12 +24,14 @@ import numpy as np
 import torch
 
 from flowsdf import checkpoint, runs
-from flowsdf.data import cameras, shapes
-from flowsdf.data.cameras import camera_rays
+from flowsdf.build import build_stage1
+from flowsdf.data import shapes
 from flowsdf.data.dataset import Views
-from flowsdf.eval.search_error import search_agreement
-from flowsdf.models.build import build_stage1
-from flowsdf.render.silhouette import RenderConfig, render_views
+from flowsdf.render import cameras
+from flowsdf.render.cameras import camera_rays
+from flowsdf.render.rays import RenderConfig
+from flowsdf.render.silhouette import render_views
+from flowsdf.speed.search_error import search_agreement
 from flowsdf.train.loop import flatten_views
 
 
@@ -95,10 +97,10 @@ def main() -> None:
     grid = [(int(s), float(m), float(k)) for s in args.strides.split(",") for m in args.margins.split(",")
             for k in args.refine_taus.split(",")]
     for stride, margin, k_tau in grid:
-        cfg = dataclasses.replace(render, search="coarse", coarse_stride=stride, refine_margin=margin, refine_tau=k_tau)
+        cfg = dataclasses.replace(render, search="coarse", coarse_stride=stride, fine_margin=margin, fine_tau=k_tau)
         t0 = time.perf_counter()
         r = search_agreement(field, origins, dirs, masks, cfg, tau, params)
-        r.update(stride=stride, margin=margin, refine_tau=k_tau, seconds=time.perf_counter() - t0)
+        r.update(stride=stride, margin=margin, fine_tau=k_tau, seconds=time.perf_counter() - t0)
         rows.append(r)
         print(f"{stride:6d} {margin:6g} {k_tau:5g} | {r['refined_share']:.3f} | {r['same_argmin']:.4f} / {r['same_argmin_near_surface']:.4f} | "
               f"{r['min_sdf_err_over_tau_mean']:.4f} {r['min_sdf_err_over_tau_p99']:.3f} "

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from flowsdf import config, runs
 from flowsdf.data import dataset, shapes
-from flowsdf.eval.run import load_models
-from flowsdf.eval.views import predict_codes, render_group
+from flowsdf.loading import finished_models
+from flowsdf.metrics.views import predict_codes, render_group
+from flowsdf.pipeline import FlowSDF
 from flowsdf.render.silhouette import render_views, silhouette_logits
 from flowsdf.runs import run_data
 
@@ -40,9 +41,10 @@ def trained_min_sdf(run_dir: Path) -> tuple[dict[str, torch.Tensor], torch.Tenso
     cfg = runs.read_config(run_dir)
     split = run_data(cfg, run_dir, None).train
     out = {}
-    for name, model in load_models(run_dir, cfg, torch.device("cpu")).items():
-        codes = predict_codes(model["predict"], split, seed=cfg.seed)  # (N, D)
-        logits = render_group(model["decoder"], codes, split.input, cfg.render, tau=1.0)  # (N, V, H, W)
+    for name, trained in finished_models(run_dir, torch.device("cpu")).items():
+        model = FlowSDF(trained)
+        codes = predict_codes(model.predictor(), split, seed=cfg.seed)  # (N, *latent)
+        logits = render_group(model.decoder, codes, split.input, cfg.render, tau=1.0)  # (N, V, H, W)
         out[name] = -logits[:, 0]  # at tau 1 the logit is -min_sdf
     return out, split.input.masks[:, 0]
 

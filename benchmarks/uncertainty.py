@@ -3,7 +3,7 @@
 For each held-out picture of a run's dataset: K flow samples (seeds 0..K-1), the mesh of their
 mean code (coarse-to-fine, --resolution), the per-vertex std of the K decoded fields at its vertices
 (flowsdf.mesh.uncertainty), and the vertex's error: its distance to the true surface, |analytic sdf|
-at the vertex (flowsdf.eval.shapes3d.gt_field; the codes live in the dataset's world frame, as the
+at the vertex (flowsdf.metrics.shapes.gt_field; the codes live in the dataset's world frame, as the
 shapes do). Reported per shape and as a mean: the Spearman rank correlation between std and error;
 as a trivial baseline, the correlation between the vertex's distance from the origin and the error
 (an uncertainty that only says "far out is harder" would match it); the spread of the samples
@@ -26,11 +26,11 @@ import torch
 from scipy.stats import spearmanr
 
 from flowsdf import runs
-from flowsdf.eval.shapes3d import gt_field
-from flowsdf.eval.timing import device_name
+from flowsdf.device import device_name
 from flowsdf.flow import sample_latents
 from flowsdf.mesh.extract import extract_mesh_coarse_to_fine
 from flowsdf.mesh.uncertainty import field_values, vertex_std
+from flowsdf.metrics.shapes import gt_field
 from flowsdf.pipeline import FlowSDF
 
 

@@ -12,7 +12,7 @@ For each held-out shape this script samples K such rotations, forms the occupanc
 p(x) = mean_k [M_k S](x) < 0, predicts the set {p > t}, and scores its expected IoU against fresh
 draws of M (the truth is one of them): the best any world-frame prediction can expect, up to the
 choice of set (superlevel sets of p are the natural candidates). The IoU is the evaluation's:
-the same Monte Carlo points in [-1, 1]^3 (`flowsdf.eval.metrics.volumetric_iou`'s seed).
+the same Monte Carlo points in [-1, 1]^3 (`flowsdf.metrics.volumetric_iou`'s seed).
 
     PYTHONPATH=$PWD python benchmarks/world_frame_bound.py [--preset quick] [--k 128]
 """
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from flowsdf import config as config_mod
-from flowsdf.data import cameras, dataset, shapes
+from flowsdf.data import dataset, shapes
+from flowsdf.render import cameras
 
 THRESHOLDS = torch.linspace(0.05, 0.95, 19)
 

@@ -9,21 +9,45 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import types
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from flowsdf.data.dataset import DataConfig
+from flowsdf.data.frames import FRAMES
 from flowsdf.errors import FlowSDFError
 from flowsdf.flow import FlowConfig
 from flowsdf.models.conditioner import ConditionerConfig
 from flowsdf.models.encoder import EncoderConfig
 from flowsdf.models.sdf import DecoderConfig
 from flowsdf.models.velocity import VelocityConfig
-from flowsdf.render.silhouette import RenderConfig
+from flowsdf.render.rays import RenderConfig
+from flowsdf.schema import (
+    ANY_BOOL,
+    COUNT,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    Rule,
+    build,
+    int_range,
+    one_of,
+)
+
+
+@dataclass
+class SDFSRNTerms:
+    """SDF-SRN's training signals beyond the silhouette BCE (flowsdf.train.losses), each off at
+    weight 0. Measured on held-out shapes (docs/experiments.md): no effect at 25 % more time per
+    image, so every preset leaves them off; they stay for experiments."""
+
+    eikonal_weight: float = 0.0  # (|grad f| - 1)^2 at random points in the bounding sphere
+    eikonal_points: int = 256  # per code and step
+    bg_bound_weight: float = 0.0  # L1 violation of the background rays' SDF lower bound
+    bg_bound_rays: int = 128  # background rays per view and step
+    bg_bound_depths: int = 4  # random depths per ray
+
+    RULES = {"eikonal_weight": NON_NEGATIVE, "eikonal_points": int_range(1, 1_000_000), "bg_bound_weight": NON_NEGATIVE,
+             "bg_bound_rays": int_range(1, 1_000_000), "bg_bound_depths": int_range(1, 1024)}
 
 
 @dataclass
@@ -43,22 +67,27 @@ class TrainConfig:
     tau_end: float = 0.01  # ... to this by the last epoch
     grad_clip: float = 1.0  # max global gradient norm (0 = off)
     # Per-step decay of an exponential moving average of the weights; the average is the model
-    # the phase keeps (its checkpoint, figures and summary). 0 = off: the last weights.
+    # the phase keeps (its checkpoint, figures and summary). 0 = off: the last weights. Measured on
+    # the seed's Phase 2: it ends where the plain recipe does (docs/experiments.md).
     ema_decay: float = 0.0
     # Stage 3: weight of the shaded-RGB L1 inside the mask beside the silhouette BCE (train/rgb.py);
     # 0 = silhouette only, exactly as before (no albedo head, no shading).
     rgb_weight: float = 0.0
     figure_every: int = 25  # epochs between prediction-grid figures (always at the end too)
     figure_shapes: int = 6  # shapes shown in each figure
-    # Extra training signals (flowsdf.train.losses), each off at weight 0 as in the seed.
-    eikonal_weight: float = 0.0  # (|grad f| - 1)^2 at random points in the bounding sphere
-    eikonal_points: int = 256  # per code and step
-    bg_bound_weight: float = 0.0  # L1 violation of the background rays' SDF lower bound
-    bg_bound_rays: int = 128  # background rays per view and step
-    bg_bound_depths: int = 4  # random depths per ray
     # Each training shape's code, predicted from its first input view, is supervised by the
     # silhouettes of all its training views (data.train_views) instead of each view being a sample.
     all_views: bool = False
+    sdfsrn: SDFSRNTerms = field(default_factory=SDFSRNTerms)
+
+    RULES = {
+        "epochs": int_range(1, 1_000_000), "batch_size": int_range(1, 65_536), "lr": POSITIVE,
+        "lr_final_fraction": FRACTION, "warmup_steps": COUNT,
+        "lr_scale": Rule("a map of module names to numbers >= 0", lambda v: all(x >= 0 for x in v.values())),
+        "tau_start": POSITIVE, "tau_end": POSITIVE, "grad_clip": NON_NEGATIVE,
+        "ema_decay": Rule("a number in [0, 1)", lambda v: 0 <= v < 1), "rgb_weight": NON_NEGATIVE,
+        "figure_every": int_range(1, 1_000_000), "figure_shapes": int_range(1, 64), "all_views": ANY_BOOL,
+    }
 
 
 @dataclass
@@ -69,6 +98,33 @@ class DistillConfig:
     batch_size: int = 50  # the seed's whole training set per step
     lr: float = 3e-4
     ablation: bool = True  # also distil a flow without noise scaling, to measure the collapse
+
+    RULES = {"iterations": int_range(1, 10_000_000), "batch_size": int_range(1, 65_536), "lr": POSITIVE,
+             "ablation": ANY_BOOL}
+
+
+@dataclass
+class Stage3Config:
+    """Stage 3 of `flowsdf reproduce`: Phase 2 again with shaded RGB beside the silhouettes."""
+
+    rgb_weight: float = 1.0  # weight of the RGB L1 (chosen once, docs/experiments.md: not tuned)
+    # The albedo head is the one new part of that phase, whose other parts are trained: it gets
+    # this multiple of the phase's lr (at 1x it stays grey for the whole short phase).
+    albedo_lr_scale: float = 100.0
+
+    RULES = {"rgb_weight": NON_NEGATIVE, "albedo_lr_scale": NON_NEGATIVE}
+
+
+@dataclass
+class EvalConfig:
+    """How `flowsdf eval` and `flowsdf reproduce` score a run."""
+
+    mesh_resolution: int = 64  # marching-cubes grid of the 3-D metrics (Chamfer, F-score)
+    # Training shapes scored in 3-D (the first N; 0 = all): each takes ~0.5 s on a 2-core CPU,
+    # so a preset with thousands of shapes scores a subset; held-out shapes are always all scored.
+    train_shapes: int = 0
+
+    RULES = {"mesh_resolution": int_range(8, 512), "train_shapes": COUNT}
 
 
 @dataclass
@@ -89,72 +145,14 @@ class Config:
     phase1: DistillConfig = field(default_factory=DistillConfig)
     # Phase 2 continues at Stage 1's final temperature. Every part starts trained, and the flow
     # does not tolerate much: at lr 1e-4 the seed loss climbs from 0.014 to 0.08 within 10 epochs,
-    # so a short warm-up (5 epochs of the seed) leads to a peak of 5e-5 (README, "Measured so far").
+    # so a short warm-up (5 epochs of the seed) leads to a peak of 5e-5 (docs/experiments.md).
     phase2: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=200, lr=5e-5, warmup_steps=35, tau_start=0.01, tau_end=0.01)
     )
+    stage3: Stage3Config = field(default_factory=Stage3Config)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
-
-# --- What a valid config is ---------------------------------------------------------------------
-# Every field's type comes from its annotation; its range from this table, one rule per field, so
-# that a config.json or a --set override with an impossible value is refused by one line naming
-# the field instead of failing later, deep inside torch.
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A field's allowed values: `ok(value)` on a value of the right type; `text` says it in words."""
-
-    text: str  # completes "config: render.n_samples must be ..."
-    ok: Callable[[Any], bool]
-
-
-POSITIVE_INT = Rule("a positive integer", lambda v: v >= 1)
-COUNT = Rule("an integer >= 0", lambda v: v >= 0)
-POSITIVE = Rule("a positive number", lambda v: v > 0)
-NON_NEGATIVE = Rule("a number >= 0", lambda v: v >= 0)
-FRACTION = Rule("a number in [0, 1]", lambda v: 0 <= v <= 1)
-ANY_BOOL = Rule("true or false", lambda v: True)
-CHANNELS = Rule("a non-empty list of positive integers", lambda v: len(v) > 0 and all(c >= 1 for c in v))
-EVEN = Rule("an even integer >= 2", lambda v: v >= 2 and v % 2 == 0)
-
-RULES: dict[type, dict[str, Rule]] = {
-    Config: {"preset": Rule("a preset name", lambda v: v in PRESETS), "seed": COUNT,
-             "frame": Rule("'world' or 'view'", lambda v: v in ("world", "view"))},
-    DataConfig: {
-        "n_train_shapes": POSITIVE_INT, "n_heldout_shapes": POSITIVE_INT, "train_views": POSITIVE_INT,
-        "novel_views": POSITIVE_INT, "image_size": POSITIVE_INT, "fov_deg": Rule("a number in (0, 180)", lambda v: 0 < v < 180),
-        # Cameras must see the whole bounding sphere (radius <= 0.9) from outside it.
-        "cam_distance": Rule("a number > 1", lambda v: v > 1), "ambient": FRACTION, "csg_fraction": FRACTION,
-        "gt_samples": Rule("an integer >= 2", lambda v: v >= 2), "seed": COUNT,
-    },
-    RenderConfig: {
-        "n_samples": POSITIVE_INT, "bound_radius": POSITIVE, "chunk_points": POSITIVE_INT,
-        "search_dtype": Rule("'float32' or 'bfloat16'", lambda v: v in ("float32", "bfloat16")), "naive": ANY_BOOL,
-        "search": Rule("'exhaustive' or 'coarse'", lambda v: v in ("exhaustive", "coarse")),
-        "coarse_stride": POSITIVE_INT, "refine_margin": NON_NEGATIVE, "refine_tau": NON_NEGATIVE, "compile": ANY_BOOL,
-    },
-    EncoderConfig: {"image_size": POSITIVE_INT, "channels": CHANNELS, "fc_hidden": POSITIVE_INT, "latent_dim": POSITIVE_INT},
-    DecoderConfig: {"latent_dim": POSITIVE_INT, "hidden": POSITIVE_INT, "xyz_frequencies": COUNT},
-    TrainConfig: {
-        "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "lr": POSITIVE, "lr_final_fraction": FRACTION,
-        "warmup_steps": COUNT, "lr_scale": Rule("a map of module names to numbers >= 0", lambda v: all(x >= 0 for x in v.values())),
-        "tau_start": POSITIVE, "tau_end": POSITIVE, "grad_clip": NON_NEGATIVE,
-        "ema_decay": Rule("a number in [0, 1)", lambda v: 0 <= v < 1), "figure_every": POSITIVE_INT, "rgb_weight": NON_NEGATIVE,
-        "figure_shapes": POSITIVE_INT, "eikonal_weight": NON_NEGATIVE, "eikonal_points": POSITIVE_INT,
-        "bg_bound_weight": NON_NEGATIVE, "bg_bound_rays": POSITIVE_INT, "bg_bound_depths": POSITIVE_INT, "all_views": ANY_BOOL,
-    },
-    ConditionerConfig: {
-        "image_size": POSITIVE_INT, "channels": CHANNELS, "embed_dim": POSITIVE_INT, "group_norm": ANY_BOOL,
-        "norm_groups": POSITIVE_INT,
-    },
-    VelocityConfig: {
-        "latent_dim": POSITIVE_INT, "cond_dim": POSITIVE_INT, "hidden": POSITIVE_INT, "depth": POSITIVE_INT,
-        "mlp_ratio": POSITIVE_INT, "time_embed_dim": EVEN,
-    },
-    FlowConfig: {"steps": POSITIVE_INT, "noise_scaling": ANY_BOOL, "velocity_weight": NON_NEGATIVE, "sampling_weight": NON_NEGATIVE},
-    DistillConfig: {"iterations": POSITIVE_INT, "batch_size": POSITIVE_INT, "lr": POSITIVE, "ablation": ANY_BOOL},
-}
+    RULES = {"preset": Rule("a preset name", lambda v: v in PRESETS), "seed": COUNT, "frame": one_of(*FRAMES)}
 
 
 def _fits(cfg: Config) -> list[str]:
@@ -176,10 +174,9 @@ def _fits(cfg: Config) -> list[str]:
             problems.append(f"{name}.latent_dim ({dim}) must equal encoder.latent_dim ({cfg.encoder.latent_dim})")
     if cfg.velocity.cond_dim != cfg.conditioner.embed_dim:
         problems.append(f"velocity.cond_dim ({cfg.velocity.cond_dim}) must equal conditioner.embed_dim ({cfg.conditioner.embed_dim})")
-    xyz_dim = 3 + 6 * cfg.decoder.xyz_frequencies
-    if cfg.decoder.hidden <= cfg.decoder.latent_dim + xyz_dim:
-        problems.append(f"decoder.hidden must exceed latent_dim + xyz features ({cfg.decoder.latent_dim + xyz_dim}) "
-                        f"for the skip layer, got {cfg.decoder.hidden}")
+    if cfg.decoder.hidden <= cfg.decoder.latent_dim + 3:
+        problems.append(f"decoder.hidden must exceed latent_dim + 3 ({cfg.decoder.latent_dim + 3}) for the skip layer, "
+                        f"got {cfg.decoder.hidden}")
     return problems
 
 
@@ -189,7 +186,7 @@ def seed_preset() -> Config:
     The no-grad argmin search runs in bfloat16 (the gradient pass stays float32): 2-4x faster on
     GPUs and bf16-capable CPUs; see RenderConfig.search_dtype. It is coarse-to-fine (every 4th
     sample, then full resolution near the surface; RenderConfig.search): measured against the
-    exhaustive search in the README ("The renderer").
+    exhaustive search in docs/speed.md.
     """
     cfg = Config(preset="seed")
     cfg.render = RenderConfig(search_dtype="bfloat16", search="coarse")
@@ -206,25 +203,25 @@ def quick_preset() -> Config:
     cfg.conditioner = ConditionerConfig(image_size=32)
     cfg.phase1 = DistillConfig(iterations=300)
     cfg.phase2 = TrainConfig(epochs=30, batch_size=8, lr=2e-4, warmup_steps=35, tau_start=0.01, tau_end=0.01, figure_every=10)
+    cfg.eval = EvalConfig(mesh_resolution=32)  # keeps the report inside the CPU budget
     return cfg
 
 
 def shapes_preset() -> Config:
-    """The 3-D recipe measured so far (README, "From blobs to shapes"): quick's resolution and
-    world frame with twenty times the shapes, one view each (4x quick's training images). The
-    view frame, the eikonal term and the background bound did not help in the probes and stay
-    off. Its Stage 1 trains in 5 min on a free 2-core CPU (held-out 3-D IoU 0.675 against quick's
-    0.647); the whole reproduction has not been run yet."""
+    """More data in the world frame (docs/experiments.md, "Data scale"): quick's resolution with
+    twenty times the shapes, one view each (4x quick's training images). Its Stage 1 trains in
+    5 min on a free 2-core CPU (held-out 3-D IoU 0.675 against quick's 0.647)."""
     cfg = quick_preset()
     cfg.preset = "shapes"
     cfg.data.n_train_shapes = 1000
     cfg.stage1 = TrainConfig(epochs=12, batch_size=8, lr=1e-3, figure_every=4)
     cfg.phase2 = TrainConfig(epochs=2, batch_size=8, lr=2e-4, warmup_steps=35, tau_start=0.01, tau_end=0.01, figure_every=1)
+    cfg.eval = EvalConfig(mesh_resolution=64, train_shapes=200)
     return cfg
 
 
 def views_preset() -> Config:
-    """The best recipe measured (README, "Giving the encoder its camera"): the view frame, so the
+    """The view frame with several views (docs/experiments.md, "Giving the encoder its camera"): the view frame, so the
     input camera is known by construction (in the world frame no single-picture method can expect
     more than ~0.73 held-out 3-D IoU on this dataset), and three supervising views per training
     shape, so depth is constrained. Stage 1 is the `view-mv3-1000` probe: 12 min on a shared 2-core
@@ -238,6 +235,7 @@ def views_preset() -> Config:
     cfg.stage1 = TrainConfig(epochs=8, batch_size=8, lr=1e-3, figure_every=4, all_views=True)
     cfg.phase2 = TrainConfig(epochs=2, batch_size=8, lr=2e-4, warmup_steps=35, tau_start=0.01, tau_end=0.01, figure_every=1,
                              all_views=True)
+    cfg.eval = EvalConfig(mesh_resolution=64, train_shapes=200)
     return cfg
 
 
@@ -253,6 +251,7 @@ def tiny_preset() -> Config:
     cfg.velocity = VelocityConfig(cond_dim=64, hidden=128, depth=6, mlp_ratio=2, time_embed_dim=64)
     cfg.phase1 = DistillConfig(iterations=40, batch_size=4, lr=1e-3)
     cfg.phase2 = TrainConfig(epochs=2, batch_size=1, lr=1e-4, tau_start=0.05, tau_end=0.05, figure_every=1, figure_shapes=2)
+    cfg.eval = EvalConfig(mesh_resolution=16)
     return cfg
 
 
@@ -272,74 +271,10 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _build(cls: Any, value: Any, path: str = "", rule: Rule | None = None) -> Any:
-    """Rebuild a dataclass (recursively) from plain JSON values, checking every field's name,
-    type and range (RULES); `path` names the field in the one-line error ("render.n_samples")."""
-    if dataclasses.is_dataclass(cls):
-        where = path or "the config"
-        if not isinstance(value, dict):
-            raise FlowSDFError(f"config: {where} must be an object of {cls.__name__} fields, got {value!r}")
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(value) - names
-        if unknown:
-            raise FlowSDFError(f"config: unknown field(s) {sorted(unknown)} in {where} ({cls.__name__})")
-        rules = RULES.get(cls, {})
-        return cls(**{k: _build(hints[k], v, f"{path}.{k}" if path else k, rules.get(k)) for k, v in value.items()})
-    built = _typed(cls, value)
-    if built is _WRONG or (rule is not None and not rule.ok(built)):
-        raise FlowSDFError(f"config: {path} must be {rule.text if rule else _type_text(cls)}, got {json.dumps(value)}")
-    return built
-
-
-_WRONG = object()  # what _typed returns for a value of the wrong type
-
-
-def _typed(cls: Any, value: Any) -> Any:
-    """`value` as the annotated type `cls` (int, float, bool, str, tuple[T, ...], list[T],
-    dict[str, T], T | None), or _WRONG. JSON has no tuples, and writes 1.0 as 1; bools are not numbers here."""
-    origin, args = typing.get_origin(cls), typing.get_args(cls)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        return _typed(next(a for a in args if a is not type(None)), value)
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            return _WRONG
-        items = [_typed(args[0], v) for v in value]
-        return _WRONG if _WRONG in items else origin(items)
-    if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            return _WRONG
-        items = {k: _typed(args[1], v) for k, v in value.items()}
-        return _WRONG if _WRONG in items.values() else items
-    if cls is bool:
-        return value if isinstance(value, bool) else _WRONG
-    if cls is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _WRONG
-    if cls is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return float(value) if ok else _WRONG
-    if cls is str:
-        return value if isinstance(value, str) else _WRONG
-    raise TypeError(f"config field type {cls} has no JSON form")  # a new field type: teach _typed
-
-
-def _type_text(cls: Any) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    return names.get(cls, f"of type {getattr(cls, '__name__', cls)}")
-
-
-def check_section(cls: type, value: Any, path: str) -> Any:
-    """One section of the config (e.g. DataConfig at "data") from JSON values, checked like a
-    whole config.json."""
-    return _build(cls, value, path)
-
-
 def from_dict(d: dict[str, Any]) -> Config:
     """A checked Config from plain JSON values: every field's type and range, then the agreements
     between sections; a problem is one FlowSDFError line naming the field."""
-    cfg = _build(Config, d)
+    cfg = build(Config, d)
     problems = _fits(cfg)
     if problems:
         raise FlowSDFError(f"config: {problems[0]}")

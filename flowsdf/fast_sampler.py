@@ -1,46 +1,75 @@
-"""Inference-only flow sampling: image -> conditioner -> Euler steps, with the per-step overhead
-taken out. Same result as `flowsdf.flow.euler_sample` up to float rounding (tested).
+"""Inference sampling of the flow: Euler steps with the per-step overhead taken out.
 
-At batch 1 the velocity net's arithmetic is tiny (~8 M multiply-adds per step); the time goes to
-launching ~100 small ops per step. For fixed weights and step count, much of that is constant:
+Every place that samples codes for inference (the pipeline, `reconstruct`, the viewer, evaluation)
+goes through `make_sampler`. It returns a `FastSampler` for the MLP velocity net, and the
+reference sampler (flowsdf.flow.euler_sample under inference mode) for a velocity net without a
+fast path. Both give the same codes up to float rounding (tested).
 
-- the step times are fixed (i / steps), so the time MLP's output for each is computed once;
+Why a fast path: at batch 1 the MLP velocity net's arithmetic is tiny (~8 M multiply-adds per
+step); the time goes to launching ~100 small ops per step. For fixed weights and step count, much
+of that is constant:
+
+- the step times are fixed (flow.step_times), so the time MLP's output for each is computed once;
 - the conditioning vector of step i is time_i + cond_proj(cond), so the AdaLN modulations of
   all blocks (and the final layer) for all steps are one matrix product before the loop, instead
   of 7 small products per step;
 - `1 + scale` is folded into the modulation bias, and `z + dt * v` into the output layer's
   weights, so each block is layer_norm, addcmul, linear, GELU, linear, addcmul.
 
-On CUDA, `FastSampler.cuda_graph(batch)` records the whole sampler for a fixed batch into a CUDA
-graph and replays it (one launch instead of ~400).
+On CUDA, `CUDAGraphed` records a whole sampling call (conditioner included, if the caller wants)
+for fixed input shapes into a CUDA graph and replays it: one launch instead of ~400.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
-from flowsdf.flow import sample_noise
-from flowsdf.models.conditioner import ImageConditioner
+from flowsdf.fields import Predictor
+from flowsdf.flow import euler_sample, sample_noise, seeded_noise, step_times
 from flowsdf.models.velocity import VelocityNet, timestep_embedding
 
 
-class FastSampler:
-    """conditioner + `steps` Euler steps of `velocity` from sigma-scaled noise, for inference.
+class ReferenceSampler:
+    """`steps` Euler steps of any velocity net from sigma-scaled noise, under inference mode."""
 
-    Reads the weights once at construction: build a new one after the weights change.
-    """
-
-    def __init__(self, conditioner: ImageConditioner, velocity: VelocityNet, sigma: float, steps: int = 8):
+    def __init__(self, velocity: nn.Module, sigma: float, steps: int, latent_shape: Sequence[int]):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        self.conditioner, self.sigma, self.steps = conditioner.eval(), sigma, steps
-        self.latent_dim = velocity.config.latent_dim
-        v, dt = velocity.eval(), 1.0 / steps
+        self.velocity, self.sigma, self.steps = velocity.eval(), sigma, steps
+        self.latent_shape = tuple(latent_shape)
+
+    def noise(self, seeds: Sequence[int], device: torch.device | str) -> Tensor:
+        """Source noise (B, *latent) of the given seeds, scaled by sigma (flow.seeded_noise)."""
+        return seeded_noise(seeds, self.latent_shape, self.sigma, device)
+
+    def __call__(self, cond: Tensor, z0: Tensor, trajectory: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Conditions (B, ...) and source noise z0 (B, *latent) -> codes (B, *latent), and with
+        `trajectory` the Euler states (steps + 1, B, *latent). No autograd; the results are
+        ordinary tensors (copied out of inference mode), so callers may go on to optimise them."""
+        with torch.inference_mode():
+            out = self._sample(cond, z0, trajectory)
+        return tuple(x.clone() for x in out) if trajectory else out.clone()
+
+    def _sample(self, cond: Tensor, z0: Tensor, trajectory: bool) -> Tensor | tuple[Tensor, Tensor]:
+        return euler_sample(self.velocity, z0, cond, self.steps, return_trajectory=trajectory)
+
+
+class FastSampler(ReferenceSampler):
+    """The MLP velocity net's Euler steps with their constant parts computed once (module docstring).
+
+    Reads the weights at construction: build a new one after the weights change.
+    """
+
+    def __init__(self, velocity: VelocityNet, sigma: float, steps: int = 8):
+        super().__init__(velocity, sigma, steps, (velocity.config.latent_dim,))
+        v, dt = self.velocity, 1.0 / steps
         with torch.inference_mode():
             dev = next(v.parameters()).device
-            t = torch.arange(steps, device=dev, dtype=torch.float32) * dt  # (S,) as euler_sample: i * dt
+            t = step_times(steps, dev)  # (S,) the times euler_sample uses
             self.time_c = v.time_mlp(timestep_embedding(t, v.config.time_embed_dim))[:, None, :].clone()  # (S, 1, H)
             self.cond_w, self.cond_b = v.cond_proj.weight.clone(), v.cond_proj.bias.clone()
             self.in_w, self.in_b = v.input.weight.clone(), v.input.bias.clone()
@@ -58,19 +87,13 @@ class FastSampler:
             self.out_w = (v.final.linear.weight * dt).clone()  # (D, H): z + dt * v in one product
             self.out_b = (v.final.linear.bias * dt).clone()  # (D,)
         self.hidden, self.depth = h, len(v.blocks)
-        self._graph: dict[int, tuple] = {}
 
-    def noise(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-        return sample_noise((batch, self.latent_dim), self.sigma, generator, device)  # (B, D)
-
-    @torch.inference_mode()
-    def sample(self, images: Tensor, z0: Tensor) -> Tensor:
-        """images (B, 3, H, W), source noise z0 (B, D) -> codes (B, D)."""
-        cond = self.conditioner(images)  # (B, C)
+    def _sample(self, cond: Tensor, z0: Tensor, trajectory: bool) -> Tensor | tuple[Tensor, Tensor]:
         c = self.time_c + F.linear(cond, self.cond_w, self.cond_b)  # (S, B, H)
         mods = F.linear(F.silu(c), self.mod_w, self.mod_b)  # (S, B, M)
         h, n = self.hidden, self.depth
-        z = z0
+        z = z0  # (B, D)
+        states = [z]
         for i in range(self.steps):
             parts = mods[i].split(h, dim=-1)  # 3 * depth + 2 tensors of (B, H)
             x = F.linear(z, self.in_w, self.in_b)  # (B, H)
@@ -81,36 +104,54 @@ class FastSampler:
                 x = torch.addcmul(x, gate, y)  # (B, H)
             y = torch.addcmul(parts[3 * n], F.layer_norm(x, (h,), eps=1e-6), parts[3 * n + 1])  # (B, H)
             z = torch.addmm(z + self.out_b, y, self.out_w.t())  # (B, D) z + dt * v
-        return z
+            if trajectory:
+                states.append(z)
+        return (z, torch.stack(states)) if trajectory else z
 
-    def __call__(self, images: Tensor, z0: Tensor) -> Tensor:
-        graph = self._graph.get(images.shape[0]) if images.is_cuda else None
-        if graph is None:
-            return self.sample(images, z0)
-        g, static_images, static_z0, static_out = graph
-        static_images.copy_(images)
-        static_z0.copy_(z0)
-        g.replay()
-        return static_out.clone()
 
-    def cuda_graph(self, batch: int, image_size: int) -> None:
-        """Record the sampler for batches of `batch` images into a CUDA graph (CUDA only).
+def make_sampler(velocity: nn.Module, sigma: float, steps: int, latent_shape: Sequence[int]) -> ReferenceSampler:
+    """The inference sampler of a velocity net: the fast one where it exists, else the reference."""
+    if isinstance(velocity, VelocityNet):
+        return FastSampler(velocity, sigma, steps)
+    return ReferenceSampler(velocity, sigma, steps, latent_shape)
 
-        Later calls with that batch size replay it. Recording follows PyTorch's recipe: warm up
-        on a side stream, then capture.
-        """
-        dev = self.in_w.device
-        if dev.type != "cuda":
-            raise ValueError("CUDA graphs need the models on a CUDA device")
-        static_images = torch.zeros(batch, 3, image_size, image_size, device=dev)
-        static_z0 = torch.zeros(batch, self.latent_dim, device=dev)
+
+def sampler_predictor(conditioner: nn.Module, sampler: ReferenceSampler) -> Predictor:
+    """The Predictor (images, generator) -> codes of a flow at inference: noise for the whole
+    batch from the generator (as the training predictor draws it), then the inference sampler."""
+
+    def predict(images: Tensor, gen: torch.Generator) -> Tensor:
+        z0 = sample_noise((images.shape[0], *sampler.latent_shape), sampler.sigma, gen, images.device)  # (B, *latent)
+        with torch.no_grad():
+            cond = conditioner(images)
+        return sampler(cond, z0)
+
+    return predict
+
+
+class CUDAGraphed:
+    """A function of fixed-shape CUDA tensors recorded into a CUDA graph, then replayed.
+
+    Recording follows PyTorch's recipe: warm up on a side stream, then capture. Calls copy their
+    inputs into the recorded ones, replay, and return a copy of the output.
+    """
+
+    def __init__(self, fn: Callable[..., Tensor], *examples: Tensor):
+        if not all(x.is_cuda for x in examples):
+            raise ValueError("CUDA graphs need CUDA tensors")
+        self.inputs = [x.clone() for x in examples]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                self.sample(static_images, static_z0)
+                fn(*self.inputs)
         torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            static_out = self.sample(static_images, static_z0)
-        self._graph[batch] = (g, static_images, static_z0, static_out)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = fn(*self.inputs)
+
+    def __call__(self, *args: Tensor) -> Tensor:
+        for static, x in zip(self.inputs, args, strict=True):
+            static.copy_(x)
+        self.graph.replay()
+        return self.output.clone()

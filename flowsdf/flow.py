@@ -18,15 +18,14 @@ e.g. a :class:`flowsdf.models.velocity.VelocityNet`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-if TYPE_CHECKING:  # annotations only: the models import nothing from here
-    from flowsdf.models.conditioner import ImageConditioner
-    from flowsdf.models.velocity import VelocityNet
+from flowsdf.fields import Predictor
+from flowsdf.schema import ANY_BOOL, NON_NEGATIVE, int_range
 
 VelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -45,6 +44,9 @@ class FlowConfig:
     noise_scaling: bool = True
     velocity_weight: float = 1.0
     sampling_weight: float = 1.0
+
+    RULES = {"steps": int_range(1, 1000), "noise_scaling": ANY_BOOL, "velocity_weight": NON_NEGATIVE,
+             "sampling_weight": NON_NEGATIVE}
 
 
 def _expand_t(t: Tensor | float, like: Tensor) -> Tensor:
@@ -86,10 +88,10 @@ def sample_noise(
     return (sigma * eps).to(device) if device is not None else sigma * eps
 
 
-def _uniform_t(batch: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
-    draw_device = generator.device if generator is not None else like.device
-    t = torch.rand(batch, generator=generator, device=draw_device, dtype=like.dtype)
-    return t.to(like.device)
+def step_times(steps: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The Euler sampler's time grid, the left end of each step: t_i = i * (1 / steps) for i < steps,
+    (steps,). Computed in float64 and then rounded, so every sampler sees the very same times."""
+    return (torch.arange(steps, dtype=torch.float64) * (1.0 / steps)).to(device=device, dtype=dtype)
 
 
 def euler_sample(
@@ -102,73 +104,75 @@ def euler_sample(
     """Integrate dz/dt = velocity_fn(z, t, cond) from t = 0 (z0) to t = 1 with `steps` Euler steps.
 
     Differentiable: no no_grad here, so a loss on the result reaches the velocity net and cond.
-    Callers that only sample should wrap the call in ``torch.no_grad()`` themselves.
+    Callers that only sample use the inference sampler (flowsdf.fast_sampler), which equals this.
 
-    Returns z1 (B, D), or (z1, trajectory) with trajectory (steps + 1, B, D) holding z at
-    t = 0, 1/steps, ..., 1 (trajectory[0] is z0, trajectory[-1] is z1).
+    Returns z1 (B, *latent), or (z1, trajectory) with trajectory (steps + 1, B, *latent) holding z
+    at t = 0, 1/steps, ..., 1 (trajectory[0] is z0, trajectory[-1] is z1).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     dt = 1.0 / steps
-    z = z0  # (B, D)
+    z = z0  # (B, *latent)
     states = [z]
-    for i in range(steps):
-        t = torch.full((z.shape[0],), i * dt, dtype=z.dtype, device=z.device)  # (B,)
-        z = z + dt * velocity_fn(z, t, cond)  # (B, D)
+    for t_i in step_times(steps, dtype=torch.float64).tolist():
+        t = torch.full((z.shape[0],), t_i, dtype=z.dtype, device=z.device)  # (B,)
+        z = z + dt * velocity_fn(z, t, cond)  # (B, *latent)
         if return_trajectory:
             states.append(z)
     if return_trajectory:
-        return z, torch.stack(states)  # (B, D), (steps + 1, B, D)
+        return z, torch.stack(states)  # (B, *latent), (steps + 1, B, *latent)
     return z
 
 
-def velocity_loss(
-    velocity_fn: VelocityFn,
-    z1: Tensor,
-    cond: Tensor,
-    sigma: float,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Rectified-flow objective: MSE(v(z_t, t, cond), z1 - z0), z0 = sigma * eps, t ~ U(0, 1)."""
-    z0 = sample_noise(z1.shape, sigma, generator, z1.device, z1.dtype)  # (B, D)
-    t = _uniform_t(z1.shape[0], generator, z1)  # (B,)
-    z_t = interpolate(z0, z1, t)  # (B, D)
-    v_pred = velocity_fn(z_t, t, cond)  # (B, D)
+@dataclass
+class ObjectiveNoise:
+    """The random draws of one `flow_loss` over a batch.
+
+    Drawn for the whole batch first, so that a share of its rows (one process of several) sees
+    exactly the numbers one process would: `rows` takes that share.
+    """
+
+    z0_velocity: Tensor  # (B, *latent) source noise of the velocity term
+    t: Tensor  # (B,) its times, uniform in [0, 1)
+    z0_sampling: Tensor  # (B, *latent) source noise of the sampling term
+
+    def rows(self, part: slice) -> "ObjectiveNoise":
+        return ObjectiveNoise(self.z0_velocity[part], self.t[part], self.z0_sampling[part])
+
+
+def draw_objective_noise(z1: Tensor, sigma: float, generator: torch.Generator | None = None) -> ObjectiveNoise:
+    """The draws of `flow_loss` for target codes z1 (B, *latent): velocity noise, times, sampling noise."""
+    z0_v = sample_noise(z1.shape, sigma, generator, z1.device, z1.dtype)  # (B, *latent)
+    draw_device = generator.device if generator is not None else z1.device
+    t = torch.rand(z1.shape[0], generator=generator, device=draw_device, dtype=z1.dtype).to(z1.device)  # (B,)
+    z0_s = sample_noise(z1.shape, sigma, generator, z1.device, z1.dtype)  # (B, *latent)
+    return ObjectiveNoise(z0_v, t, z0_s)
+
+
+def velocity_loss(velocity_fn: VelocityFn, z1: Tensor, cond: Tensor, z0: Tensor, t: Tensor) -> Tensor:
+    """Rectified-flow objective: MSE(v(z_t, t, cond), z1 - z0) at z_t = (1 - t) z0 + t z1."""
+    v_pred = velocity_fn(interpolate(z0, z1, t), t, cond)  # (B, *latent)
     return F.mse_loss(v_pred, target_velocity(z0, z1))
 
 
-def sampling_loss(
-    velocity_fn: VelocityFn,
-    z1: Tensor,
-    cond: Tensor,
-    sigma: float,
-    steps: int = 8,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """MSE between the `steps`-step Euler sample from fresh noise and the target code.
+def sampling_loss(velocity_fn: VelocityFn, z1: Tensor, cond: Tensor, z0: Tensor, steps: int = 8) -> Tensor:
+    """MSE between the `steps`-step Euler sample from z0 and the target code z1.
 
     Back-propagates through the whole integration. The velocity loss alone teaches the field only
     on average; this term makes the few-step sampler itself land on the targets.
     """
-    z0 = sample_noise(z1.shape, sigma, generator, z1.device, z1.dtype)  # (B, D)
-    z_hat = euler_sample(velocity_fn, z0, cond, steps=steps)  # (B, D)
-    return F.mse_loss(z_hat, z1)
+    return F.mse_loss(euler_sample(velocity_fn, z0, cond, steps=steps), z1)
 
 
 def flow_loss(
-    velocity_fn: VelocityFn,
-    z1: Tensor,
-    cond: Tensor,
-    sigma: float,
-    config: FlowConfig,
-    generator: torch.Generator | None = None,
+    velocity_fn: VelocityFn, z1: Tensor, cond: Tensor, noise: ObjectiveNoise, config: FlowConfig
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Phase-1 loss: weighted velocity + sampling MSE -> (total, detached per-term losses).
+    """Phase 1's objective: weighted velocity + sampling MSE -> (total, detached per-term losses).
 
     The terms stay tensors (no .item()) so logging them does not force a device sync every step.
     """
-    lv = velocity_loss(velocity_fn, z1, cond, sigma, generator)
-    ls = sampling_loss(velocity_fn, z1, cond, sigma, config.steps, generator)
+    lv = velocity_loss(velocity_fn, z1, cond, noise.z0_velocity, noise.t)
+    ls = sampling_loss(velocity_fn, z1, cond, noise.z0_sampling, config.steps)
     total = config.velocity_weight * lv + config.sampling_weight * ls
     return total, {"velocity": lv.detach(), "sampling": ls.detach()}
 
@@ -190,45 +194,50 @@ def noise_scale(codes: Tensor) -> float:
     return sigma
 
 
+def seeded_noise(seeds: Sequence[int], latent_shape: Sequence[int], sigma: float,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+    """Source noise (B, *latent_shape), row i from a CPU generator seeded with seeds[i]: a row's
+    noise, hence its code, depends only on its seed, not on its position in a batch or the device."""
+    rows = [sample_noise(tuple(latent_shape), sigma, torch.Generator().manual_seed(s), "cpu", torch.float32)
+            for s in seeds]
+    return torch.stack(rows).to(device=device, dtype=dtype)  # (B, *latent)
+
+
 def sample_latents(
     velocity_fn: VelocityFn,
     cond: Tensor,
-    latent_dim: int,
+    latent_shape: Sequence[int],
     sigma: float,
     steps: int = 8,
-    seed: int | list[int] | None = None,
+    seed: int | Sequence[int] | None = None,
     return_trajectory: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Sample one latent code per row of cond (B, C).
+    """Sample one latent code per row of cond (B, ...) with the reference sampler (differentiable).
 
-    seed: int -> every row starts from the noise of that seed, so a row's code depends only on its
-    image and the seed (not on its position in the batch); list of B ints -> row i uses seed[i]
-    (K samples of one image = cond repeated K times with K seeds); None -> fresh noise from torch's
-    global generator. Noise is drawn with a CPU generator per row, so a seed gives the same code on
-    any device, then moved to cond's device.
+    seed: int -> every row starts from the noise of that seed; a sequence of B ints -> row i uses
+    seed[i] (`seeded_noise`: K samples of one image = cond repeated K times with K seeds); None ->
+    fresh noise from torch's global generator.
 
-    Not wrapped in no_grad: callers sampling for inference should do that themselves.
-    Returns (B, latent_dim), or with return_trajectory also (steps + 1, B, latent_dim).
+    Returns (B, *latent_shape), or with return_trajectory also (steps + 1, B, *latent_shape).
     """
     batch = cond.shape[0]
     if seed is None:
-        z0 = sample_noise((batch, latent_dim), sigma, None, cond.device, cond.dtype)  # (B, D)
+        z0 = sample_noise((batch, *latent_shape), sigma, None, cond.device, cond.dtype)  # (B, *latent)
     else:
         seeds = [seed] * batch if isinstance(seed, int) else list(seed)
         if len(seeds) != batch:
             raise ValueError(f"got {len(seeds)} seeds for a batch of {batch} conditions")
-        gens = [torch.Generator().manual_seed(s) for s in seeds]  # CPU: same numbers on any device
-        rows = [sample_noise((latent_dim,), sigma, g, "cpu", torch.float32) for g in gens]
-        z0 = torch.stack(rows).to(device=cond.device, dtype=cond.dtype)  # (B, D)
+        z0 = seeded_noise(seeds, latent_shape, sigma, cond.device, cond.dtype)  # (B, *latent)
     return euler_sample(velocity_fn, z0, cond, steps=steps, return_trajectory=return_trajectory)
 
 
-def flow_predictor(conditioner: ImageConditioner, velocity: VelocityNet, sigma: float, steps: int) -> Callable[[Tensor, torch.Generator], Tensor]:
+def flow_predictor(conditioner: nn.Module, velocity: nn.Module, sigma: float, steps: int,
+                   latent_shape: Sequence[int]) -> Predictor:
     """image -> conditioner -> `steps` Euler steps from sigma-scaled noise -> code (differentiable)."""
 
     def predict(images: Tensor, gen: torch.Generator) -> Tensor:
-        cond = conditioner(images)  # (B, C)
-        z0 = sample_noise((images.shape[0], velocity.config.latent_dim), sigma, gen, images.device)  # (B, D)
-        return euler_sample(velocity, z0, cond, steps=steps)  # (B, D)
+        cond = conditioner(images)  # (B, ...)
+        z0 = sample_noise((images.shape[0], *latent_shape), sigma, gen, images.device)  # (B, *latent)
+        return euler_sample(velocity, z0, cond, steps=steps)  # (B, *latent)
 
     return predict

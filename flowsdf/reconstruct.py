@@ -6,10 +6,10 @@
     rec.mean_mesh                                 # the mean code's mesh, coloured by uncertainty
 
 Per picture: K codes from the pipeline; one coarse-to-fine marching-cubes mesh per code; the
-input camera (a code lives in the training cameras' world frame and a picture does not say from
-where it was seen, so the camera is searched: `input_camera`); the predicted silhouette from that
-camera; and with K >= 2 the mean code's mesh with per-vertex uncertainty (the std of the K
-decoded fields at its vertices, flowsdf.mesh.uncertainty) as vertex colours.
+input camera (`FlowSDF.input_camera`: C0 for a view-frame model, searched for a world-frame one);
+the predicted silhouette from that camera; and with K >= 2 the mean code's mesh with per-vertex
+uncertainty (the std of the K decoded fields at its vertices, flowsdf.mesh.uncertainty) as vertex
+colours.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import trimesh
 from PIL import Image
 from torch import Tensor
@@ -28,10 +27,8 @@ from flowsdf.data.images import foreground_mask
 from flowsdf.mesh.export import to_trimesh
 from flowsdf.mesh.extract import extract_mesh_coarse_to_fine
 from flowsdf.mesh.uncertainty import std_colors, vertex_std
-from flowsdf.pipeline import FlowSDF
-from flowsdf.render.project import point_silhouettes, surface_samples
-
-UNCERTAINTY_CMAP = "viridis"
+from flowsdf.metrics.silhouette import silhouette_iou
+from flowsdf.pipeline import FlowSDF, InputCamera
 
 
 @dataclass
@@ -54,52 +51,14 @@ class Reconstruction:
     refine: int = 0  # refinement steps each code was fitted for (0: none)
 
 
-# The viewpoints searched for a picture's camera: the grid FlowSDF.estimate_camera searches, on
-# the training cameras' elevation band.
-AZIMUTHS = 24
-ELEVATIONS = (-15.0, 0.0, 15.0, 30.0, 45.0, 60.0)
-
-
-def input_camera(pipe: FlowSDF, image: Tensor, mesh: trimesh.Trimesh) -> tuple[Tensor, Tensor]:
-    """The camera the picture (3, S, S) was taken from, given the predicted mesh: (K (3, 3), c2w (4, 4)).
-
-    The models of this package predict codes in the training cameras' world frame, so the view is
-    searched, as FlowSDF.estimate_camera does: the dataset-like camera whose silhouette of the
-    code best matches the picture's foreground. Silhouettes for the search come from projecting
-    points on the code's mesh (flowsdf.render.project; ~100x cheaper than ray marching 144 views),
-    so the choice can differ from the ray-marched search where two views score within a few
-    boundary pixels of each other. An empty shape gets the default camera. A model that predicts
-    in the camera's own frame would return its fixed camera here instead; this is the one place
-    that choice is made.
-    """
-    mask = foreground_mask(image[None])[0].cpu() > 0.5  # (S, S)
-    S = mask.shape[-1]
-    if len(mesh.faces) == 0:
-        return pipe.camera()
-    grid = [pipe.camera(360.0 * i / AZIMUTHS, e) for e in ELEVATIONS for i in range(AZIMUTHS)]
-    K = torch.stack([c[0] for c in grid])  # (G, 3, 3)
-    c2w = torch.stack([c[1] for c in grid])  # (G, 4, 4)
-    pixel = pipe.cfg.data.cam_distance / float(K[0, 0, 0])  # a pixel's width at the origin
-    points = surface_samples(mesh.vertices, mesh.faces, pixel)  # (n, 3)
-    sils = point_silhouettes(points, K, c2w, S)  # (G, S, S)
-    inter = (sils & mask).flatten(1).sum(1).float()
-    union = (sils | mask).flatten(1).sum(1).float().clamp(min=1)
-    best = int((inter / union).argmax())
-    return K[best], c2w[best]
-
-
-def code_camera(pipe: FlowSDF, image: Tensor, code: Tensor, mesh: trimesh.Trimesh | None = None,
-                resolution: int = 64) -> tuple[Tensor, Tensor, Tensor, float]:
-    """A picture's (3, S, S) input camera for its code (D,) (searched with the code's mesh, made at
-    `resolution` unless given), the code's silhouette (S, S) from it and that silhouette's IoU with
-    the picture's foreground: (K, c2w, silhouette, iou)."""
-    if mesh is None:
-        mesh = to_trimesh(*extract_mesh_coarse_to_fine(pipe.field(code), resolution=resolution, device=pipe.device))
-    K, c2w = input_camera(pipe, image, mesh)
-    silhouette = pipe.silhouettes(code[None], K[None], c2w[None])[0].cpu()  # (S, S)
-    mask = foreground_mask(image[None])[0].cpu() > 0.5  # (S, S)
-    iou = float(((silhouette > 0.5) & mask).sum()) / max(1, int(((silhouette > 0.5) | mask).sum()))
-    return K, c2w, silhouette, iou
+def code_camera(pipe: FlowSDF, image: Tensor, code: Tensor, mesh: trimesh.Trimesh | None = None
+                ) -> tuple[InputCamera, Tensor, float]:
+    """A picture's (3, S, S) input camera for its code (*latent), the code's silhouette (S, S) from
+    it and that silhouette's IoU with the picture's foreground: (camera, silhouette, iou)."""
+    mask = foreground_mask(image[None])[0].cpu()  # (S, S)
+    camera = pipe.input_camera(code, mask, mesh)
+    silhouette = pipe.silhouettes(code[None], camera.K[None], camera.c2w[None])[0].cpu()  # (S, S)
+    return camera, silhouette, float(silhouette_iou(silhouette[None], mask[None])[0])
 
 
 def reconstruct_image(
@@ -142,15 +101,15 @@ def reconstruct_image(
     if samples >= 2:
         vertices, faces = extract_mesh_coarse_to_fine(pipe.field(mean_code), resolution=resolution, device=pipe.device)
         std = vertex_std([pipe.field(c) for c in codes], vertices)  # (V,)
-        colors, std_max = std_colors(std, cmap=UNCERTAINTY_CMAP)
+        colors, std_max = std_colors(std)
         mean_mesh = to_trimesh(vertices, faces, colors)
         lap("uncertainty")
-    K, c2w, silhouette, iou = code_camera(pipe, result.images[0], mean_code,
+    camera, silhouette, iou = code_camera(pipe, result.images[0], mean_code,
                                           mean_mesh if mean_mesh is not None else meshes[0])
     lap("camera")
     timings["total"] = sum(timings.values())
     return Reconstruction(
         image=result.images[0].cpu(), codes=codes.cpu(), meshes=meshes, mean_mesh=mean_mesh, vertex_std=std,
-        std_max=std_max, silhouette=silhouette.cpu(), camera=(K.cpu(), c2w.cpu()), camera_iou=iou,
+        std_max=std_max, silhouette=silhouette, camera=(camera.K.cpu(), camera.c2w.cpu()), camera_iou=iou,
         seed=seed, steps=result.steps, model=pipe.model, timings=timings, refine=refine,
     )

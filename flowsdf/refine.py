@@ -14,7 +14,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from flowsdf.models.sdf import SDFDecoder
-from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_logits
+from flowsdf.render.rays import RenderConfig
+from flowsdf.render.silhouette import render_views, silhouette_logits
 
 
 def silhouette_bce(decoder: SDFDecoder, codes: Tensor, masks: Tensor, K: Tensor, c2w: Tensor,

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from flowsdf.data import cameras
+from flowsdf.render import cameras
 
 
 def test_look_at_points_the_optical_axis_at_the_origin():

@@ -13,13 +13,41 @@ from flowsdf.cli import main
 from flowsdf.errors import FlowSDFError
 
 
+def sections(cls=config_mod.Config, path="") -> list[tuple[str, type]]:
+    """Every config dataclass in the tree, with its dotted path."""
+    out = [(path, cls)]
+    for name, t in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(t):
+            out += sections(t, f"{path}.{name}" if path else name)
+    return out
+
+
 def test_every_field_has_a_range_rule():
-    hints = typing.get_type_hints(config_mod.Config)
-    sections = [config_mod.Config, *(t for t in hints.values() if dataclasses.is_dataclass(t))]
-    for cls in sections:
+    for path, cls in sections():
         leaves = {n for n, t in typing.get_type_hints(cls).items() if not dataclasses.is_dataclass(t)}
-        missing = leaves - set(config_mod.RULES[cls])
-        assert not missing, f"{cls.__name__} fields without a rule in config.RULES: {sorted(missing)}"
+        missing = leaves - set(getattr(cls, "RULES", {}))
+        assert not missing, f"{cls.__name__} ({path or 'the config'}) fields without a rule in its RULES: {sorted(missing)}"
+
+
+# Integers that size nothing: seeds, a count of warm-up steps, how many shapes to score.
+UNBOUNDED = {"seed", "data.seed", "stage1.warmup_steps", "phase2.warmup_steps", "eval.train_shapes"}
+
+
+def test_every_size_like_integer_has_an_upper_bound(tiny_cfg):
+    """No config can ask for an allocation its rules do not allow: a billion is refused everywhere."""
+    d = config_mod.to_dict(tiny_cfg)
+    for path, cls in sections():
+        for name, t in typing.get_type_hints(cls).items():
+            key = f"{path}.{name}" if path else name
+            if t is not int or key in UNBOUNDED:
+                continue
+            bad = json.loads(json.dumps(d))
+            node = bad
+            for part in key.split(".")[:-1]:
+                node = node[part]
+            node[name] = 10**9
+            with pytest.raises(FlowSDFError, match=f"config: {key} must be"):
+                config_mod.from_dict(bad)
 
 
 @pytest.mark.parametrize("name", list(config_mod.PRESETS))
@@ -29,12 +57,12 @@ def test_presets_pass_the_checks(name):
 
 
 @pytest.mark.parametrize("section, key, value, words", [
-    ("render", "n_samples", "abc", "render.n_samples must be a positive integer, got \"abc\""),
-    ("render", "n_samples", -5, "render.n_samples must be a positive integer, got -5"),
+    ("render", "n_samples", "abc", "render.n_samples must be an integer from 1 to 512, got \"abc\""),
+    ("render", "n_samples", -5, "render.n_samples must be an integer from 1 to 512, got -5"),
     ("stage1", "lr", True, "stage1.lr must be a positive number"),
     ("stage1", "ema_decay", 1.0, "stage1.ema_decay must be a number in [0, 1)"),
     ("data", "ambient", 2, "data.ambient must be a number in [0, 1]"),
-    ("encoder", "channels", [32, "x"], "encoder.channels must be a non-empty list of positive integers"),
+    ("encoder", "channels", [32, "x"], "encoder.channels must be a non-empty list of integers from 1 to 4,096"),
     ("velocity", "cond_dim", 7, "velocity.cond_dim (7) must equal conditioner.embed_dim"),
     ("decoder", "hidden", 100, "decoder.hidden must exceed"),
     ("data", "seed", -1, "data.seed must be an integer >= 0"),
@@ -56,4 +84,4 @@ def test_a_run_with_a_bad_value_is_refused_by_the_cli(capsys, tmp_path, tiny_cfg
     for argv in (["train", "--stage", "cnn", "--out", str(run), "--resume"], ["eval", str(run)], ["check-grads", str(run)]):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err == "flowsdf: error: config: render.n_samples must be a positive integer, got -5\n"
+        assert err == "flowsdf: error: config: render.n_samples must be an integer from 1 to 512, got -5\n"

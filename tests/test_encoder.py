@@ -1,9 +1,10 @@
 import torch
 
-from flowsdf.data import cameras
 from flowsdf.models.encoder import CNNEncoder, EncoderConfig
 from flowsdf.models.sdf import DecoderConfig, SDFDecoder
-from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_logits
+from flowsdf.render import cameras
+from flowsdf.render.rays import RenderConfig
+from flowsdf.render.silhouette import render_views, silhouette_logits
 
 
 def test_encoder_architecture_and_latent_size():

@@ -8,14 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from flowsdf.flow import (
-    FlowConfig,
+    draw_objective_noise,
     euler_sample,
     flow_loss,
+    FlowConfig,
     interpolate,
     noise_scale,
     sample_latents,
     sample_noise,
     sampling_loss,
+    step_times,
     target_velocity,
     velocity_loss,
 )
@@ -119,17 +121,36 @@ def test_noise_scale_is_std_of_all_entries():
 def test_losses_vanish_for_exact_field():
     z1 = torch.randn(16, 5, generator=torch.Generator().manual_seed(1))
     field = straight_field(z1)
-    g = torch.Generator().manual_seed(2)
-    assert velocity_loss(field, z1, None, sigma=0.5, generator=g).item() < 1e-10
-    assert sampling_loss(field, z1, None, sigma=0.5, steps=8, generator=g).item() < 1e-10
+    noise = draw_objective_noise(z1, 0.5, torch.Generator().manual_seed(2))
+    assert velocity_loss(field, z1, None, noise.z0_velocity, noise.t).item() < 1e-10
+    assert sampling_loss(field, z1, None, noise.z0_sampling, steps=8).item() < 1e-10
+    total, parts = flow_loss(field, z1, None, noise, FlowConfig())
+    assert total.item() < 1e-10 and set(parts) == {"velocity", "sampling"}
 
 
 def test_velocity_loss_of_zero_field_is_noise_power():
     # With z1 = 0 and v = 0 the loss is mean(z0^2) = sigma^2 in expectation.
     z1 = torch.zeros(4096, 16)
     zero = lambda z, t, c: torch.zeros_like(z)  # noqa: E731
-    loss = velocity_loss(zero, z1, None, sigma=0.2, generator=torch.Generator().manual_seed(3))
+    noise = draw_objective_noise(z1, 0.2, torch.Generator().manual_seed(3))
+    loss = velocity_loss(zero, z1, None, noise.z0_velocity, noise.t)
     assert loss.item() == pytest.approx(0.04, rel=0.03)
+
+
+def test_objective_noise_rows_are_the_batch_draws_of_those_rows():
+    z1 = torch.zeros(6, 4)
+    noise = draw_objective_noise(z1, 0.3, torch.Generator().manual_seed(0))
+    assert noise.z0_velocity.shape == noise.z0_sampling.shape == (6, 4) and noise.t.shape == (6,)
+    assert ((noise.t >= 0) & (noise.t < 1)).all()
+    part = noise.rows(slice(2, 5))
+    assert torch.equal(part.z0_velocity, noise.z0_velocity[2:5]) and torch.equal(part.t, noise.t[2:5])
+    assert torch.equal(part.z0_sampling, noise.z0_sampling[2:5])
+    assert not torch.equal(noise.z0_velocity, noise.z0_sampling)  # two separate draws
+
+
+def test_step_times_are_the_left_ends_of_the_steps():
+    assert step_times(4).tolist() == [0.0, 0.25, 0.5, 0.75]
+    assert step_times(3, dtype=torch.float64).tolist() == [i * (1.0 / 3) for i in range(3)]
 
 
 def test_sample_latents_reproducible_by_seed():
@@ -139,21 +160,21 @@ def test_sample_latents_reproducible_by_seed():
         net.final.linear.weight.normal_(0.0, 0.1)
     cond = torch.randn(1, 4).expand(3, 4)
     with torch.no_grad():
-        a = sample_latents(net, cond, 8, sigma=0.5, steps=4, seed=[1, 1, 2])
-        b = sample_latents(net, cond, 8, sigma=0.5, steps=4, seed=[1, 1, 2])
-        c = sample_latents(net, cond, 8, sigma=0.5, steps=4, seed=7)
+        a = sample_latents(net, cond, (8,), sigma=0.5, steps=4, seed=[1, 1, 2])
+        b = sample_latents(net, cond, (8,), sigma=0.5, steps=4, seed=[1, 1, 2])
+        c = sample_latents(net, cond, (8,), sigma=0.5, steps=4, seed=7)
     assert torch.equal(a, b)
     assert torch.equal(a[0], a[1])  # same seed, same image -> same code
     assert not torch.allclose(a[0], a[2])  # different seed -> different code
     assert torch.equal(c[0], c[1]) and torch.equal(c[1], c[2])  # an int seed is per row
     with pytest.raises(ValueError):
-        sample_latents(net, cond, 8, sigma=0.5, seed=[1, 2])
+        sample_latents(net, cond, (8,), sigma=0.5, seed=[1, 2])
 
 
 def test_sample_latents_noise_comes_from_cpu_generator_per_seed():
     cond = torch.zeros(2, 1)
     zero = lambda z, t, c: torch.zeros_like(z)  # noqa: E731
-    z, traj = sample_latents(zero, cond, 6, 0.3, steps=2, seed=[11, 12], return_trajectory=True)
+    z, traj = sample_latents(zero, cond, (6,), 0.3, steps=2, seed=[11, 12], return_trajectory=True)
     eps = [torch.randn(6, generator=torch.Generator().manual_seed(s)) for s in (11, 12)]
     expected = 0.3 * torch.stack(eps)
     assert torch.allclose(z, expected)
@@ -174,13 +195,14 @@ def test_sampling_loss_backpropagates_through_integration():
     cond = torch.randn(5, 4, requires_grad=True)
 
     # At init only the zero-initialised output layer can learn: that is how training starts.
-    sampling_loss(net, z1, cond, sigma=1.0, steps=4).backward()
+    z0 = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+    sampling_loss(net, z1, cond, z0, steps=4).backward()
     assert net.final.linear.weight.grad.abs().sum() > 0
 
     net.zero_grad()
     cond.grad = None
     _perturb_zero_init(net)
-    sampling_loss(net, z1, cond, sigma=1.0, steps=4).backward()
+    sampling_loss(net, z1, cond, z0, steps=4).backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert cond.grad.abs().sum() > 0  # the conditioner upstream receives a gradient too
@@ -209,7 +231,7 @@ def _train_tiny_flow(sigma_from_targets: bool) -> tuple[float, float, torch.Tens
     torch.set_num_threads(1)
     try:
         for _ in range(200):
-            loss, _ = flow_loss(net, batch_z, batch_c, sigma, cfg, g)
+            loss, _ = flow_loss(net, batch_z, batch_c, draw_objective_noise(batch_z, sigma, g), cfg)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -217,7 +239,7 @@ def _train_tiny_flow(sigma_from_targets: bool) -> tuple[float, float, torch.Tens
     finally:
         torch.set_num_threads(threads)
     with torch.no_grad():
-        z = sample_latents(net, cond, 32, sigma, steps=cfg.steps, seed=[100, 101, 102, 103])
+        z = sample_latents(net, cond, (32,), sigma, steps=cfg.steps, seed=[100, 101, 102, 103])
     cos = F.cosine_similarity(z, targets, dim=-1)
     return sum(losses[:10]) / 10, sum(losses[-10:]) / 10, cos
 

@@ -7,7 +7,7 @@ import torch
 
 from flowsdf.data import dataset, shapes
 from flowsdf.data.dataset import Views
-from flowsdf.render.silhouette import RenderConfig
+from flowsdf.render.rays import RenderConfig
 from flowsdf.train import losses
 
 CPU = torch.device("cpu")
@@ -72,7 +72,7 @@ def test_background_sines_are_zero_on_the_silhouette_and_grow_away_from_it():
     mask[0, 6:10, 6:10] = 1.0
     import numpy as np
 
-    from flowsdf.data import cameras
+    from flowsdf.render import cameras
 
     K = torch.from_numpy(cameras.intrinsics(16, 40.0)).float()[None]
     c2w = torch.from_numpy(cameras.look_at(np.array([2.5, 0.0, 0.0]))).float()[None]
@@ -86,7 +86,7 @@ def test_extra_terms_are_off_by_default(tiny_cfg):
     from flowsdf.models.sdf import SDFDecoder
 
     assert losses.extra_terms(SDFDecoder(tiny_cfg.decoder), torch.zeros(1, tiny_cfg.decoder.latent_dim), None,
-                              tiny_cfg.render, tiny_cfg.stage1, torch.Generator()) is None
+                              tiny_cfg.render, tiny_cfg.stage1.sdfsrn, torch.Generator()) is None
 
 
 def test_seed_and_quick_stay_faithful_and_shapes_scales_the_data():
@@ -96,7 +96,7 @@ def test_seed_and_quick_stay_faithful_and_shapes_scales_the_data():
         cfg = config_mod.preset(name)
         assert cfg.frame == "world"
         for tc in (cfg.stage1, cfg.phase2):
-            assert tc.eikonal_weight == 0 and tc.bg_bound_weight == 0
+            assert tc.sdfsrn.eikonal_weight == 0 and tc.sdfsrn.bg_bound_weight == 0
     shapes_cfg = config_mod.preset("shapes")
     assert shapes_cfg.data.n_train_shapes > config_mod.preset("quick").data.n_train_shapes
 

@@ -6,12 +6,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from flowsdf.mesh.export import is_watertight, to_trimesh
-from flowsdf.mesh.extract import (
-    extract_mesh,
-    extract_mesh_coarse_to_fine,
-    mesh_from_grid,
-    sdf_grid_coarse_to_fine,
-)
+from flowsdf.mesh.extract import extract_mesh, extract_mesh_coarse_to_fine, mesh_from_grid, sdf_grid_coarse_to_fine
 
 CENTER = torch.tensor([0.2, -0.1, 0.3])
 RADIUS = 0.4

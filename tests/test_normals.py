@@ -6,10 +6,10 @@ import math
 import numpy as np
 import torch
 
-from flowsdf.data import cameras
 from flowsdf.data.dataset import Views
-from flowsdf.eval.normals import angle_deg, normal_errors
-from flowsdf.render.silhouette import RenderConfig
+from flowsdf.metrics.normals import angle_deg, normal_errors
+from flowsdf.render import cameras
+from flowsdf.render.rays import RenderConfig
 
 SIZE = 24
 

@@ -39,9 +39,9 @@ def test_valid_overrides_change_only_their_fields(tiny_cfg):
     ("stage1=3", ["stage1 is a section"]),
     ("stage1.epochs.x=3", ["stage1.epochs is a single value"]),
     ("stage1.batch_size", ["expected KEY=VALUE"]),
-    ("stage1.batch_size=two", ["stage1.batch_size must be a positive integer", '"two"']),
-    ("stage1.batch_size=0", ["stage1.batch_size must be a positive integer", "got 0"]),
-    ("stage1.batch_size=1.5", ["stage1.batch_size must be a positive integer"]),
+    ("stage1.batch_size=two", ["stage1.batch_size must be an integer from 1 to 65,536", '"two"']),
+    ("stage1.batch_size=0", ["stage1.batch_size must be an integer from 1 to 65,536", "got 0"]),
+    ("stage1.batch_size=1.5", ["stage1.batch_size must be an integer from 1 to 65,536"]),
     ("render.naive=1", ["render.naive must be true or false"]),
     ("render.search_dtype=float16", ["render.search_dtype must be 'float32' or 'bfloat16'"]),
     ("stage1.lr=-1", ["stage1.lr must be a positive number"]),
@@ -78,7 +78,7 @@ def test_train_records_overrides_and_resume_keeps_them(capsys, tmp_path, tiny_da
 
 
 def test_cli_refuses_unknown_key_and_wrong_type(capsys, tmp_path):
-    for item, word in (("stage1.nope=1", "unknown config key"), ("data.n_train_shapes=abc", "must be a positive integer")):
+    for item, word in (("stage1.nope=1", "unknown config key"), ("data.n_train_shapes=abc", "must be an integer from 1 to 1,000,000")):
         for cmd in (["train", "--stage", "cnn", "--preset", "tiny", "--out", str(tmp_path / "r")],
                     ["reproduce", "--preset", "tiny", "--out", str(tmp_path / "p")]):
             code, _, err = _cli(capsys, *cmd, "--set", item)

@@ -9,7 +9,7 @@ from flowsdf import checkpoint, runs
 from flowsdf.data import dataset
 from flowsdf.errors import FlowSDFError
 from flowsdf.flow import flow_predictor
-from flowsdf.models.build import build_flow, build_stage1
+from flowsdf.build import build_flow, build_stage1
 from flowsdf.pipeline import FlowSDF
 
 
@@ -23,7 +23,7 @@ def test_flow_codes_equal_the_training_predictor_on_the_checkpoint(tiny_flow_run
     cond, vel = build_flow(tiny_cfg)
     _, dec = build_stage1(tiny_cfg)
     meta = checkpoint.load(runs.checkpoint_path(tiny_flow_run, "phase2"), {"conditioner": cond, "velocity": vel, "decoder": dec})
-    predict = flow_predictor(cond.eval(), vel.eval(), meta["sigma"], tiny_cfg.flow.steps)
+    predict = flow_predictor(cond.eval(), vel.eval(), meta["sigma"], tiny_cfg.flow.steps, (tiny_cfg.decoder.latent_dim,))
     pipe = FlowSDF.from_run(tiny_flow_run, "flow", "cpu")
     images = data.train.input.images[:, 0]  # (N, 3, S, S)
     result = pipe(images, samples=2, seed=5)
@@ -53,10 +53,10 @@ def test_zero_velocity_returns_exactly_the_scaled_noise(tiny_flow_run, data):
             p.zero_()
     result = pipe(data.train.input.images[:1, 0], samples=2, seed=7, trajectory=True)
     for k in range(2):
-        eps = torch.randn(pipe.latent_dim, generator=torch.Generator().manual_seed(7 + k))
+        eps = torch.randn(pipe.latent_shape[0], generator=torch.Generator().manual_seed(7 + k))
         assert torch.equal(result.codes[0, k], pipe.sigma * eps)
     assert pipe.sigma != 1.0  # the check above would not tell a predictor that ignored sigma otherwise
-    assert result.trajectory.shape == (pipe.cfg.flow.steps + 1, 1, 2, pipe.latent_dim)
+    assert result.trajectory.shape == (pipe.cfg.flow.steps + 1, 1, 2, pipe.latent_shape[0])
     assert torch.equal(result.trajectory[0], result.codes)  # nothing moves without a velocity
 
 

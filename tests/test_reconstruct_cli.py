@@ -203,7 +203,7 @@ def test_reconstruct_image_returns_what_the_viewer_needs(shaped_run, tiny_data_d
     pipe = FlowSDF.from_run(shaped_run, "flow", "cpu")
     image = dataset.load(tiny_data_dir).heldout.input.images[0, 0]  # (3, S, S)
     rec = reconstruct_image(pipe, image, samples=3, seed=4, resolution=16)
-    S, D = pipe.image_size, pipe.latent_dim
+    S, D = pipe.image_size, pipe.latent_shape[0]
     assert rec.image.shape == (3, S, S) and rec.codes.shape == (3, D) and rec.silhouette.shape == (S, S)
     torch.testing.assert_close(rec.codes, pipe(image, samples=3, seed=4).codes[0])
     assert len(rec.meshes) == 3 and all(len(m.faces) > 0 for m in rec.meshes)

@@ -11,7 +11,7 @@ from flowsdf.data import dataset
 from flowsdf.data.frames import apply_frame
 from flowsdf.data.images import foreground_mask
 from flowsdf.errors import FlowSDFError
-from flowsdf.eval.run import evaluate_run
+from flowsdf.evaluate import evaluate_run
 from flowsdf.pipeline import FlowSDF
 from flowsdf.refine import refine_codes, silhouette_bce
 
@@ -45,10 +45,12 @@ def test_refinement_lowers_the_input_view_loss_and_leaves_the_decoder_alone(tiny
 def test_view_frame_pipeline_refines_from_its_input_camera(view_run, tiny_data_dir):
     pipe = FlowSDF.from_run(view_run, "cnn")
     data = apply_frame(dataset.load(tiny_data_dir), "view")
-    K, c2w = pipe.input_camera()
+    images = data.heldout.input.images[:, 0]
+    camera = pipe.input_camera(torch.zeros(pipe.latent_shape), foreground_mask(images)[0])
+    K, c2w = camera.K, camera.c2w
+    assert not camera.searched
     # The training views of a view-frame run are all taken from the pipeline's input camera.
     assert torch.allclose(c2w.expand_as(data.train.input.c2w[:, 0]), data.train.input.c2w[:, 0], atol=1e-5)
-    images = data.heldout.input.images[:, 0]
     plain, refined = pipe(images, samples=2).codes, pipe(images, samples=2, refine=8).codes  # (N, 2, D)
     masks = foreground_mask(images)
     assert torch.equal(masks, data.heldout.input.masks[:, 0])  # the mask refinement fits is the true one
@@ -59,10 +61,8 @@ def test_view_frame_pipeline_refines_from_its_input_camera(view_run, tiny_data_d
     assert (losses[1] < losses[0]).all()
 
 
-def test_world_frame_models_have_no_input_camera_and_bad_steps_fail(tiny_stage1_run):
+def test_bad_refinement_steps_fail(tiny_stage1_run):
     pipe = FlowSDF.from_run(tiny_stage1_run, "cnn")
-    with pytest.raises(FlowSDFError, match="view-frame"):
-        pipe.input_camera()
     with pytest.raises(FlowSDFError, match="refine"):
         pipe(torch.zeros(1, 3, 16, 16), refine=-1)
 

@@ -126,8 +126,8 @@ def _data_record_garbage(run):
 
 DAMAGES = {
     "config garbage": (_config_garbage, "config"),
-    "config bad value": (_config_bad_value, "render.n_samples must be a positive integer, got -5"),
-    "config wrong type": (_config_wrong_type, 'render.n_samples must be a positive integer, got "abc"'),
+    "config bad value": (_config_bad_value, "render.n_samples must be an integer from 1 to 512, got -5"),
+    "config wrong type": (_config_wrong_type, 'render.n_samples must be an integer from 1 to 512, got "abc"'),
     "config not an object": (_config_not_an_object, "config"),
     "checkpoints zeroed": (_checkpoints_zeroed, "damaged"),
     "checkpoints truncated": (_checkpoints_truncated, "damaged"),
@@ -179,11 +179,11 @@ UNWRITABLE = "/proc/flowsdf_unwritable"  # exists for nobody, root included
      ["flowsdf.train.stage1.load_data", "flowsdf.train.stage1.fit_silhouettes"]),
     (["train", "--stage", "flow", "--init", "RUN", "--preset", "tiny", "--out", UNWRITABLE],
      ["flowsdf.train.flow.run_data", "flowsdf.train.flow.phase1", "flowsdf.train.flow.fit_silhouettes"]),
-    (["eval", "RUN", "--out", UNWRITABLE + "/x.json"], ["flowsdf.eval.run.evaluate_run"]),
-    (["eval", "RUN", "--out", "/proc/x.json"], ["flowsdf.eval.run.evaluate_run"]),
+    (["eval", "RUN", "--out", UNWRITABLE + "/x.json"], ["flowsdf.evaluate.evaluate_run"]),
+    (["eval", "RUN", "--out", "/proc/x.json"], ["flowsdf.evaluate.evaluate_run"]),
     (["data", "--preset", "tiny", "--out", UNWRITABLE], ["flowsdf.data.dataset._render_split"]),
     (["reproduce", "--preset", "tiny", "--out", UNWRITABLE],
-     ["flowsdf.data.dataset.generate", "flowsdf.eval.report.train_stage1", "flowsdf.eval.report.train_flow"]),
+     ["flowsdf.data.dataset.generate", "flowsdf.reproduce.train_stage1", "flowsdf.reproduce.train_flow"]),
 ])
 def test_unwritable_outputs_fail_before_any_work(capsys, monkeypatch, finished_run, argv, expensive):
     for target in expensive:

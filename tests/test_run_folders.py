@@ -10,7 +10,7 @@ import torch
 
 from flowsdf import checkpoint, runs
 from flowsdf.cli import main
-from flowsdf.models.build import build_stage1
+from flowsdf.build import build_stage1
 from flowsdf.train.flow import train_flow
 
 

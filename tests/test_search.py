@@ -4,16 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from flowsdf.data import cameras, shapes
-from flowsdf.eval.search_error import search_agreement
-from flowsdf.render.search import coarse_to_fine_depth
-from flowsdf.render.silhouette import (
-    RenderConfig,
-    argmin_depth,
-    render_min_sdf,
-    sample_depths,
-    sphere_interval,
-)
+from flowsdf.data import shapes
+from flowsdf.render import cameras
+from flowsdf.render.rays import RenderConfig, sphere_rays
+from flowsdf.render.search import coarse_to_fine, search_rays
+from flowsdf.render.silhouette import render_min_sdf
+from flowsdf.speed.search_error import search_agreement
 
 TAU = 0.01
 
@@ -47,27 +43,40 @@ def test_stride_one_is_the_exhaustive_search(scene):
     assert torch.equal(exact, coarse)
 
 
-def test_refined_rays_find_the_exhaustive_argmin(scene):
+def test_rays_of_the_fine_pass_find_the_exhaustive_argmin(scene):
     field, o, d, masks, _ = scene
-    flat_o, flat_d = o.reshape(-1, 3), d.reshape(-1, 3)
-    hit, t_near, t_far, _ = sphere_interval(flat_o, flat_d, 0.9)
-    item = torch.arange(o.shape[0]).repeat_interleave(o.shape[1])[hit]
-    t = sample_depths(t_near[hit], t_far[hit], 48)
-    cfg = RenderConfig(n_samples=48)
-    exact = argmin_depth(field, flat_o[hit], flat_d[hit], item, t, cfg)
-    best, refined = coarse_to_fine_depth(field, flat_o[hit], flat_d[hit], item, t, 4, 1.0, 16384, False)
-    assert refined.float().mean() < 0.9  # culling really skips rays...
-    inside = masks.reshape(-1)[hit] > 0.5
-    assert refined[inside].all()  # ... but never one that sees the surface
-    same = best == exact
-    assert same[refined].float().mean() >= 0.99
+    rays = sphere_rays(o, d, RenderConfig(n_samples=48))
+    exact = search_rays(field, rays, RenderConfig(n_samples=48)).best
+    found = search_rays(field, rays, RenderConfig(n_samples=48, search="coarse", coarse_stride=4, fine_margin=1.0))
+    fine = found.fine
+    assert fine.float().mean() < 0.9  # culling really skips rays...
+    inside = masks[rays.inside] > 0.5
+    assert fine[inside].all()  # ... but never one that sees the surface
+    same = found.best == exact
+    assert same[fine].float().mean() >= 0.99
     assert same[inside].float().mean() >= 0.99
+
+
+def test_first_inside_sample_is_the_first_negative_one(scene):
+    """The shading's crossing: the first sample with sdf < 0, found by the same chunked search."""
+    field, o, d, _, _ = scene
+    cfg = RenderConfig(n_samples=32)
+    rays = sphere_rays(o, d, cfg)
+    found = search_rays(field, rays, cfg, first_inside=True)
+    with torch.no_grad():
+        points = rays.origins[:, None] + rays.depths[..., None] * rays.dirs[:, None]  # (H, 32, 3)
+        values = field(points.reshape(-1, 3), rays.item.repeat_interleave(32)).view(-1, 32)  # (H, 32)
+    neg = values < 0
+    expected = torch.where(neg.any(1), neg.float().argmax(1), -1)
+    assert torch.equal(found.first_inside, expected)
+    assert (expected >= 0).sum() > 50 and (expected < 0).sum() > 50  # both kinds of rays occur
+    assert torch.equal(found.best, rays.depths.gather(1, values.argmin(1, keepdim=True)).squeeze(1))
 
 
 @pytest.mark.parametrize("stride, margin", [(4, 1.0), (2, 0.5)])
 def test_coarse_search_matches_the_exhaustive_one_ray_by_ray(scene, stride, margin):
     field, o, d, masks, scale = scene
-    cfg = RenderConfig(n_samples=48, search="coarse", coarse_stride=stride, refine_margin=margin)
+    cfg = RenderConfig(n_samples=48, search="coarse", coarse_stride=stride, fine_margin=margin)
     r = search_agreement(field, o, d, masks, cfg, TAU, [scale])
     assert r["rays_near_surface"] > 300
     # Near the surface (where loss and gradient live) the argmin is the exhaustive one ...
@@ -91,13 +100,10 @@ def test_bfloat16_search_is_close_ray_by_ray(scene):
     assert r["loss_rel_diff"] <= 2e-2 and r["grad_rel_diff"] <= 2e-2
 
 
-def test_the_tau_floor_refines_a_superset_of_rays(scene):
+def test_the_tau_floor_sends_a_superset_of_rays_to_the_fine_pass(scene):
     field, o, d, _, _ = scene
-    flat_o, flat_d = o.reshape(-1, 3), d.reshape(-1, 3)
-    hit, t_near, t_far, _ = sphere_interval(flat_o, flat_d, 0.9)
-    item = torch.arange(o.shape[0]).repeat_interleave(o.shape[1])[hit]
-    t = sample_depths(t_near[hit], t_far[hit], 48)
-    args = (field, flat_o[hit], flat_d[hit], item, t, 4, 1.0, 16384, False)
-    _, plain = coarse_to_fine_depth(*args)
-    _, floored = coarse_to_fine_depth(*args, floor=0.3)
+    rays = sphere_rays(o, d, RenderConfig(n_samples=48))
+    args = (field, rays.origins, rays.dirs, rays.item, rays.depths, 4, 1.0, 16384, False)
+    _, plain = coarse_to_fine(*args)
+    _, floored = coarse_to_fine(*args, floor=0.3)
     assert (floored >= plain).all() and floored.sum() > plain.sum()  # a superset, strictly larger

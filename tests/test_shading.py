@@ -5,11 +5,13 @@ import math
 import numpy as np
 import torch
 
-from flowsdf.data import cameras, dataset, shapes
+from flowsdf.data import dataset, shapes
 from flowsdf.models.albedo import build_albedo
 from flowsdf.models.sdf import DecoderConfig, SDFDecoder
+from flowsdf.render import cameras
+from flowsdf.render.rays import RenderConfig
 from flowsdf.render.shading import render_surface, shade_views
-from flowsdf.render.silhouette import RenderConfig, render_views
+from flowsdf.render.silhouette import render_views
 from flowsdf.train.rgb import shaded_loss
 
 
@@ -167,7 +169,7 @@ def test_surface_point_and_normal_derivatives_match_finite_differences():
 
     def render(centre, radius):
         field = lambda p, item: (p - centre).norm(dim=-1) - radius  # noqa: E731
-        surf = render_surface(field, origins[None], dirs[None], cfg, refine=60)
+        surf = render_surface(field, origins[None], dirs[None], cfg, bisections=60)
         return surf.hit, surf.points, surf.normals
 
     theta = torch.tensor([0.05, -0.03, 0.02, 0.55], dtype=torch.float64, requires_grad=True)

@@ -6,16 +6,9 @@ import math
 import torch
 
 from flowsdf.data import shapes
-from flowsdf.eval.metrics import volumetric_iou
-from flowsdf.eval.shapes3d import (
-    METRIC_KEYS,
-    SPHERE_FLOOR,
-    bounded,
-    decoder_field,
-    evaluate_shapes,
-    gt_field,
-    shape_metrics,
-)
+from flowsdf.fields import bounded, code_field
+from flowsdf.metrics.shapes import evaluate_shapes, gt_field, METRIC_KEYS, shape_metrics, SPHERE_FLOOR
+from flowsdf.metrics.surface import volumetric_iou
 from flowsdf.models.sdf import DecoderConfig, SDFDecoder
 
 EYE = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
@@ -63,7 +56,7 @@ def test_bounded_closes_an_all_inside_field_to_the_ball():
     small = lambda p: p.norm(dim=-1) - 0.3  # noqa: E731
     p = torch.rand(1000, 3) * 2 - 1
     inner = p[p.norm(dim=-1) < 0.6]
-    assert torch.equal(bounded(small)(inner), small(inner))
+    assert torch.equal(bounded(small, 0.9)(inner), small(inner))
 
 
 def test_bounded_matches_the_plain_maximum_inside_and_skips_points_outside_the_ball():
@@ -90,7 +83,7 @@ def test_decoder_field_matches_the_plain_forward():
     code = torch.randn(8)
     p = torch.rand(50, 3) * 2 - 1
     expected = decoder(code[None], p[None])[0]  # (50,)
-    out = decoder_field(decoder, code)(p)
+    out = code_field(decoder, code)(p)
     assert not out.requires_grad
     assert torch.allclose(out, expected, atol=1e-6)
 

@@ -12,8 +12,8 @@ from safetensors import safe_open
 
 from flowsdf import checkpoint, runs
 from flowsdf.cli import main
-from flowsdf.models.albedo import load_albedo
-from flowsdf.models.build import build_stage1
+from flowsdf.loading import load_albedo
+from flowsdf.build import build_stage1
 from flowsdf.train.stage1 import train_stage1
 
 

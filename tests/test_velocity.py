@@ -4,12 +4,7 @@ import pytest
 import torch
 
 from flowsdf.models.conditioner import ConditionerConfig
-from flowsdf.models.velocity import (
-    AdaLNBlock,
-    VelocityConfig,
-    VelocityNet,
-    timestep_embedding,
-)
+from flowsdf.models.velocity import AdaLNBlock, timestep_embedding, VelocityConfig, VelocityNet
 
 
 def n_params(module: torch.nn.Module) -> int:

@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from flowsdf.device import pick_device
-    from flowsdf.eval.bench import BenchSettings, quick_settings, run_bench, table
     from flowsdf.runs import ensure_writable
+    from flowsdf.speed.bench import BenchSettings, quick_settings, run_bench, table
 
     if args.threads is not None:
         if args.threads < 1:

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flowsdf.eval.run import evaluate_run, markdown_tables, write
+    from flowsdf.evaluate import evaluate_run, markdown_tables, write
 
     if args.k < 1:
         raise FlowSDFError("--k must be at least 1")

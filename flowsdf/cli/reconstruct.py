@@ -94,8 +94,8 @@ def _mesh_entry(mesh, path: Path | None, out: Path) -> dict[str, Any]:
 
 def _write(rec, file: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Write one reconstruction's meshes and preview; its summary entry."""
+    from flowsdf.figures.preview import camera_angles, reconstruction_preview
     from flowsdf.mesh.export import export_mesh
-    from flowsdf.mesh.preview import camera_angles, reconstruction_preview
 
     out, fmt = Path(args.out), args.format
     start = time.perf_counter()

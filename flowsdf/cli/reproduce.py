@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flowsdf.eval.report import reproduce
+    from flowsdf.reproduce import reproduce
 
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.preset}"
     report = reproduce(args.preset, out, args.device, not args.quiet, args.overrides)

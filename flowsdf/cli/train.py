@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flowsdf import config as config_mod
 from flowsdf import overrides, runs
-from flowsdf.cli.options import add_device
+from flowsdf.cli.options import add_device, check_range
 from flowsdf.errors import FlowSDFError
 
 STAGES = ("cnn", "flow")
@@ -26,17 +26,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--data", type=Path, help="dataset folder (default: the preset's cached dataset, made if missing)")
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    t.add_argument("--epochs", type=int, help="override the preset's epochs (Stage 1, or Phase 2 with --stage flow); ignored with --resume")
+    # Shortcuts for the most common --set items, nothing more: each is recorded in config.json
+    # as the --set it stands for (the trained phase is stage1 for --stage cnn, phase2 for flow).
+    t.add_argument("--epochs", type=int, metavar="N", help="alias of --set PHASE.epochs=N (PHASE: stage1, or phase2 "
+                                                           "with --stage flow)")
     t.add_argument("--batch-size", type=int, metavar="N",
-                   help="override the preset's batch (Stage 1, or Phase 2 with --stage flow); under torchrun the "
-                        "global batch, split over the processes; ignored with --resume")
-    t.add_argument("--compile", action="store_true",
-                   help="with --stage cnn: torch.compile the decoder for the renderer, in this run's Stage 1 and the "
-                        "Stage 2 that continues it (GPUs; adds compile time); ignored with --resume")
-    t.add_argument("--seed", type=int, help="override the training seed; ignored with --resume")
+                   help="alias of --set PHASE.batch_size=N; under torchrun the global batch, split over the processes")
     t.add_argument("--rgb-weight", metavar="LAMBDA",
-                   help="Stage 3: add LAMBDA x shaded-RGB L1 inside the mask to the silhouette BCE (Stage 1, or "
-                        "Phase 2 with --stage flow); default 0 = silhouette only; ignored with --resume")
+                   help="alias of --set PHASE.rgb_weight=LAMBDA (Stage 3: LAMBDA x shaded-RGB L1 inside the mask "
+                        "beside the silhouette BCE; 0 = silhouette only)")
+    t.add_argument("--compile", action="store_true",
+                   help="alias of --set render.compile=true, with --stage cnn (torch.compile the decoder for the "
+                        "renderer in this run's Stage 1 and the Stage 2 that continues it; GPUs; adds compile time)")
+    t.add_argument("--seed", type=int, help="alias of --set seed=N")
     t.add_argument("--until-epoch", type=int, metavar="N",
                    help="stop after epoch N (schedules unchanged); continue later with --resume")
     add_device(t)
@@ -57,38 +59,38 @@ def parse_rgb_weight(text: str) -> float:
     return weight
 
 
+def alias_overrides(args: argparse.Namespace) -> list[str]:
+    """The --set items the shortcut flags stand for (before the user's own --set, which wins)."""
+    phase = "stage1" if args.stage == "cnn" else "phase2"
+    items = []
+    if args.epochs is not None:
+        items.append(f"{phase}.epochs={args.epochs}")
+    if args.batch_size is not None:
+        items.append(f"{phase}.batch_size={args.batch_size}")
+    if args.rgb_weight is not None:
+        items.append(f"{phase}.rgb_weight={json.dumps(parse_rgb_weight(args.rgb_weight))}")
+    if args.compile:
+        if args.stage != "cnn":
+            raise FlowSDFError("--compile is a Stage-1 option: Stage 2 keeps the renderer settings of its Stage-1 run")
+        items.append("render.compile=true")
+    if args.seed is not None:
+        items.append(f"seed={args.seed}")
+    return items
+
+
 def run(args: argparse.Namespace) -> int:
     from flowsdf.train.flow import train_flow
     from flowsdf.train.stage1 import train_stage1
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise FlowSDFError("--threads must be at least 1")
+        check_range("--threads", args.threads, 1, 1024)
         import torch
 
         torch.set_num_threads(args.threads)
-    cfg = config_mod.preset(args.preset)
-    if args.seed is not None:
-        cfg.seed = args.seed
-    if args.until_epoch is not None and args.until_epoch < 1:
-        raise FlowSDFError("--until-epoch must be at least 1")
-    # The flags below set the trained phase's section: Stage 1's, or Phase 2's with --stage flow.
-    phase_cfg = cfg.stage1 if args.stage == "cnn" else cfg.phase2
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise FlowSDFError("--epochs must be at least 1")
-        phase_cfg.epochs = args.epochs
-    if args.compile:
-        if args.stage != "cnn":
-            raise FlowSDFError("--compile is a Stage-1 option: Stage 2 keeps the renderer settings of its Stage-1 run")
-        cfg.render.compile = True
-    if args.batch_size is not None:
-        if args.batch_size < 1:
-            raise FlowSDFError("--batch-size must be at least 1")
-        phase_cfg.batch_size = args.batch_size
-    if args.rgb_weight is not None:
-        phase_cfg.rgb_weight = parse_rgb_weight(args.rgb_weight)
-    cfg = set_overrides(cfg, args)  # --set has the last word, checked like a config file
+    if args.until_epoch is not None:
+        check_range("--until-epoch", args.until_epoch, 1, 1_000_000)
+    args.overrides = alias_overrides(args) + args.overrides
+    cfg = set_overrides(config_mod.preset(args.preset), args)  # checked like a config file
     stage = "stage1" if args.stage == "cnn" else "phase2"
     before = runs.checkpoint_epoch(Path(args.out), stage) if args.resume else None
     if args.stage == "cnn":

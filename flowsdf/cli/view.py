@@ -42,10 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise FlowSDFError(f"--max-resolution must be at least {limits.min_resolution}")
     viewer = Viewer.load(args.run, args.device, args.data, limits)
 
-    from flowsdf.viewer.app import (  # gradio only once the run has loaded
-        build_app,
-        serve,
-    )
+    from flowsdf.viewer.app import build_app, serve
 
     serve(build_app(viewer), viewer, args.host, args.port)
     return 0

@@ -39,9 +39,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from flowsdf.data import cameras, shapes
+from flowsdf.data import shapes
 from flowsdf.errors import FlowSDFError
+from flowsdf.render import cameras
 from flowsdf.render.shading import first_hit, lambertian
+from flowsdf.schema import COUNT, FRACTION, Rule, build, int_range
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "heldout")
@@ -63,6 +65,15 @@ class DataConfig:
     csg_fraction: float = 0.25  # share of shapes that are a union/difference of two primitives
     gt_samples: int = 192  # dense samples per ray for ground truth, then bisection
     seed: int = 0
+
+    RULES = {
+        "n_train_shapes": int_range(1, 1_000_000), "n_heldout_shapes": int_range(1, 100_000),
+        "train_views": int_range(1, 64), "novel_views": int_range(1, 64), "image_size": int_range(8, 512),
+        "fov_deg": Rule("a number in (0, 180)", lambda v: 0 < v < 180),
+        # Cameras must see the whole bounding sphere (radius <= 0.9) from outside it.
+        "cam_distance": Rule("a number > 1", lambda v: v > 1), "ambient": FRACTION, "csg_fraction": FRACTION,
+        "gt_samples": int_range(2, 4096), "seed": COUNT,
+    }
 
     def hash(self) -> str:
         blob = json.dumps({"format": FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
@@ -300,10 +311,8 @@ def load(root: Path) -> Dataset:
 
 def _checked_config(root: Path, value: object) -> DataConfig:
     """The manifest's DataConfig, every field checked like a run's config.json."""
-    from flowsdf.config import check_section  # local: config imports this module
-
     try:
-        return check_section(DataConfig, value, "data")
+        return build(DataConfig, value, "data")
     except FlowSDFError as e:
         raise FlowSDFError(f"dataset at {root} is damaged: manifest.json {e}") from e
 

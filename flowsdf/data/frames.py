@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flowsdf.data import cameras
 from flowsdf.data.dataset import Dataset, ShapeSplit, Views
 from flowsdf.data.shapes import Spec
 from flowsdf.errors import FlowSDFError
+from flowsdf.render import cameras
 
 FRAMES = ("world", "view")
 

@@ -12,7 +12,6 @@ the surface, which makes 128^3 affordable on a CPU (see `sdf_grid_coarse_to_fine
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from skimage.measure import marching_cubes
 from torch import Tensor
 from torch.nn import functional as F
 
-Field = Callable[[Tensor], Tensor]
+from flowsdf.fields import PointField
 
 
 def _empty_mesh() -> tuple[np.ndarray, np.ndarray]:
@@ -29,7 +28,7 @@ def _empty_mesh() -> tuple[np.ndarray, np.ndarray]:
 
 @torch.no_grad()
 def sdf_grid(
-    field: Field,
+    field: PointField,
     resolution: int = 64,
     bound: float = 1.0,
     chunk: int = 65536,
@@ -51,7 +50,7 @@ def sdf_grid(
 
 
 def extract_mesh(
-    field: Field,
+    field: PointField,
     resolution: int = 64,
     bound: float = 1.0,
     chunk: int = 65536,
@@ -94,7 +93,7 @@ def mesh_from_grid(values: np.ndarray, bound: float = 1.0) -> tuple[np.ndarray, 
 
 
 @torch.no_grad()
-def _evaluate(field: Field, points: Tensor, chunk: int, device: torch.device | str) -> Tensor:
+def _evaluate(field: PointField, points: Tensor, chunk: int, device: torch.device | str) -> Tensor:
     """The field at points (P, 3) in chunks, as float32 on the CPU: (P,)."""
     out = [field(points[s : s + chunk].to(device)).reshape(-1).float().cpu() for s in range(0, points.shape[0], chunk)]
     return torch.cat(out) if out else torch.zeros(0)
@@ -107,7 +106,7 @@ _CELL_POINTS = torch.stack(torch.meshgrid(*(torch.arange(3),) * 3, indexing="ij"
 
 @torch.no_grad()
 def sdf_grid_coarse_to_fine(
-    field: Field,
+    field: PointField,
     resolution: int = 128,
     bound: float = 1.0,
     coarse_stride: int = 16,
@@ -201,7 +200,7 @@ def sdf_grid_coarse_to_fine(
 
 
 def extract_mesh_coarse_to_fine(
-    field: Field,
+    field: PointField,
     resolution: int = 128,
     bound: float = 1.0,
     coarse_stride: int = 16,
@@ -249,7 +248,7 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 
 
 
 def surface_points(
-    field: Field,
+    field: PointField,
     n: int = 10_000,
     resolution: int = 64,
     seed: int = 0,

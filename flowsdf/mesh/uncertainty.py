@@ -9,18 +9,20 @@ vertex where every sample's surface passes through it has std 0. It is in the fi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from matplotlib import colormaps
-from torch import Tensor
 
-Field = Callable[[Tensor], Tensor]
+from flowsdf.fields import PointField
+
+# The colour map of uncertainty everywhere it is shown (vertex colours, colour bars): dark = agree.
+CMAP = "viridis"
 
 
 @torch.no_grad()
-def field_values(fields: Sequence[Field], points: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def field_values(fields: Sequence[PointField], points: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """The K fields at points (V, 3): (K, V) float64."""
     p = torch.as_tensor(np.asarray(points), dtype=torch.float32)  # (V, 3)
     rows = []
@@ -38,12 +40,12 @@ def sample_std(values: np.ndarray) -> np.ndarray:
     return values.std(axis=0)
 
 
-def vertex_std(fields: Sequence[Field], vertices: np.ndarray) -> np.ndarray:
+def vertex_std(fields: Sequence[PointField], vertices: np.ndarray) -> np.ndarray:
     """Per-vertex std (V,) of K >= 2 fields at the vertices (V, 3) of a mesh."""
     return sample_std(field_values(fields, vertices))
 
 
-def std_colors(std: np.ndarray, vmax: float | None = None, cmap: str = "viridis") -> tuple[np.ndarray, float]:
+def std_colors(std: np.ndarray, vmax: float | None = None, cmap: str = CMAP) -> tuple[np.ndarray, float]:
     """Vertex colours (V, 4) uint8 RGBA for per-vertex std: 0 maps to the colormap's low end,
     `vmax` (default: the largest std, or 1e-12 when all are 0) to its high end. Returns the
     colours and the vmax used, for a colour bar."""

@@ -16,14 +16,9 @@ other parts are pre-trained (Flow Phase 2, lr 2e-4) also needs a larger share of
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from safetensors import safe_open
 from torch import Tensor, nn
 from torch.nn import functional as F
-
-from flowsdf import checkpoint
 
 # The module name under which a phase trains and checkpoints the head.
 MODULE = "albedo"
@@ -48,14 +43,3 @@ def build_albedo(latent_dim: int, seed: int) -> AlbedoHead:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 2)  # +0 / +1 seed the Stage-1 and flow models
         return AlbedoHead(latent_dim)
-
-
-def load_albedo(path: Path, latent_dim: int, device: torch.device | str = "cpu") -> AlbedoHead | None:
-    """The albedo head stored in a checkpoint, or None when the phase trained without RGB."""
-    with safe_open(str(path), framework="pt") as f:
-        has_head = any(k.startswith(f"model.{MODULE}.") for k in f.keys())
-    if not has_head:
-        return None
-    head = AlbedoHead(latent_dim).to(device).eval()
-    checkpoint.load(path, {MODULE: head}, map_location=device)
-    return head

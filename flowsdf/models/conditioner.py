@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from flowsdf.schema import ANY_BOOL, all_in, int_range
+
 
 @dataclass
 class ConditionerConfig:
@@ -31,6 +33,9 @@ class ConditionerConfig:
     embed_dim: int = 512
     group_norm: bool = True
     norm_groups: int = 8
+
+    RULES = {"image_size": int_range(8, 512), "channels": all_in(1, 4096), "embed_dim": int_range(1, 8192),
+             "group_norm": ANY_BOOL, "norm_groups": int_range(1, 4096)}
 
 
 class ImageConditioner(nn.Module):

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from flowsdf.schema import all_in, int_range
+
 
 @dataclass
 class EncoderConfig:
@@ -13,6 +15,9 @@ class EncoderConfig:
     channels: tuple[int, ...] = (32, 64, 128, 256)  # 4 stride-2 convs: 64 -> 4 pixels
     fc_hidden: int = 256
     latent_dim: int = 128
+
+    RULES = {"image_size": int_range(8, 512), "channels": all_in(1, 4096), "fc_hidden": int_range(1, 65_536),
+             "latent_dim": int_range(1, 4096)}
 
 
 class CNNEncoder(nn.Module):

@@ -3,11 +3,6 @@
 Five linear layers; the input [z, xyz] is concatenated back in at layer 3 (DeepSDF's skip).
 Like DeepSDF, layer 2 outputs `hidden - in_dim` so that the concatenation is `hidden` wide.
 
-Optionally (`xyz_frequencies` > 0) xyz enters as Fourier features [xyz, sin(2^k pi xyz),
-cos(2^k pi xyz)], k < L, instead of raw coordinates: a plain ReLU MLP on raw xyz is slow to form
-corners and thin parts. The skip layout keeps the parameter count almost unchanged (layer 1 gets
-wider by 6L inputs, layer 2 narrower by as many outputs).
-
 Rendering evaluates the decoder at ~200 k points per image but every point of one image shares
 the same z, so the forward pass splits layers 1 and 3 into their z-part (computed once per code)
 and their xyz-part (per point). The parameters stay ordinary nn.Linear layers on the
@@ -22,32 +17,22 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from flowsdf.schema import int_range
+
 
 @dataclass
 class DecoderConfig:
     latent_dim: int = 128
     hidden: int = 330  # 5 layers at this width: ~328 k parameters (the published ~330 k)
-    xyz_frequencies: int = 0  # L octaves of Fourier features of xyz; 0 = raw xyz (DeepSDF)
 
-    @property
-    def xyz_dim(self) -> int:
-        return 3 + 6 * self.xyz_frequencies
-
-
-def fourier_features(xyz: Tensor, octaves: int) -> Tensor:
-    """xyz (..., 3) -> (..., 3 + 6 * octaves): [xyz, sin(2^k pi xyz), cos(2^k pi xyz)] for k < octaves."""
-    if octaves == 0:
-        return xyz
-    freqs = torch.pi * 2.0 ** torch.arange(octaves, device=xyz.device, dtype=xyz.dtype)  # (L,)
-    angles = (xyz[..., None, :] * freqs[:, None]).flatten(-2)  # (..., 3L)
-    return torch.cat([xyz, angles.sin(), angles.cos()], dim=-1)
+    RULES = {"latent_dim": int_range(1, 4096), "hidden": int_range(2, 8192)}
 
 
 class SDFDecoder(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         self.cfg = cfg
-        d_in, h = cfg.latent_dim + cfg.xyz_dim, cfg.hidden
+        d_in, h = cfg.latent_dim + 3, cfg.hidden
         if h <= d_in:
             raise ValueError(f"hidden ({h}) must exceed the input width ({d_in}) for the skip layer")
         self.l1 = nn.Linear(d_in, h)
@@ -58,8 +43,8 @@ class SDFDecoder(nn.Module):
 
     def latent_terms(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """The z-dependent parts of layers 1 and 3, once per code: z (B, D) -> (B, h), (B, h)."""
-        D, X = self.cfg.latent_dim, self.cfg.xyz_dim
-        skip_w = self.l3.weight[:, -(D + X) : -X]  # (h, D) columns that multiply z
+        D = self.cfg.latent_dim
+        skip_w = self.l3.weight[:, -(D + 3) : -3]  # (h, D) columns that multiply z
         t1 = F.linear(z, self.l1.weight[:, :D], self.l1.bias)  # (B, h)
         t3 = F.linear(z, skip_w, self.l3.bias)  # (B, h)
         return t1, t3
@@ -80,12 +65,11 @@ class SDFDecoder(nn.Module):
             # Keep the whole search in the autocast dtype instead of promoting at the adds.
             dtype = torch.get_autocast_dtype(xyz.device.type)
             t1, t3 = t1.to(dtype), t3.to(dtype)
-        D, X, h = self.cfg.latent_dim, self.cfg.xyz_dim, self.cfg.hidden
-        x = fourier_features(xyz, self.cfg.xyz_frequencies)  # (P, X)
-        a = F.relu(F.linear(x, self.l1.weight[:, D:]) + t1)  # (P, h)
-        b = F.relu(self.l2(a))  # (P, h - D - X)
+        D, h = self.cfg.latent_dim, self.cfg.hidden
+        a = F.relu(F.linear(xyz, self.l1.weight[:, D:]) + t1)  # (P, h)
+        b = F.relu(self.l2(a))  # (P, h - D - 3)
         w3 = self.l3.weight
-        c = F.linear(b, w3[:, : h - D - X]) + F.linear(x, w3[:, -X:]) + t3  # (P, h)
+        c = F.linear(b, w3[:, : h - D - 3]) + F.linear(xyz, w3[:, -3:]) + t3  # (P, h)
         c = F.relu(c)
         d = F.relu(self.l4(c))  # (P, h)
         return self.l5(d).squeeze(-1)  # (P,)
@@ -98,8 +82,7 @@ class SDFDecoder(nn.Module):
     def forward(self, z: Tensor, xyz: Tensor) -> Tensor:
         """Plain DeepSDF forward: z (B, D), xyz (B, N, 3) -> sdf (B, N). Reference for tests."""
         B, N, _ = xyz.shape
-        x = fourier_features(xyz, self.cfg.xyz_frequencies)  # (B, N, X)
-        inp = torch.cat([z[:, None, :].expand(B, N, -1), x], dim=-1)  # (B, N, D + X)
+        inp = torch.cat([z[:, None, :].expand(B, N, -1), xyz], dim=-1)  # (B, N, D + 3)
         a = F.relu(self.l1(inp))
         b = F.relu(self.l2(a))
         c = F.relu(self.l3(torch.cat([b, inp], dim=-1)))

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from flowsdf.schema import Rule, int_range
+
 
 @dataclass
 class VelocityConfig:
@@ -38,6 +40,10 @@ class VelocityConfig:
     depth: int = 6
     mlp_ratio: int = 3
     time_embed_dim: int = 256  # width of the sinusoidal features before the time MLP
+
+    RULES = {"latent_dim": int_range(1, 4096), "cond_dim": int_range(1, 8192), "hidden": int_range(1, 8192),
+             "depth": int_range(1, 256), "mlp_ratio": int_range(1, 16),
+             "time_embed_dim": Rule("an even integer from 2 to 8,192", lambda v: 2 <= v <= 8192 and v % 2 == 0)}
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:

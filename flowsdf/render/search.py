@@ -1,45 +1,58 @@
-"""A cheaper argmin search along each ray: coarse samples first, full resolution only where it counts.
+"""The one search along the renderer's rays: each ray's smallest-SDF sample, without autograd.
 
-The exhaustive search (silhouette.argmin_depth) evaluates the field at all n samples of every ray.
-Two facts make most of that unnecessary:
+The soft silhouette needs min_k sdf(x_k) along a ray, and the gradient of a minimum flows only
+through its argmin: so the search over the samples runs without autograd (in chunks, optionally
+in bfloat16) and the renderers evaluate only the argmin point again with gradient. Every
+renderer (silhouettes, Lambertian shading, the dataset's ground truth) searches here.
 
-- The gradient flows only through each ray's argmin, and the field is smooth along a ray at the
-  sample spacing, so the argmin lies next to the smallest of every `stride`-th sample (the coarse
-  pass). Refining means evaluating the 2*stride - 1 full-resolution samples between the coarse
-  argmin's two coarse neighbours.
-- A ray whose coarse minimum is well above the surface contributes ~nothing to loss or gradient
-  once the silhouette is sharp, so refining it is wasted: only rays whose coarse minimum is below
-  `margin` coarse spacings (a world distance per ray), or below `floor` (training passes
-  refine_tau * tau: early on, when tau is large, a few coarse spacings are only a few tau) are
-  refined; the rest keep the coarse argmin.
+Two searches (RenderConfig.search):
 
-What it can get wrong: a thin part that the coarse samples step over entirely, when another part
-of the same ray holds the coarse minimum; and, for culled rays, a minimum up to about half a
-coarse spacing (times the field's steepness) too high. benchmarks/search_error.py measures both
-against the exhaustive search on trained models; tests compare them ray by ray.
-
-Cost per ray: n / stride coarse samples + (2 * stride - 1) for a refined ray, e.g. 12 + 7 of 48.
+- "exhaustive" evaluates all n samples of every ray: the reference. It can also report each
+  ray's first sample inside the shape (sdf < 0), which the shading needs for the surface crossing.
+- "coarse" evaluates every `coarse_stride`-th sample first (the coarse pass), then, only for the
+  rays whose coarse minimum is below `fine_margin` coarse spacings (a world distance per ray) or
+  below `fine_tau * tau`, the 2 * stride - 1 full-resolution samples between the coarse argmin's
+  two coarse neighbours (the fine pass); other rays keep the coarse argmin. Why this is enough:
+  the field is smooth along a ray at the sample spacing, so the argmin lies next to the smallest
+  coarse sample; and a ray whose coarse minimum is well above the surface has a silhouette of
+  ~0 once tau is small, so it carries ~no loss or gradient. What it can get wrong: a thin part
+  that every coarse sample steps over while another part of the ray holds the coarse minimum; and
+  for rays left at the coarse argmin, a minimum up to about half a coarse spacing (times the
+  field's steepness) too high. benchmarks/search_error.py measures both against the exhaustive
+  search on trained models; tests compare them ray by ray. Cost per ray: n / stride coarse
+  samples + (2 * stride - 1) for a ray that gets the fine pass, e.g. 12 + 7 of 48.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import Tensor
 
-# A Field as in flowsdf.render.silhouette: field(points (P, 3), item) -> sdf (P,).
+from flowsdf.fields import BatchField
+from flowsdf.render.rays import Rays, RenderConfig
+
+
+@dataclass
+class Search:
+    """What the search found along H rays."""
+
+    best: Tensor  # (H,) depth of each ray's smallest-SDF sample
+    fine: Tensor  # (H,) bool: the ray was searched at full resolution (every ray, exhaustively)
+    first_inside: Tensor | None = None  # (H,) index of the first sample with sdf < 0, -1 if none
 
 
 @torch.no_grad()
 def chunked_values(
-    field, o: Tensor, d: Tensor, item: Tensor, t: Tensor, chunk_points: int, use_bf16: bool
+    field: BatchField, o: Tensor, d: Tensor, item: Tensor, t: Tensor, chunk_points: int, use_bf16: bool
 ) -> Iterator[tuple[int, int, Tensor]]:
     """The field at the depths t (R, k) of rays o, d (R, 3), in chunks without autograd: yields
     (s, e, values (e - s, k) float32) for rays s..e-1, each chunk about `chunk_points` points.
 
-    Rays arrive grouped by item (row-major over (B, R)), so each item is one contiguous run and a
-    chunk never mixes items: the field gets a plain int item and can broadcast its per-code terms
+    Rays arrive grouped by item (Rays' order), so each item is one contiguous run and a chunk
+    never mixes items: the field gets a plain int item and can broadcast its per-code terms
     instead of gathering them per point. With `use_bf16` the field runs under bfloat16 autocast.
     """
     k = t.shape[1]
@@ -57,14 +70,39 @@ def chunked_values(
 
 
 @torch.no_grad()
-def search_depths(
-    field, o: Tensor, d: Tensor, item: Tensor, t: Tensor, chunk_points: int, use_bf16: bool
-) -> tuple[Tensor, Tensor]:
-    """Smallest field value among the depths t (R, k) of each ray, and its column (R,).
+def search_rays(field: BatchField, rays: Rays, cfg: RenderConfig, tau: float | None = None,
+                first_inside: bool = False) -> Search:
+    """Each ray's smallest-SDF sample by the search cfg names (see the module docstring).
 
-    Rays arrive grouped by item (see chunked_values). Returns (min value (R,) float32, argmin
-    column (R,) long).
+    `tau` (the silhouette temperature the result is for) sets the coarse search's floor.
+    `first_inside` also finds each ray's first sample with sdf < 0, which takes every sample: the
+    search is then exhaustive whatever cfg says.
     """
+    if cfg.search_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"search_dtype must be float32 or bfloat16, got {cfg.search_dtype!r}")
+    use_bf16 = cfg.search_dtype == "bfloat16"
+    o, d, item, t = rays.origins, rays.dirs, rays.item, rays.depths
+    if first_inside or cfg.search == "exhaustive":
+        best = torch.empty_like(t[:, 0])  # (H,)
+        first = torch.empty(t.shape[0], dtype=torch.long, device=t.device) if first_inside else None  # (H,)
+        for s, e, vals in chunked_values(field, o, d, item, t, cfg.chunk_points, use_bf16):
+            best[s:e] = t[s:e].gather(1, vals.argmin(dim=1)[:, None]).squeeze(1)  # vals (h, S)
+            if first is not None:
+                neg = vals < 0  # (h, S)
+                first[s:e] = torch.where(neg.any(dim=1), neg.float().argmax(dim=1), -1)
+        return Search(best, torch.ones_like(best, dtype=torch.bool), first)
+    if cfg.search == "coarse":
+        floor = cfg.fine_tau * tau if tau else 0.0
+        best, fine = coarse_to_fine(field, o, d, item, t, cfg.coarse_stride, cfg.fine_margin, cfg.chunk_points,
+                                    use_bf16, floor)
+        return Search(best, fine)
+    raise ValueError(f"search must be exhaustive or coarse, got {cfg.search!r}")
+
+
+@torch.no_grad()
+def _argmin(field: BatchField, o: Tensor, d: Tensor, item: Tensor, t: Tensor, chunk_points: int,
+            use_bf16: bool) -> tuple[Tensor, Tensor]:
+    """Smallest field value among the depths t (R, k) of each ray, and its column: (R,), (R,) long."""
     best_val = torch.empty(t.shape[0], device=t.device)  # (R,)
     best_col = torch.empty(t.shape[0], dtype=torch.long, device=t.device)  # (R,)
     for s, e, vals in chunked_values(field, o, d, item, t, chunk_points, use_bf16):
@@ -73,31 +111,29 @@ def search_depths(
 
 
 @torch.no_grad()
-def coarse_to_fine_depth(
-    field, o: Tensor, d: Tensor, item: Tensor, t: Tensor, stride: int, margin: float, chunk_points: int,
+def coarse_to_fine(
+    field: BatchField, o: Tensor, d: Tensor, item: Tensor, t: Tensor, stride: int, margin: float, chunk_points: int,
     use_bf16: bool, floor: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """Depth (H,) of each ray's (approximately) smallest-SDF sample among t (H, S).
+    """The coarse search on rays o, d (H, 3) with depths t (H, S): (depth (H,), fine (H,) bool).
 
-    A ray is refined when its coarse minimum is below max(margin coarse spacings, floor).
-
-    Returns (depth (H,), refined (H,) bool: which rays were searched at full resolution).
+    A ray gets the fine pass when its coarse minimum is below max(margin coarse spacings, floor).
     """
     H, S = t.shape
     if stride < 1:
         raise ValueError(f"coarse stride must be >= 1, got {stride}")
     offset = (stride - 1) // 2  # coarse samples sit mid-way in each group of `stride`
     cols = torch.arange(offset, S, stride, device=t.device)  # (Sc,)
-    coarse_val, kc = search_depths(field, o, d, item, t[:, cols], chunk_points, use_bf16)  # (H,), (H,)
+    coarse_val, kc = _argmin(field, o, d, item, t[:, cols], chunk_points, use_bf16)  # (H,), (H,)
     jc = cols[kc]  # (H,) the coarse argmin's full-resolution column
     best = t.gather(1, jc[:, None]).squeeze(1)  # (H,)
     spacing = (t[:, 1] - t[:, 0]) * stride if S > 1 else torch.zeros_like(best)  # (H,) coarse spacing
-    refine = coarse_val < (margin * spacing).clamp(min=floor)  # (H,)
-    if stride == 1 or not refine.any():
-        return best, refine
+    fine = coarse_val < (margin * spacing).clamp(min=floor)  # (H,)
+    if stride == 1 or not fine.any():
+        return best, fine
     # Full resolution between the coarse argmin's neighbours: columns jc - stride + 1 .. jc + stride - 1.
-    window = (jc[refine, None] + torch.arange(1 - stride, stride, device=t.device)).clamp(0, S - 1)  # (Hr, 2s-1)
-    t_win = t[refine].gather(1, window)  # (Hr, 2s-1)
-    _, kw = search_depths(field, o[refine], d[refine], item[refine], t_win, chunk_points, use_bf16)
-    best[refine] = t_win.gather(1, kw[:, None]).squeeze(1)
-    return best, refine
+    window = (jc[fine, None] + torch.arange(1 - stride, stride, device=t.device)).clamp(0, S - 1)  # (Hf, 2s-1)
+    t_win = t[fine].gather(1, window)  # (Hf, 2s-1)
+    _, kw = _argmin(field, o[fine], d[fine], item[fine], t_win, chunk_points, use_bf16)
+    best[fine] = t_win.gather(1, kw[:, None]).squeeze(1)
+    return best, fine

@@ -4,14 +4,14 @@ Two users. Data generation (`first_hit`, `field_normals`, `lambertian`) renders 
 shapes with no gradient. Stage 3 (`render_surface`, `shade_views`) renders a learned field
 differentiably, with the same cameras, bounding sphere and samples as the silhouette renderer:
 
-1. One no-grad pass over the ray samples (chunked, like `silhouette.argmin_depth`, in
+1. One no-grad exhaustive pass over the ray samples (`flowsdf.render.search.search_rays`, in
    `RenderConfig.search_dtype`) finds each ray's smallest-SDF sample *and* its first sign change
-   (first sample with sdf < 0). The min-SDF image is then exactly the silhouette renderer's (same
-   samples, same argmin, the argmin point re-evaluated with gradient), so BCE is unchanged.
-2. A ray "hits" when it has a sign change. Its bracket [t_{k-1}, t_k] is refined without gradient
-   in float32 by `refine` bisection steps (default 8: the bracket shrinks 256-fold, to ~2e-4 of
+   (first sample with sdf < 0). The min-SDF image is then exactly the exhaustive silhouette
+   renderer's (same samples, same argmin, the argmin point re-evaluated with gradient).
+2. A ray "hits" when it has a sign change. Its bracket [t_{k-1}, t_k] is narrowed without gradient
+   in float32 by `bisections` steps (default 8: the bracket shrinks 256-fold, to ~2e-4 of
    depth at 32 samples, far below a pixel's footprint of ~0.05 at the object).
-3. The refined point x0 is made differentiable with the implicit-surface gradient (IDR / DVR):
+3. The narrowed point x0 is made differentiable with the implicit-surface gradient (IDR / DVR):
    x = x0 - d * (f(x0) - f(x0).detach()) / (grad f(x0) . d).detach(). Its value is x0, and its
    derivative w.r.t. anything the field depends on is dx = -d * df / (grad f . d), the motion of
    the ray's crossing point when the field changes (from f(x(theta), theta) = 0).
@@ -28,52 +28,29 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from flowsdf.render.search import chunked_values
-from flowsdf.render.silhouette import (
-    MISS_SDF,
-    Field,
-    RenderConfig,
-    sample_depths,
-    sphere_interval,
-)
+from flowsdf.fields import BatchField
+from flowsdf.render.cameras import camera_rays
+from flowsdf.render.rays import MISS_SDF, Rays, RenderConfig, sphere_rays
+from flowsdf.render.search import Search, search_rays
 
 
 def first_hit(
-    field: Field, origins: Tensor, dirs: Tensor, radius: float = 1.0, n_samples: int = 256, refine: int = 20
+    field: BatchField, origins: Tensor, dirs: Tensor, radius: float = 1.0, n_samples: int = 256, bisections: int = 20
 ) -> tuple[Tensor, Tensor]:
     """Exact-as-possible surface hit of each ray, for ground truth (no gradient needed).
 
-    Dense sampling of the chord finds the first sign change, then bisection refines it.
+    Dense float32 sampling of the chord finds the first sign change, then bisection narrows it.
     origins, dirs (R, 3) -> hit (R,) bool, depth (R,) (meaningless where not hit).
     """
     with torch.no_grad():
-        in_sphere, t_near, t_far, _ = sphere_interval(origins, dirs, radius)
-        hit_all = torch.zeros_like(in_sphere)
-        depth_all = torch.zeros_like(t_near)
-        # Only rays that cross the bounding sphere can hit anything.
-        origins, dirs, t_near, t_far = origins[in_sphere], dirs[in_sphere], t_near[in_sphere], t_far[in_sphere]
-        R = origins.shape[0]
-        item = torch.zeros(R * n_samples, dtype=torch.long, device=origins.device)
-        t = sample_depths(t_near, t_far, n_samples)  # (R, S)
-        pts = origins[:, None] + t[..., None] * dirs[:, None]  # (R, S, 3)
-        vals = field(pts.reshape(-1, 3), item).view(R, n_samples)  # (R, S)
-        inside = vals < 0
-        hit = inside.any(dim=1)
-        k = inside.float().argmax(dim=1)  # first negative sample
-        hi = t.gather(1, k[:, None]).squeeze(1)  # (R,)
-        lo = torch.where(k > 0, t.gather(1, (k - 1).clamp(min=0)[:, None]).squeeze(1), t_near)
-        item = item[:R]
-        for _ in range(refine):
-            mid = 0.5 * (lo + hi)
-            neg = field(origins + mid[:, None] * dirs, item) < 0
-            hi = torch.where(neg, mid, hi)
-            lo = torch.where(neg, lo, mid)
-        hit_all[in_sphere] = hit
-        depth_all[in_sphere] = hi
-        return hit_all, depth_all
+        cfg = RenderConfig(n_samples=n_samples, bound_radius=radius)
+        rays = sphere_rays(origins[None], dirs[None], cfg)
+        found = search_rays(field, rays, cfg, first_inside=True)
+        hit, depth = crossing_depths(field, rays, found, bisections)  # (H,), (H,) over the crossing rays
+        return rays.image(hit, False)[0], rays.image(depth, 0.0)[0]
 
 
-def field_normals(field: Field, points: Tensor, item: Tensor, create_graph: bool = False) -> Tensor:
+def field_normals(field: BatchField, points: Tensor, item: Tensor, create_graph: bool = False) -> Tensor:
     """Unit normals (P, 3): the normalised gradient of the SDF at `points` (P, 3)."""
     with torch.enable_grad():
         p = points if points.requires_grad else points.detach().requires_grad_(True)
@@ -107,24 +84,7 @@ class Surface:
 
 
 @torch.no_grad()
-def search_samples(field: Field, o: Tensor, d: Tensor, item: Tensor, t: Tensor, cfg: RenderConfig) -> tuple[Tensor, Tensor]:
-    """Argmin depth (H,) and first negative sample index (H,) (-1: none) of each ray, no autograd.
-
-    Same chunking as `silhouette.argmin_depth` (chunks never mix items), so the argmin is the same.
-    """
-    if cfg.search_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"search_dtype must be float32 or bfloat16, got {cfg.search_dtype!r}")
-    best = torch.empty_like(t[:, 0])  # (H,)
-    first = torch.empty(t.shape[0], dtype=torch.long, device=t.device)  # (H,)
-    for s, e, vals in chunked_values(field, o, d, item, t, cfg.chunk_points, cfg.search_dtype == "bfloat16"):
-        best[s:e] = t[s:e].gather(1, vals.argmin(dim=1)[:, None]).squeeze(1)  # vals (h, S)
-        neg = vals < 0  # (h, S)
-        first[s:e] = torch.where(neg.any(dim=1), neg.float().argmax(dim=1), -1)
-    return best, first
-
-
-@torch.no_grad()
-def refine_crossing(field: Field, o: Tensor, d: Tensor, item: Tensor, lo: Tensor, hi: Tensor, steps: int) -> Tensor:
+def bisect(field: BatchField, o: Tensor, d: Tensor, item: Tensor, lo: Tensor, hi: Tensor, steps: int) -> Tensor:
     """Depth (H,) of the sign change in [lo, hi] (f(lo) >= 0 > f(hi) expected) by `steps` bisections.
 
     float32 whatever the search dtype. Returns the inside end of the final bracket (f < 0, like
@@ -138,7 +98,7 @@ def refine_crossing(field: Field, o: Tensor, d: Tensor, item: Tensor, lo: Tensor
     return hi
 
 
-def differentiable_points(field: Field, x0: Tensor, d: Tensor, item: Tensor) -> Tensor:
+def differentiable_points(field: BatchField, x0: Tensor, d: Tensor, item: Tensor) -> Tensor:
     """Surface points (H, 3) with value x0 and the implicit-surface derivative -d * df / (grad f . d)."""
     with torch.enable_grad():
         p = x0.detach().requires_grad_(True)
@@ -149,33 +109,35 @@ def differentiable_points(field: Field, x0: Tensor, d: Tensor, item: Tensor) -> 
     return x0.detach() - d * ((f0 - f0.detach()) / gd)[:, None]  # (H, 3)
 
 
-def render_surface(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig, refine: int = 8) -> Surface:
+@torch.no_grad()
+def crossing_depths(field: BatchField, rays: Rays, found: Search, bisections: int) -> tuple[Tensor, Tensor]:
+    """Each ray's first surface crossing: hit (H,) bool and its depth (H,) (0 where no hit), the
+    bracket [t_{k-1}, t_k] of the first inside sample k narrowed by `bisections` steps."""
+    first, t = found.first_inside, rays.depths
+    hit = first >= 0  # (H,)
+    k = first[hit]
+    hi = t[hit].gather(1, k[:, None]).squeeze(1)  # (Hh,) first inside sample
+    lo = torch.where(k > 0, t[hit].gather(1, (k - 1).clamp(min=0)[:, None]).squeeze(1), rays.t_near[hit])
+    depth = torch.zeros_like(rays.t_near)  # (H,)
+    depth[hit] = bisect(field, rays.origins[hit], rays.dirs[hit], rays.item[hit], lo, hi, bisections)
+    return hit, depth
+
+
+def render_surface(field: BatchField, origins: Tensor, dirs: Tensor, cfg: RenderConfig, bisections: int = 8) -> Surface:
     """Min SDF, first surface crossing and its normal along each ray (see the module docstring).
 
     origins, dirs (B, R, 3). Differentiable w.r.t. whatever `field` depends on; under
     torch.no_grad the normals are still computed (autograd w.r.t. the points only).
     """
-    B, R, _ = origins.shape
-    inside, t_near, t_far, _ = sphere_interval(origins, dirs, cfg.bound_radius)  # (B, R)
-    item = torch.arange(B, device=origins.device)[:, None].expand(B, R)[inside]  # (I,)
-    o, d = origins[inside], dirs[inside]  # (I, 3)
-    t = sample_depths(t_near[inside], t_far[inside], cfg.n_samples)  # (I, S)
-    best, first = search_samples(field, o, d, item, t, cfg)  # (I,), (I,)
-    ray_min = field(o + best[:, None] * d, item)  # (I,) the silhouette's only points with grad
-    min_sdf = torch.full((B, R), MISS_SDF, dtype=ray_min.dtype, device=origins.device)  # (B, R)
-    min_sdf[inside] = ray_min
-
-    crosses = first >= 0  # (I,)
-    k = first[crosses]
-    tc, oc, dc, ic = t[crosses], o[crosses], d[crosses], item[crosses]
-    hi = tc.gather(1, k[:, None]).squeeze(1)  # (H,) first negative sample
-    lo = torch.where(k > 0, tc.gather(1, (k - 1).clamp(min=0)[:, None]).squeeze(1), t_near[inside][crosses])
-    depth = refine_crossing(field, oc, dc, ic, lo, hi, refine)  # (H,)
-    points = differentiable_points(field, oc + depth[:, None] * dc, dc, ic)  # (H, 3)
+    rays = sphere_rays(origins, dirs, cfg)
+    found = search_rays(field, rays, cfg, first_inside=True)
+    ray_min = field(rays.at(found.best), rays.item)  # (I,) the silhouette's only points with grad
+    crosses, depth = crossing_depths(field, rays, found, bisections)  # (I,), (I,)
+    ic, dc = rays.item[crosses], rays.dirs[crosses]
+    points = differentiable_points(field, rays.at(depth)[crosses], dc, ic)  # (H, 3)
     normals = field_normals(field, points, ic, create_graph=torch.is_grad_enabled())  # (H, 3)
-    hit = torch.zeros_like(inside)
-    hit[inside] = crosses
-    return Surface(min_sdf=min_sdf, hit=hit, item=ic, points=points, normals=normals)
+    return Surface(min_sdf=rays.image(ray_min, MISS_SDF), hit=rays.image(crosses, False), item=ic, points=points,
+                   normals=normals)
 
 
 @dataclass
@@ -189,18 +151,14 @@ class ShadedViews:
 
 
 def shade_views(
-    field: Field, albedo: Tensor, light: Tensor, K: Tensor, c2w: Tensor, image_size: int, cfg: RenderConfig,
-    ambient: float, refine: int = 8,
+    field: BatchField, albedo: Tensor, light: Tensor, K: Tensor, c2w: Tensor, image_size: int, cfg: RenderConfig,
+    ambient: float, bisections: int = 8,
 ) -> ShadedViews:
     """Shaded images of B views: item b of the field, coloured `albedo[b]` (B, 3), lit from
     `light[b]` (B, 3, unit, towards the light), seen by camera K[b] (B, 3, 3), c2w[b] (B, 4, 4)."""
-    from flowsdf.data.cameras import (
-        camera_rays,  # local: the data package imports this module
-    )
-
     B, S = K.shape[0], image_size
     origins, dirs = camera_rays(K, c2w, S)  # (B, S*S, 3)
-    surf = render_surface(field, origins, dirs, cfg, refine)
+    surf = render_surface(field, origins, dirs, cfg, bisections)
     colour = lambertian(surf.normals, albedo[surf.item], light[surf.item], ambient)  # (H, 3)
     rgb = torch.zeros(B, S * S, 3, dtype=colour.dtype, device=K.device)
     rgb[surf.hit] = colour

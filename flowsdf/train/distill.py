@@ -13,17 +13,17 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from flowsdf import checkpoint, runs
+from flowsdf.build import build_flow
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.config import Config
 from flowsdf.errors import FlowSDFError
 from flowsdf.flow import (
     FlowConfig,
+    draw_objective_noise,
     euler_sample,
-    interpolate,
+    flow_loss,
     sample_noise,
-    target_velocity,
 )
-from flowsdf.models.build import build_flow
 from flowsdf.models.conditioner import ImageConditioner
 from flowsdf.models.velocity import VelocityNet
 from flowsdf.train import distributed
@@ -51,30 +51,24 @@ def code_agreement(
 class DistillObjective(nn.Module):
     """Phase 1's loss (flowsdf.flow.flow_loss) on this process's share of a global batch.
 
-    The noise and times of the whole batch are drawn first, in flow_loss's order, so each rank
-    sees what one process would; then only the share runs through the conditioner and the flow.
-    The conditioner normalises per image (GroupNorm), so a share's codes do not depend on the
-    rest of the batch. The loss is scaled for DDP's gradient average (distributed.loss_scale).
+    The noise and times of the whole batch are drawn first (flow.draw_objective_noise), so each
+    rank sees what one process would; then only the share runs through the conditioner and the
+    flow. The conditioner normalises per image (GroupNorm), so a share's codes do not depend on
+    the rest of the batch. The loss is scaled for DDP's gradient average (distributed.loss_scale).
     """
 
-    def __init__(self, conditioner: ImageConditioner, velocity: VelocityNet, flow_cfg: FlowConfig):
+    def __init__(self, conditioner: nn.Module, velocity: nn.Module, flow_cfg: FlowConfig):
         super().__init__()
         self.conditioner, self.velocity, self.flow_cfg = conditioner, velocity, flow_cfg
 
     def forward(
         self, images: Tensor, z1: Tensor, sigma: float, gen: torch.Generator, part: slice
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """images (B, 3, H, W), target codes z1 (B, D) -> (loss to back-propagate, per-term losses)."""
-        fc, B = self.flow_cfg, z1.shape[0]
-        z0_v = sample_noise(z1.shape, sigma, gen, z1.device, z1.dtype)  # (B, D) velocity term's noise
-        t = torch.rand(B, generator=gen, dtype=z1.dtype).to(z1.device)  # (B,)
-        z0_s = sample_noise(z1.shape, sigma, gen, z1.device, z1.dtype)  # (B, D) sampling term's noise
-        z1, z0_v, t, z0_s = z1[part], z0_v[part], t[part], z0_s[part]  # this rank's rows
-        cond = self.conditioner(images[part])  # (b, C)
-        lv = F.mse_loss(self.velocity(interpolate(z0_v, z1, t), t, cond), target_velocity(z0_v, z1))
-        ls = F.mse_loss(euler_sample(self.velocity, z0_s, cond, steps=fc.steps), z1)
-        total = fc.velocity_weight * lv + fc.sampling_weight * ls
-        return total * distributed.loss_scale(z1.shape[0], B), {"velocity": lv.detach(), "sampling": ls.detach()}
+        """images (B, 3, H, W), target codes z1 (B, *latent) -> (loss to back-propagate, per-term losses)."""
+        noise = draw_objective_noise(z1, sigma, gen).rows(part)  # this rank's rows of the batch's draws
+        z1 = z1[part]
+        total, parts = flow_loss(self.velocity, z1, self.conditioner(images[part]), noise, self.flow_cfg)
+        return total * distributed.loss_scale(z1.shape[0], images.shape[0]), parts
 
 
 def distill(

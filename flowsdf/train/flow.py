@@ -11,20 +11,19 @@ from pathlib import Path
 import torch
 
 from flowsdf import checkpoint, runs
+from flowsdf.build import build_flow
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.config import Config
 from flowsdf.data.dataset import Dataset
 from flowsdf.data.frames import view_frame_problem
 from flowsdf.device import pick_device
 from flowsdf.errors import FlowSDFError, warn
-from flowsdf.eval.figures import flow_strip
-from flowsdf.eval.views import (
-    evaluate_views,
-    sample_diversity,
-)
+from flowsdf.fast_sampler import make_sampler
+from flowsdf.figures.plots import flow_strip
 from flowsdf.flow import flow_predictor, noise_scale
-from flowsdf.models.build import build_flow
-from flowsdf.pipeline import FlowSDF
+from flowsdf.loading import load_model
+from flowsdf.metrics.samples import flow_trajectory, sample_diversity
+from flowsdf.metrics.views import evaluate_views
 from flowsdf.runs import run_data
 from flowsdf.train import distributed
 from flowsdf.train.distill import phase1
@@ -109,7 +108,7 @@ def train_flow(
         runs.record_data(run_dir, data.root, cfg.data.hash())
         (run_dir / "phase1").mkdir(exist_ok=True)
 
-    stage1 = FlowSDF.from_run(init_dir, "cnn", dev)  # check_stage1_run made sure its models are cfg's
+    stage1 = load_model(init_dir, "cnn", dev)  # check_stage1_run made sure its models are cfg's
     encoder, decoder = stage1.encoder, stage1.decoder
     train_views = flatten_views(data.train.input)
     with torch.no_grad():
@@ -128,7 +127,7 @@ def train_flow(
         name="phase2",
         modules=add_albedo({"conditioner": conditioner, "velocity": velocity, "decoder": decoder}, cfg.phase2,
                            cfg.decoder.latent_dim, cfg.seed, dev),
-        predict=flow_predictor(conditioner, velocity, sigma, cfg.flow.steps),
+        predict=flow_predictor(conditioner, velocity, sigma, cfg.flow.steps, (cfg.decoder.latent_dim,)),
         decoder=decoder,
         train=cfg.phase2,
         extra_meta={"sigma": sigma},
@@ -154,9 +153,8 @@ def train_flow(
     summary["sigma"] = sigma
     if start_file.exists():  # runs from before this record have none
         summary["start_train_views"] = json.loads(start_file.read_text())
-    summary["diversity"] = sample_diversity(
-        conditioner, velocity, decoder, data.train, sigma, cfg.flow.steps, cfg.render, tau, seed=cfg.seed
-    )
+    sampler = make_sampler(velocity, sigma, cfg.flow.steps, (cfg.decoder.latent_dim,))
+    summary["diversity"] = sample_diversity(conditioner, sampler, decoder, data.train, cfg.render, tau, seed=cfg.seed)
     summary["flow_strip"] = str(flow_strip_figure(cfg, run_dir, data, init_ckpt))
     atomic_write_text(run_dir / "phase2" / "summary.json", json.dumps(summary, indent=2))
     return summary
@@ -168,14 +166,15 @@ def flow_strip_figure(cfg: Config, run_dir: Path, data: Dataset, init_ckpt: Path
     Stage-1 decoder whose codes it was fitted to."""
     dev = data.train.input.images.device
     views = index_views(flatten_views(data.train.input), torch.arange(min(n_images, len(data.train)), device=dev))
-    flow = FlowSDF.from_run(run_dir, "flow", dev)
+    flow = load_model(run_dir, "flow", dev)
     models = [(f"noise scaling on (sigma={flow.sigma:.3f})", flow)]
     if (Path(run_dir) / "phase1" / "noscale.safetensors").exists():
-        models.append(("noise scaling off (sigma=1, Phase-1 ablation)",
-                       FlowSDF.from_run(run_dir, "flow-noscale", dev, stage1=init_ckpt)))
+        models.append(("noise scaling off (sigma=1, Phase-1 ablation)", load_model(run_dir, "flow-noscale", dev, stage1=init_ckpt)))
     strips = []
-    for label, pipe in models:
-        latents, sils = pipe.flow_steps(views.images, views.K, views.c2w, seed=cfg.seed)
+    for label, trained in models:
+        sampler = make_sampler(trained.velocity, trained.sigma, cfg.flow.steps, (cfg.decoder.latent_dim,))
+        latents, sils = flow_trajectory(trained.conditioner, sampler, trained.decoder, views.images, views.K, views.c2w,
+                                        cfg.seed, cfg.render, trained.tau)
         for i in range(views.images.shape[0]):
             strips.append({
                 "label": f"image {i}: {label}",

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from flowsdf import runs
-from flowsdf.device import pick_device
-from flowsdf.eval.timing import device_name
-from flowsdf.pipeline import FlowSDF
+from flowsdf.device import device_name, pick_device
+from flowsdf.flow import flow_predictor
+from flowsdf.loading import load_model
 from flowsdf.runs import run_data
 from flowsdf.train.loop import flatten_views, index_views, silhouette_loss
 
@@ -29,7 +29,7 @@ def check_grads(run_dir: Path, data_dir: Path | None = None, device: str = "auto
     """Load a Stage-2 run's latest flow (Phase 2 if present, else Phase 1 + Stage-1 decoder); one backward pass."""
     dev = pick_device(device)
     run_dir = Path(run_dir)
-    pipe = FlowSDF.from_run(run_dir, "flow", dev, finished=False)
+    pipe = load_model(run_dir, "flow", dev, finished=False)
     cfg = pipe.cfg
     conditioner, velocity, decoder = pipe.conditioner, pipe.velocity, pipe.decoder
     modules = {"conditioner": conditioner, "velocity": velocity, "decoder": decoder}
@@ -38,7 +38,7 @@ def check_grads(run_dir: Path, data_dir: Path | None = None, device: str = "auto
     views = flatten_views(data.train.input)
     b = batch_size or cfg.phase2.batch_size
     batch = index_views(views, torch.arange(min(b, views.images.shape[0]), device=dev))
-    predict = pipe.predictor()
+    predict = flow_predictor(conditioner, velocity, pipe.sigma, cfg.flow.steps, (cfg.decoder.latent_dim,))  # differentiable
     for m in modules.values():
         m.train()
 

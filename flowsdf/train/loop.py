@@ -16,7 +16,6 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -27,20 +26,17 @@ from flowsdf import checkpoint, runs
 from flowsdf.config import Config, TrainConfig
 from flowsdf.data.dataset import Dataset, Views
 from flowsdf.errors import FlowSDFError
-from flowsdf.eval.figures import prediction_grid
-from flowsdf.eval.shading_figures import shading_figure
-from flowsdf.eval.views import (
-    prediction_rows,
-)
+from flowsdf.fields import Predictor
+from flowsdf.figures.plots import prediction_grid
+from flowsdf.figures.shading import shading_figure
+from flowsdf.metrics.views import prediction_rows
 from flowsdf.models.sdf import SDFDecoder
-from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_logits
+from flowsdf.render.rays import RenderConfig
+from flowsdf.render.silhouette import render_views, silhouette_logits
 from flowsdf.train import distributed
 from flowsdf.train.ema import WeightAverage
 from flowsdf.train.losses import all_views_batch, extra_terms
 from flowsdf.train.rgb import shaded_loss
-
-# image batch (B, 3, H, W) + a generator for any noise -> latent codes (B, D)
-Predictor = Callable[[Tensor, torch.Generator], Tensor]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -127,7 +123,7 @@ class SilhouetteObjective(nn.Module):
         if tc.all_views:
             codes, local = all_views_batch(codes, local)  # (b*V, D), b*V views
         loss, parts = step_loss(self.phase, codes, local, self.cfg, tau)
-        extra = extra_terms(self.phase.decoder, codes, local, self.cfg.render, tc, gen)  # eikonal, background bound
+        extra = extra_terms(self.phase.decoder, codes, local, self.cfg.render, tc.sdfsrn, gen)  # eikonal, background bound
         if extra is not None:
             loss = loss + extra
         return loss * distributed.loss_scale(b, total), loss.detach() * b, {k: v * b for k, v in parts.items()}
@@ -255,34 +251,3 @@ def epoch_figure(phase: Phase, cfg: Config, data: Dataset, run_dir: Path, epoch:
         shading_figure(phase.predict, phase.decoder, phase.modules["albedo"], data.train, k, cfg, cfg.seed,
                        f"{phase.name} epoch {epoch}", Path(run_dir) / phase.name / "figures" / f"shading_{epoch:04d}.png")
     return {"figure_train_iou": ious["input"], "figure_novel_iou": ious["novel"]}
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# --- Stage 2: Flow-SDF ------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -19,12 +19,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import ndimage
-from torch import Tensor
+from torch import Tensor, nn
 
-from flowsdf.data.cameras import camera_rays
+from flowsdf.config import SDFSRNTerms
 from flowsdf.data.dataset import Views
-from flowsdf.models.sdf import SDFDecoder
-from flowsdf.render.silhouette import RenderConfig, sphere_interval
+from flowsdf.render.cameras import camera_rays
+from flowsdf.render.rays import RenderConfig, sphere_interval
 
 
 def random_ball_points(n: int, radius: float, gen: torch.Generator, device: torch.device) -> Tensor:
@@ -82,7 +82,7 @@ def background_bound_points(
     B, H, W = masks.shape
     sines = background_sines(masks, views.K, views.c2w).view(B, -1)  # (B, H*W)
     origins, dirs = camera_rays(views.K, views.c2w, H)  # (B, H*W, 3)
-    hit, t_near, t_far, _ = sphere_interval(origins, dirs, render_cfg.bound_radius)  # (B, H*W)
+    hit, t_near, t_far = sphere_interval(origins, dirs, render_cfg.bound_radius)  # (B, H*W)
     usable = hit & (masks.view(B, -1) < 0.5) & (sines > 0)  # (B, H*W)
     # Random scores pick a random subset of the usable rays of each view.
     score = torch.rand(B, H * W, generator=gen).to(masks.device).masked_fill(~usable, -1.0)  # (B, H*W)
@@ -118,18 +118,18 @@ def all_views_batch(codes: Tensor, views: Views) -> tuple[Tensor, Views]:
     return codes.repeat_interleave(V, dim=0), flat
 
 
-def extra_terms(decoder: SDFDecoder, codes: Tensor, views: Views, render_cfg: RenderConfig, train_cfg,
+def extra_terms(decoder: nn.Module, codes: Tensor, views: Views, render_cfg: RenderConfig, terms: SDFSRNTerms,
                 gen: torch.Generator) -> Tensor | None:
-    """The weighted sum of the enabled terms for a batch (codes (B, D), views (B)), or None when
-    every weight is 0 (then nothing is computed and no random numbers are drawn)."""
-    if train_cfg.eikonal_weight <= 0 and train_cfg.bg_bound_weight <= 0:
+    """The weighted sum of the enabled terms for a batch (codes (B, *latent), views (B)), or None
+    when every weight is 0 (then nothing is computed and no random numbers are drawn)."""
+    if terms.eikonal_weight <= 0 and terms.bg_bound_weight <= 0:
         return None
     field = decoder.field(codes)
     total = torch.zeros((), device=codes.device)
-    if train_cfg.eikonal_weight > 0:
-        eik = eikonal_loss(field, codes.shape[0], train_cfg.eikonal_points, render_cfg.bound_radius, gen, codes.device)
-        total = total + train_cfg.eikonal_weight * eik
-    if train_cfg.bg_bound_weight > 0:
-        bg = background_bound_loss(field, views, render_cfg, train_cfg.bg_bound_rays, train_cfg.bg_bound_depths, gen)
-        total = total + train_cfg.bg_bound_weight * bg
+    if terms.eikonal_weight > 0:
+        eik = eikonal_loss(field, codes.shape[0], terms.eikonal_points, render_cfg.bound_radius, gen, codes.device)
+        total = total + terms.eikonal_weight * eik
+    if terms.bg_bound_weight > 0:
+        bg = background_bound_loss(field, views, render_cfg, terms.bg_bound_rays, terms.bg_bound_depths, gen)
+        total = total + terms.bg_bound_weight * bg
     return total

@@ -27,8 +27,9 @@ from flowsdf.data.dataset import Dataset, Views
 from flowsdf.errors import FlowSDFError
 from flowsdf.models.albedo import MODULE, build_albedo
 from flowsdf.models.sdf import SDFDecoder
+from flowsdf.render.rays import RenderConfig
 from flowsdf.render.shading import shade_views
-from flowsdf.render.silhouette import RenderConfig, silhouette_logits
+from flowsdf.render.silhouette import silhouette_logits
 
 
 def shaded_loss(

@@ -9,17 +9,14 @@ import time
 from pathlib import Path
 
 from flowsdf import runs
+from flowsdf.build import build_stage1
 from flowsdf.checkpoint import atomic_write_text
 from flowsdf.config import Config
 from flowsdf.data.dataset import Dataset
 from flowsdf.data.frames import view_frame_problem
-from flowsdf.device import pick_device
+from flowsdf.device import device_name, pick_device
 from flowsdf.errors import warn
-from flowsdf.eval.timing import device_name
-from flowsdf.eval.views import (
-    evaluate_views,
-)
-from flowsdf.models.build import build_stage1
+from flowsdf.metrics.views import evaluate_views
 from flowsdf.runs import load_data, run_data
 from flowsdf.train import distributed
 from flowsdf.train.loop import Phase, fit_silhouettes

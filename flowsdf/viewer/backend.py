@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from flowsdf import runs
@@ -24,6 +25,7 @@ from flowsdf.data.dataset import Dataset, Views
 from flowsdf.data.images import open_checked, to_model_input
 from flowsdf.device import pick_device
 from flowsdf.errors import FlowSDFError
+from flowsdf.metrics.silhouette import silhouette_iou
 from flowsdf.pipeline import FlowSDF
 from flowsdf.reconstruct import code_camera
 from flowsdf.viewer import panes
@@ -150,10 +152,11 @@ class Viewer:
             K, c2w = picture.K, picture.c2w
             camera_note = "the dataset view's own camera"
         else:
-            K, c2w, iou = self.upload_camera(picture, seed)
-            camera_note = (f"estimated: a picture does not reveal its camera, so the silhouettes are drawn from the "
+            K, c2w, searched, iou = self.upload_camera(picture, seed)
+            camera_note = (f"searched: a picture does not reveal its camera, so the silhouettes are drawn from the "
                            f"dataset-like viewpoint where the final code's silhouette best matches the picture's "
-                           f"mask (IoU {iou:.2f})")
+                           f"mask (IoU {iou:.2f})" if searched else
+                           f"the view frame's input camera C0, known by construction (IoU {iou:.2f})")
         latents, sils = pipe.flow_steps(picture.image[None], K[None], c2w[None], seed=seed)  # (T, 1, D), (T, 1, S, S)
         latents = latents[:, 0].cpu().double().numpy()  # (T, D)
         setting = f"noise scaling on (sigma = {pipe.sigma:.3f})" if scaling else "noise scaling off (sigma = 1)"
@@ -173,15 +176,16 @@ class Viewer:
                 self._cache.popitem(last=False)
         return path
 
-    def upload_camera(self, picture: Picture, seed: int) -> tuple[Tensor, Tensor, float]:
-        """The camera of an uploaded picture: searched with the noise-scaled flow's final code."""
+    def upload_camera(self, picture: Picture, seed: int) -> tuple[Tensor, Tensor, bool, float]:
+        """The camera of an uploaded picture (FlowSDF.input_camera, with the noise-scaled flow's final
+        code): (K, c2w, whether it was searched, IoU of the code's silhouette with the picture's mask)."""
         key = (picture.key, seed)
         with self._lock:
             if key in self._cameras:
                 return self._cameras[key]
         code = self.flow(picture.image[None], samples=1, seed=seed).codes[0, 0]  # (D,)
-        K, c2w, _, iou = code_camera(self.flow, picture.image, code)  # the same search as Reconstruct's
-        camera = (K, c2w, iou)
+        cam, _, iou = code_camera(self.flow, picture.image, code)  # the same rule as Reconstruct's
+        camera = (cam.K, cam.c2w, cam.searched, iou)
         with self._lock:
             if len(self._cameras) >= _CACHE_SIZE:
                 self._cameras.pop(next(iter(self._cameras)))
@@ -206,7 +210,7 @@ class Viewer:
                  f"Camera: {path.camera_note}."]
         if path.ground_truth is not None:
             third = panes.gray_pane(path.ground_truth)
-            iou = silhouette_iou(sil, path.ground_truth)
+            iou = float(silhouette_iou(torch.from_numpy(sil)[None], torch.from_numpy(path.ground_truth)[None])[0])
             lines.append(f"Silhouette IoU with the ground truth at this step: {iou:.3f}.")
         else:
             third = panes.rgb_pane(path.picture)
@@ -260,13 +264,6 @@ def read_upload(path: Path, size: int) -> Tensor:
         return to_model_input(open_checked(path), size)
     except FlowSDFError as e:
         raise FlowSDFError(str(e).replace(str(path), path.name)) from e
-
-
-def silhouette_iou(soft: np.ndarray, mask: np.ndarray) -> float:
-    """IoU of a soft silhouette (thresholded at 0.5) with a binary mask; 1 when both are empty."""
-    a, b = soft > 0.5, mask > 0.5
-    union = int((a | b).sum())
-    return 1.0 if union == 0 else int((a & b).sum()) / union
 
 
 def check_seed(seed: float | int | None) -> int:

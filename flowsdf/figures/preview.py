@@ -19,7 +19,8 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-from flowsdf.eval.figures import save_figure
+from flowsdf.figures.plots import save_figure
+from flowsdf.mesh.uncertainty import CMAP
 
 VIEW_LIMIT = 0.9  # the renderer's bounding sphere: every predicted surface lies inside it
 
@@ -91,8 +92,6 @@ def reconstruction_preview(rec, path: Path, views: int = 3) -> None:
         draw_mesh(ax, rec.meshes[0], az, elevation)
         ax.set_title(f"sample 1, {az - azimuth:+.0f} deg" if j else "sample 1, input view", fontsize=7)
     if many:
-        from flowsdf.reconstruct import UNCERTAINTY_CMAP
-
         for j, az in enumerate(azimuths):
             ax = cell(1, 2 + j, "3d")
             draw_mesh(ax, rec.mean_mesh, az, elevation)
@@ -100,7 +99,7 @@ def reconstruction_preview(rec, path: Path, views: int = 3) -> None:
                 ax.set_title("mean code, uncertainty", fontsize=7)
         bar = cell(1, 1)
         bar.set_axis_off()
-        mappable = plt.cm.ScalarMappable(norm=Normalize(0.0, rec.std_max), cmap=colormaps[UNCERTAINTY_CMAP])
+        mappable = plt.cm.ScalarMappable(norm=Normalize(0.0, rec.std_max), cmap=colormaps[CMAP])
         cb = fig.colorbar(mappable, ax=bar, fraction=0.4)
         cb.set_label("std of SDF over samples", fontsize=7)
         cb.ax.tick_params(labelsize=6)

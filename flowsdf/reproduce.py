@@ -1,6 +1,6 @@
 """`flowsdf reproduce`: data -> Stage 1 -> Stage 2 (Phase 1, Phase 2) -> Stage 3 -> eval -> report.md.
 
-Stage 3 (the flow + RGB) is a second Phase 2 with `rgb_weight` = RGB_WEIGHT[preset], trained in
+Stage 3 (the flow + RGB) is a second Phase 2 with the config's `stage3.rgb_weight`, trained in
 OUT/stage3 from the same Stage 1 and the same Phase 1 (copied from OUT/phase1), evaluated like the
 others (OUT/eval/stage3.json) and reported as the table's third row.
 
@@ -25,30 +25,17 @@ from flowsdf.checkpoint import atomic_write_text
 from flowsdf.data import dataset
 from flowsdf.device import pick_device
 from flowsdf.errors import FlowSDFError, warn
-from flowsdf.eval.figures import loss_curves, mesh_gallery, sample_grid
-from flowsdf.eval.run import (
-    evaluate_run,
-    load_models,
-    markdown_tables,
-    write,
-)
-from flowsdf.eval.shading_figures import shading_grid, shading_rows
-from flowsdf.eval.shapes3d import gt_field
-from flowsdf.eval.views import predict_codes
+from flowsdf.evaluate import evaluate_run, markdown_tables, write
+from flowsdf.figures.plots import loss_curves, mesh_gallery, sample_grid
+from flowsdf.figures.shading import shading_grid, shading_rows
+from flowsdf.loading import finished_models, load_albedo
 from flowsdf.mesh.extract import extract_mesh
-from flowsdf.models.albedo import load_albedo
+from flowsdf.metrics.shapes import gt_field
+from flowsdf.metrics.views import predict_codes
 from flowsdf.pipeline import FlowSDF
 from flowsdf.runs import run_data
 from flowsdf.train.flow import train_flow
 from flowsdf.train.stage1 import train_stage1
-
-# Marching-cubes resolution of the 3-D metrics per preset: 64 where a GPU or time allows;
-# 32 keeps the quick report inside its CPU budget (see evaluate3d for what it changes).
-EVAL_RESOLUTION = {"seed": 64, "quick": 32, "tiny": 16}
-# Stage 3's weight of the shaded-RGB L1 beside the silhouette BCE (see train/rgb.py and the README's
-# Stage-3 experiment for how it was chosen).
-RGB_WEIGHT = {"seed": 1.0, "quick": 1.0, "tiny": 1.0}
-ALBEDO_LR_SCALE = 100.0
 
 
 def _stage_state(run: Path, stage: str) -> str:
@@ -90,15 +77,15 @@ def reproduce(
 
     eval_json = out / "eval" / "eval.json"
     if not eval_json.exists():
-        result = evaluate_run(out, data_root, device, mesh_resolution=EVAL_RESOLUTION.get(preset, 64), progress=progress)
+        result = evaluate_run(out, data_root, device, progress=progress)
         write(result, eval_json)
     s3_json = out / "eval" / "stage3.json"
     if not s3_json.exists():
-        s3 = evaluate_run(s3_dir, data_root, device, mesh_resolution=EVAL_RESOLUTION.get(preset, 64), progress=progress)
+        s3 = evaluate_run(s3_dir, data_root, device, progress=progress)
         write(s3, s3_json)
     result = json.loads(eval_json.read_text())
     result["models"]["flow_rgb"] = json.loads(s3_json.read_text())["models"]["flow"]
-    figures = make_figures(out, data_root, device, EVAL_RESOLUTION.get(preset, 64))
+    figures = make_figures(out, data_root, device, cfg.eval.mesh_resolution)
     figures.update(stage3_figure(s3_dir, data_root, device, out / "report_figures" / "stage3_shading.png"))
     report = out / "report.md"
     atomic_write_text(report, render_report(cfg, out, result, figures, time.perf_counter() - t0))
@@ -117,9 +104,9 @@ def train_stage3(cfg, out: Path, data_root: Path, device: str, progress: bool) -
             shutil.rmtree(tmp)
         shutil.copytree(out / "phase1", tmp)
         os.replace(tmp, s3_dir / "phase1")
-    # The albedo head is the one new part of this phase: it gets ALBEDO_LR_SCALE x the phase's lr.
-    phase2 = dataclasses.replace(cfg.phase2, rgb_weight=RGB_WEIGHT.get(cfg.preset, 1.0),
-                                 lr_scale={**cfg.phase2.lr_scale, "albedo": ALBEDO_LR_SCALE})
+    # The albedo head is the one new part of this phase: it gets a larger share of the lr (Stage3Config).
+    phase2 = dataclasses.replace(cfg.phase2, rgb_weight=cfg.stage3.rgb_weight,
+                                 lr_scale={**cfg.phase2.lr_scale, "albedo": cfg.stage3.albedo_lr_scale})
     s3_cfg = dataclasses.replace(cfg, phase2=phase2)
     resume = runs.checkpoint_path(s3_dir, "phase2").exists()
     train_flow(s3_cfg, s3_dir, out, data_root, resume=resume, progress=progress, device=device)
@@ -149,7 +136,7 @@ def make_figures(out: Path, data_root: Path, device: str, resolution: int) -> di
     dev = pick_device(device)
     cfg = runs.read_config(out)
     data = run_data(cfg, out, data_root).to(dev)
-    models = load_models(out, dev)
+    models = {name: FlowSDF(t) for name, t in finished_models(out, dev).items()}
     rows = []
     for split_name, split in (("train", data.train), ("held-out", data.heldout)):
         idx = list(range(min(2, len(split))))

@@ -7,11 +7,11 @@ import torch
 from scipy import ndimage
 
 from flowsdf import config
+from flowsdf.data.frames import canonical_c2w
 from flowsdf.mesh.export import to_trimesh
 from flowsdf.mesh.extract import extract_mesh_coarse_to_fine
+from flowsdf.mesh.project import point_silhouettes, surface_samples
 from flowsdf.pipeline import FlowSDF
-from flowsdf.reconstruct import input_camera
-from flowsdf.render.project import point_silhouettes, surface_samples
 from flowsdf.render.silhouette import render_views
 
 
@@ -25,7 +25,7 @@ def l_shape(p: torch.Tensor) -> torch.Tensor:
 
 
 def stub(size: int) -> SimpleNamespace:
-    """What input_camera needs of a pipeline: its config and FlowSDF.camera."""
+    """What FlowSDF.input_camera needs of a pipeline, given a mesh: its config and FlowSDF.camera."""
     cfg = config.preset("quick")
     cfg.data.image_size = size
     ns = SimpleNamespace(cfg=cfg, image_size=size)
@@ -72,9 +72,20 @@ def test_view_search_finds_the_camera_of_a_picture():
     mesh = to_trimesh(vertices, faces)
     for azimuth, elevation in ((135.0, 30.0), (15.0, 0.0)):  # both on the searched grid
         mask = rendered_mask(pipe, azimuth, elevation)
-        image = mask.float()[None].expand(3, -1, -1) * 0.8  # a grey object on black
-        K, c2w = input_camera(pipe, image, mesh)
-        position = c2w[:3, 3]
+        camera = FlowSDF.input_camera(pipe, None, mask.float(), mesh)
+        assert camera.searched
+        position = camera.c2w[:3, 3]
         found_az = math.degrees(math.atan2(position[1], position[0])) % 360.0
         found_el = math.degrees(math.asin(position[2] / position.norm()))
         assert abs(found_az - azimuth) < 1e-3 and abs(found_el - elevation) < 1e-3
+
+
+def test_a_view_frame_model_takes_its_pictures_from_c0_without_a_search():
+    pipe = stub(32)
+    pipe.cfg.frame = "view"
+    mesh = to_trimesh(*extract_mesh_coarse_to_fine(l_shape, resolution=32))
+    mask = rendered_mask(pipe, 135.0, 30.0)  # whatever the picture shows, the camera is C0
+    camera = FlowSDF.input_camera(pipe, None, mask.float(), mesh)
+    assert not camera.searched
+    torch.testing.assert_close(camera.c2w, torch.from_numpy(canonical_c2w(pipe.cfg.data.cam_distance)).float())
+    assert camera.c2w[:3, 3].tolist() == [pipe.cfg.data.cam_distance, 0.0, 0.0]  # on +x, level

@@ -25,8 +25,8 @@ The prediction is clipped to the renderer's bounding sphere first (``bounded``, 
 predicts there was never trained and must not count. Every ground-truth shape lies within 0.85.
 
 Empty predictions: when the predicted field has no zero crossing on the grid, ``empty_mesh`` is
-True, precision, recall and F-score are 0 (as in ``flowsdf.eval.metrics``), and accuracy, completeness
-and Chamfer-L1 — infinite in ``flowsdf.eval.metrics`` — are stored as ``None`` so the dict can be
+True, precision, recall and F-score are 0 (as in ``flowsdf.metrics``), and accuracy, completeness
+and Chamfer-L1 — infinite in ``flowsdf.metrics`` — are stored as ``None`` so the dict can be
 written with ``json.dump`` (which would otherwise emit the non-standard ``Infinity``). Means skip
 ``None`` and report how many meshes were empty next to them.
 """
@@ -41,10 +41,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from flowsdf.data import shapes
-from flowsdf.eval.metrics import Field, surface_metrics, volumetric_iou
+from flowsdf.fields import PointField, bounded, code_field
 from flowsdf.mesh.extract import surface_points
+from flowsdf.metrics.surface import surface_metrics, volumetric_iou
 from flowsdf.models.sdf import SDFDecoder
-from flowsdf.render.silhouette import RenderConfig
+from flowsdf.render.rays import RenderConfig
 
 BOUND_RADIUS = RenderConfig.bound_radius  # 0.9: the sphere the renderer marches inside
 
@@ -64,46 +65,9 @@ METRIC_KEYS = (
 )
 
 
-def decoder_field(decoder: SDFDecoder, code: Tensor) -> Field:
-    """The decoder's SDF for one code as a field ``f(points (P, 3)) -> (P,)``.
-
-    The latent terms are computed once; each call runs under ``torch.no_grad`` on the decoder's
-    device and returns the distances on the device the points came from.
-    """
-    device = next(decoder.parameters()).device
-    with torch.no_grad():
-        per_point = decoder.field(code.to(device)[None])  # codes (1, D)
-
-    @torch.no_grad()
-    def field(points: Tensor) -> Tensor:
-        return per_point(points.to(device), 0).to(points.device)  # (P,)
-
-    return field
-
-
-def gt_field(spec: shapes.Spec) -> Field:
+def gt_field(spec: shapes.Spec) -> PointField:
     """The analytic ground-truth SDF of a shape spec as a field ``f(points (P, 3)) -> (P,)``."""
     return lambda points: shapes.sdf(spec, points)
-
-
-def bounded(field: Field, radius: float = BOUND_RADIUS) -> Field:
-    """Intersect a field with the ball of ``radius``.
-
-    Inside the ball: max(field(p), |p| - radius); outside: |p| - radius. A surface the field has
-    inside the ball is kept, a field that is negative up to the ball's edge is closed by the
-    sphere, and everything outside is empty space. Outside the ball this differs from the plain
-    max(field, |p| - radius) only in magnitude, never in sign, so the inside set (volumetric IoU)
-    is identical; but the field is never evaluated there, which skips ~60 % of a [-1, 1]^3 grid.
-    """
-
-    def clipped(points: Tensor) -> Tensor:
-        out = torch.linalg.vector_norm(points, dim=-1) - radius  # (P,)
-        inside = out < 0  # (P,)
-        if inside.any():
-            out[inside] = torch.maximum(field(points[inside]).reshape(-1).to(out.dtype), out[inside])
-        return out
-
-    return clipped
 
 
 def _json_safe(value: float) -> float | None:
@@ -112,7 +76,7 @@ def _json_safe(value: float) -> float | None:
 
 
 def shape_metrics(
-    pred_field: Field,
+    pred_field: PointField,
     spec: shapes.Spec,
     resolution: int = 64,
     n_surface: int = 10_000,
@@ -190,7 +154,7 @@ def evaluate_shapes(
     kw.setdefault("device", next(decoder.parameters()).device)
     rows = []
     for i in tqdm(range(len(specs)), desc="3-D metrics", leave=False, disable=not progress):
-        field = decoder_field(decoder, codes[i])
+        field = code_field(decoder, codes[i])
         if bound_radius is not None:
             field = bounded(field, bound_radius)
         row = {"index": i, "family": shapes.family(specs[i])}

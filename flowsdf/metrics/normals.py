@@ -18,11 +18,12 @@ import torch
 from torch import Tensor
 
 from flowsdf.data import shapes
-from flowsdf.data.cameras import camera_rays
 from flowsdf.data.dataset import GT_BOUND, ShapeSplit, Views
+from flowsdf.fields import BatchField
 from flowsdf.models.sdf import SDFDecoder
+from flowsdf.render.cameras import camera_rays
+from flowsdf.render.rays import RenderConfig
 from flowsdf.render.shading import field_normals, first_hit, render_surface
-from flowsdf.render.silhouette import Field, RenderConfig
 
 
 def gt_normals(spec: shapes.Spec, K: Tensor, c2w: Tensor, image_size: int, n_samples: int = 128) -> tuple[Tensor, Tensor]:
@@ -37,7 +38,7 @@ def gt_normals(spec: shapes.Spec, K: Tensor, c2w: Tensor, image_size: int, n_sam
 
 
 @torch.no_grad()
-def predicted_normals(field: Field, K: Tensor, c2w: Tensor, image_size: int, render_cfg: RenderConfig) -> tuple[Tensor, Tensor]:
+def predicted_normals(field: BatchField, K: Tensor, c2w: Tensor, image_size: int, render_cfg: RenderConfig) -> tuple[Tensor, Tensor]:
     """Predicted surface of B views (item b of `field` from camera b): hit (B, R), normals (B, R, 3)."""
     origins, dirs = camera_rays(K, c2w, image_size)  # (B, R, 3)
     surf = render_surface(field, origins, dirs, render_cfg)
@@ -51,7 +52,7 @@ def angle_deg(a: Tensor, b: Tensor) -> Tensor:
     return torch.rad2deg(torch.acos((a * b).sum(-1).clamp(-1.0, 1.0)))
 
 
-def normal_errors(field: Field, specs: list[shapes.Spec], views: Views, render_cfg: RenderConfig) -> dict:
+def normal_errors(field: BatchField, specs: list[shapes.Spec], views: Views, render_cfg: RenderConfig) -> dict:
     """Normal accuracy of `field` (item i = shape i) over all V views of N shapes (see module docstring)."""
     N, V = views.masks.shape[:2]
     size = views.masks.shape[-1]
@@ -79,7 +80,7 @@ def normal_errors(field: Field, specs: list[shapes.Spec], views: Views, render_c
     }
 
 
-def decoder_items(decoder: SDFDecoder, codes: Tensor) -> Field:
+def decoder_items(decoder: SDFDecoder, codes: Tensor) -> BatchField:
     """The decoder as a field whose item i is code i (N, D); each call gets one int item."""
     terms = decoder.latent_terms(codes)
     return lambda p, item: decoder.forward_points(terms, p, item)

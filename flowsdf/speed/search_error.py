@@ -12,15 +12,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from flowsdf.render.search import coarse_to_fine_depth
-from flowsdf.render.silhouette import (
-    RenderConfig,
-    best_depths,
-    render_min_sdf,
-    sample_depths,
-    silhouette_logits,
-    sphere_interval,
-)
+from flowsdf.render.rays import RenderConfig, sphere_rays
+from flowsdf.render.search import search_rays
+from flowsdf.render.silhouette import render_min_sdf, silhouette_logits
 
 
 def search_agreement(
@@ -34,26 +28,19 @@ def search_agreement(
     share of identical argmin depths (all rays, and rays near the surface: reference minimum
     below 3 tau, or inside the target mask), per-ray |min_sdf difference| / tau (mean, p99, max);
     relative BCE difference; gradient difference |g - g_ref| / |g_ref| and cosine over `params`;
-    for the coarse search, the share of rays it refined at full resolution.
+    for the coarse search, the share of rays its fine pass searched at full resolution.
     """
     ref = reference or dataclasses.replace(cfg, search="exhaustive", search_dtype="float32", naive=False)
-    B, R, _ = origins.shape
-    hit, t_near, t_far, _ = sphere_interval(origins, dirs, cfg.bound_radius)  # (B, R)
-    item = torch.arange(B, device=origins.device)[:, None].expand(B, R)[hit]  # (H,)
-    o, d = origins[hit], dirs[hit]  # (H, 3)
-    t = sample_depths(t_near[hit], t_far[hit], cfg.n_samples)  # (H, S)
+    rays = sphere_rays(origins, dirs, cfg)
     with torch.no_grad():
-        best_ref = best_depths(field, o, d, item, t, ref)  # (H,)
-        best_new = best_depths(field, o, d, item, t, cfg, tau)  # (H,)
-        min_ref = field(o + best_ref[:, None] * d, item)  # (H,)
-        min_new = field(o + best_new[:, None] * d, item)  # (H,)
-        refined = 1.0
-        if cfg.search == "coarse":  # the share of rays searched at full resolution: the cost
-            _, mask = coarse_to_fine_depth(field, o, d, item, t, cfg.coarse_stride, cfg.refine_margin,
-                                           cfg.chunk_points, cfg.search_dtype == "bfloat16", cfg.refine_tau * tau)
-            refined = mask.float().mean().item()
+        best_ref = search_rays(field, rays, ref).best  # (H,)
+        found = search_rays(field, rays, cfg, tau)
+        best_new = found.best  # (H,)
+        min_ref = field(rays.at(best_ref), rays.item)  # (H,)
+        min_new = field(rays.at(best_new), rays.item)  # (H,)
+        fine = found.fine.float().mean().item()  # the share of rays searched at full resolution: the cost
     same = best_ref == best_new  # (H,)
-    near = (min_ref < 3 * tau) | (masks[hit] > 0.5)  # (H,)
+    near = (min_ref < 3 * tau) | (masks[rays.inside] > 0.5)  # (H,)
     err = (min_new - min_ref).abs() / tau  # (H,) in logits
 
     def loss_and_grads(rc: RenderConfig) -> tuple[float, Tensor]:
@@ -66,9 +53,9 @@ def search_agreement(
     loss_ref, g_ref = loss_and_grads(ref)
     loss_new, g_new = loss_and_grads(cfg)
     return {
-        "rays_hit": int(hit.sum()),
+        "rays_hit": int(rays.inside.sum()),
         "rays_near_surface": int(near.sum()),
-        "refined_share": refined,
+        "fine_share": fine,
         "same_argmin": same.float().mean().item(),
         "same_argmin_near_surface": same[near].float().mean().item() if near.any() else 1.0,
         "min_sdf_err_over_tau_mean": err.mean().item(),

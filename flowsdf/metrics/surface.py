@@ -1,10 +1,5 @@
-"""Evaluation metrics: 2-D silhouettes and 3-D shapes.
+"""3-D metrics of a predicted shape against the analytic ground truth.
 
-2-D (per rendered view):
-  - ``silhouette_bce``: the training loss, mean binary cross-entropy from logits.
-  - ``silhouette_iou``: intersection over union of thresholded silhouettes, per item.
-
-3-D (against the analytic ground-truth SDF):
   - ``volumetric_iou``: IoU of the inside sets (sdf < 0), estimated with seeded uniform points in
     the evaluation box [-1, 1]^3.
   - ``chamfer_l1``, ``fscore``, ``surface_metrics``: compare two *surface point clouds*. Both clouds
@@ -21,69 +16,14 @@ Chamfer-L1 and zero precision, recall and F-score, so an empty mesh is reported,
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-Field = Callable[[Tensor], Tensor]
+from flowsdf.fields import PointField
+
 PointCloud = Tensor | np.ndarray
-
-
-# ---------------------------------------------------------------------------------------------
-# 2-D silhouettes
-# ---------------------------------------------------------------------------------------------
-
-
-def silhouette_bce(logits: Tensor, target: Tensor) -> Tensor:
-    """Mean binary cross-entropy of silhouette logits against a {0, 1} target (the training loss).
-
-    Args:
-        logits: any shape, raw scores (before the sigmoid).
-        target: same shape, values in [0, 1].
-    Returns:
-        A scalar tensor.
-    """
-    return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
-
-
-def silhouette_bce_per_item(logits: Tensor, target: Tensor) -> Tensor:
-    """Binary cross-entropy averaged over everything but the first (batch) dimension.
-
-    Args:
-        logits: (B, ...) raw scores.
-        target: (B, ...) values in [0, 1].
-    Returns:
-        (B,) per-item BCE; its mean equals ``silhouette_bce`` when all items have the same size.
-    """
-    bce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
-    return bce.reshape(bce.shape[0], -1).mean(dim=1)  # (B,)
-
-
-def _as_mask(x: Tensor, threshold: float) -> Tensor:
-    """A boolean mask from a boolean mask or from probabilities (>= threshold is inside)."""
-    return x if x.dtype == torch.bool else x >= threshold
-
-
-def silhouette_iou(pred: Tensor, target: Tensor, threshold: float = 0.5) -> Tensor:
-    """Per-item intersection over union of silhouettes.
-
-    Args:
-        pred: (B, ...) probabilities (thresholded at ``threshold``) or a boolean mask.
-            Pass probabilities, not logits: thresholding logits at 0.5 is a different cut.
-        target: (B, ...) a {0, 1} float mask (thresholded at 0.5) or a boolean mask.
-        threshold: probability at or above which a predicted pixel counts as inside.
-    Returns:
-        (B,) float IoU. Two empty masks agree perfectly, so their IoU is defined as 1.0.
-    """
-    p = _as_mask(pred, threshold).reshape(pred.shape[0], -1)  # (B, N)
-    t = _as_mask(target, 0.5).reshape(target.shape[0], -1)  # (B, N)
-    inter = (p & t).sum(dim=1).float()  # (B,)
-    union = (p | t).sum(dim=1).float()  # (B,)
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +32,7 @@ def silhouette_iou(pred: Tensor, target: Tensor, threshold: float = 0.5) -> Tens
 
 
 @torch.no_grad()
-def _inside(field: Field, points: Tensor, chunk: int) -> Tensor:
+def _inside(field: PointField, points: Tensor, chunk: int) -> Tensor:
     """Boolean (P,) mask of points with sdf < 0, evaluating the field in chunks."""
     out = []
     for start in range(0, points.shape[0], chunk):
@@ -102,8 +42,8 @@ def _inside(field: Field, points: Tensor, chunk: int) -> Tensor:
 
 
 def volumetric_iou(
-    field_pred: Field,
-    field_gt: Field,
+    field_pred: PointField,
+    field_gt: PointField,
     n_points: int = 100_000,
     seed: int = 0,
     chunk: int = 65536,

@@ -7,7 +7,7 @@
   are a disc. With `run` the weights come from a trained Stage-1 run (how many rays the coarse
   search refines depends on the field: a fresh decoder is near zero everywhere, its worst case).
 - flow: conditioner + Euler steps (1/2/4/8) at batch 1 and 64, reference sampler
-  (flowsdf.flow.euler_sample under no_grad) and FastSampler (and its CUDA graph on CUDA).
+  (flowsdf.flow.euler_sample under no_grad) and the inference sampler (and a CUDA graph of it on CUDA).
 - mesh: extract_mesh of one decoded code at 128^3.
 """
 
@@ -23,15 +23,17 @@ import torch
 from torch.nn import functional as F
 
 from flowsdf import checkpoint, runs
+from flowsdf.build import build_flow, build_stage1
 from flowsdf.config import Config, preset
-from flowsdf.data import cameras
-from flowsdf.eval.shapes3d import bounded, decoder_field
-from flowsdf.eval.timing import device_name, time_call
-from flowsdf.fast_sampler import FastSampler
+from flowsdf.device import device_name
+from flowsdf.fast_sampler import CUDAGraphed, make_sampler
+from flowsdf.fields import bounded, code_field
 from flowsdf.flow import euler_sample
 from flowsdf.mesh.extract import extract_mesh
-from flowsdf.models.build import build_flow, build_stage1
-from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_logits
+from flowsdf.render import cameras
+from flowsdf.render.rays import RenderConfig
+from flowsdf.render.silhouette import render_views, silhouette_logits
+from flowsdf.speed.timing import time_call
 
 
 @dataclasses.dataclass
@@ -100,32 +102,35 @@ def bench_train_step(cfg: Config, settings: BenchSettings, device: torch.device,
 
 
 def bench_flow(cfg: Config, settings: BenchSettings, device: torch.device) -> dict[str, Any]:
+    """Conditioner + Euler steps: the reference sampler (euler_sample under no_grad) against the
+    inference sampler, and on CUDA the inference call recorded as a CUDA graph."""
     conditioner, velocity = (m.to(device).eval() for m in build_flow(cfg))
     torch.manual_seed(0)
     with torch.no_grad():  # non-zero output layers, as after training (zero-init gives v = 0)
         for p in velocity.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    size, sigma = cfg.conditioner.image_size, 0.04
+    size, sigma, latent = cfg.conditioner.image_size, 0.04, (cfg.decoder.latent_dim,)
     out: dict[str, Any] = {}
     for batch in settings.flow_batches:
         images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
-        z0 = (sigma * torch.randn(batch, velocity.config.latent_dim, generator=torch.Generator().manual_seed(2))).to(device)
+        z0 = (sigma * torch.randn(batch, *latent, generator=torch.Generator().manual_seed(2))).to(device)
         row: dict[str, Any] = {}
         for steps in settings.flow_steps:
-            fast = FastSampler(conditioner, velocity, sigma, steps)
+            sampler = make_sampler(velocity, sigma, steps, latent)
 
             def reference(images=images, z0=z0, steps=steps):
                 with torch.no_grad():
                     return euler_sample(velocity, z0, conditioner(images), steps)
 
-            timed = {"repeats": settings.flow_repeats, "warmup": 3, "device": device}
-            def fast_call(fast=fast, images=images, z0=z0):
-                return fast(images, z0)
+            def fast(images=images, z0=z0, sampler=sampler):
+                with torch.no_grad():
+                    return sampler(conditioner(images), z0)
 
-            entry = {"reference": time_call(reference, **timed), "fast": time_call(fast_call, **timed)}
+            timed = {"repeats": settings.flow_repeats, "warmup": 3, "device": device}
+            entry = {"reference": time_call(reference, **timed), "fast": time_call(fast, **timed)}
             if device.type == "cuda":
-                fast.cuda_graph(batch, size)
-                entry["fast_cuda_graph"] = time_call(fast_call, **timed)
+                graphed = CUDAGraphed(lambda i, z, sampler=sampler: sampler(conditioner(i), z), images, z0)
+                entry["fast_cuda_graph"] = time_call(lambda graphed=graphed, images=images, z0=z0: graphed(images, z0), **timed)
             row[str(steps)] = entry
         out[str(batch)] = row
     return out
@@ -134,7 +139,7 @@ def bench_flow(cfg: Config, settings: BenchSettings, device: torch.device) -> di
 def bench_mesh(cfg: Config, settings: BenchSettings, device: torch.device) -> dict[str, Any]:
     _, decoder = (m.to(device).eval() for m in build_stage1(cfg))
     code = 0.05 * torch.randn(cfg.decoder.latent_dim, generator=torch.Generator().manual_seed(3))
-    field = bounded(decoder_field(decoder, code.to(device)))
+    field = bounded(code_field(decoder, code.to(device)), cfg.render.bound_radius)
     run = lambda: extract_mesh(field, resolution=settings.mesh_resolution, device=device)
     return {"resolution": settings.mesh_resolution, **time_call(run, repeats=settings.repeats, warmup=1, device=device)}
 

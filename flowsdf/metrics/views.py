@@ -7,17 +7,15 @@ novel cameras the model never saw. Same BCE definition as the training loss.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
 from flowsdf.data.dataset import ShapeSplit, Views
-from flowsdf.eval.metrics import silhouette_bce_per_item, silhouette_iou
+from flowsdf.fields import Predictor
+from flowsdf.metrics.silhouette import silhouette_bce_per_item, silhouette_iou
 from flowsdf.models.sdf import SDFDecoder
-from flowsdf.render.silhouette import RenderConfig, render_views, silhouette_logits
-
-Predictor = Callable[[Tensor, torch.Generator], Tensor]
+from flowsdf.render.rays import RenderConfig
+from flowsdf.render.silhouette import render_views, silhouette_logits
 
 
 @torch.no_grad()
@@ -108,36 +106,3 @@ def prediction_rows(
                 row["views"].append((name, gt_np[v], pred_np[v], iou[v].item()))
         rows.append(row)
     return rows, {g: sum(v) / max(len(v), 1) for g, v in ious.items()}
-
-
-@torch.no_grad()
-def sample_diversity(
-    conditioner, velocity, decoder: SDFDecoder, split: ShapeSplit, sigma: float, steps: int, render_cfg: RenderConfig,
-    tau: float, k: int = 4, n_shapes: int = 8, seed: int = 0,
-) -> dict:
-    """K samples per image from K seeds: mean pairwise code distance and silhouette difference.
-
-    Silhouette difference is the mean absolute difference of the soft silhouettes on the input
-    view (0 = identical). Also the mean code norm, to read the distance against.
-    """
-    from flowsdf.flow import sample_latents
-
-    n = min(n_shapes, len(split))
-    images = split.input.images[:n, 0]  # (n, 3, H, W)
-    cond = conditioner(images).repeat_interleave(k, dim=0)  # (n*k, C)
-    seeds = [seed + j for j in range(k)] * n
-    codes = sample_latents(velocity, cond, velocity.config.latent_dim, sigma, steps, seed=seeds)  # (n*k, D)
-    K, c2w = split.input.K[:n, 0].repeat_interleave(k, 0), split.input.c2w[:n, 0].repeat_interleave(k, 0)
-    size = split.input.masks.shape[-1]
-    sils = torch.sigmoid(silhouette_logits(render_views(decoder.field(codes), K, c2w, size, render_cfg), tau))
-    codes, sils = codes.view(n, k, -1), sils.view(n, k, -1)
-    pair = ~torch.eye(k, dtype=torch.bool, device=codes.device)  # off-diagonal pairs
-    code_d = torch.cdist(codes, codes)[:, pair]  # (n, k*(k-1))
-    sil_d = (sils[:, :, None] - sils[:, None]).abs().mean(-1)[:, pair]
-    return {
-        "k": k,
-        "shapes": n,
-        "code_pairwise_l2": code_d.mean().item(),
-        "code_norm": codes.norm(dim=-1).mean().item(),
-        "silhouette_pairwise_l1": sil_d.mean().item(),
-    }

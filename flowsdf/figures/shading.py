@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
@@ -13,12 +12,11 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from flowsdf.data.dataset import ShapeSplit  # noqa: E402
-from flowsdf.eval.figures import save_figure  # noqa: E402
-from flowsdf.eval.normals import gt_normals  # noqa: E402
+from flowsdf.fields import Predictor
+from flowsdf.figures.plots import save_figure  # noqa: E402
+from flowsdf.metrics.normals import gt_normals  # noqa: E402
 from flowsdf.models.sdf import SDFDecoder  # noqa: E402
 from flowsdf.render.shading import shade_views  # noqa: E402
-
-Predictor = Callable[[Tensor, torch.Generator], Tensor]
 
 
 def normal_map(normals: Tensor, c2w: Tensor) -> Tensor:

@@ -5,10 +5,10 @@ For each finished model in the run (the Stage-1 CNN, the Stage-2 flow) and each 
 - training views; the 6 novel views of the training shapes; held-out shapes (input view and
   their novel views), never used in training;
 - 2-D: silhouette BCE (the training loss, at the model's final tau) and IoU (threshold 0.5);
-- 3-D against the analytic SDF: volumetric IoU, Chamfer-L1 and F-score@0.02 (see evaluate3d),
+- 3-D against the analytic SDF: volumetric IoU, Chamfer-L1 and F-score@0.02 (metrics/shapes.py),
   for the code predicted from each shape's input view;
 - normal accuracy: mean angle between predicted and analytic normals on the visible surface, on
-  the same four view sets (eval/normals.py), for the code predicted from each shape's input view;
+  the same four view sets (metrics/normals.py), for the code predicted from each shape's input view;
 - flows: best-of-K and mean-of-K novel-view IoU over K seeds, and sample diversity;
 - timing: encoder, conditioner + flow at 1/2/4/8 steps, mesh extraction, batch 1 and 32.
 
@@ -25,33 +25,16 @@ import torch
 
 from flowsdf import runs
 from flowsdf.checkpoint import atomic_write_text
-from flowsdf.data.dataset import ShapeSplit
-from flowsdf.device import pick_device
-from flowsdf.errors import FlowSDFError, warn
-from flowsdf.eval.metrics import silhouette_iou
-from flowsdf.eval.normals import evaluate_normals
-from flowsdf.eval.shapes3d import evaluate_shapes
-from flowsdf.eval.timing import device_name, inference_latency
-from flowsdf.eval.views import (
-    evaluate_views,
-    predict_codes,
-    render_group,
-    sample_diversity,
-)
+from flowsdf.device import device_name, pick_device
+from flowsdf.errors import warn
+from flowsdf.loading import finished_models
+from flowsdf.metrics.normals import evaluate_normals
+from flowsdf.metrics.samples import novel_view_samples, sample_diversity
+from flowsdf.metrics.shapes import evaluate_shapes
+from flowsdf.metrics.views import evaluate_views, predict_codes
 from flowsdf.pipeline import FlowSDF
 from flowsdf.runs import run_data
-
-
-def load_models(run_dir: Path, dev: torch.device) -> dict[str, FlowSDF]:
-    """The finished models of a run, {"cnn": ..., "flow": ...}; at least one, else one clear error."""
-    cfg = runs.read_config(run_dir)
-    models = {}
-    for name, stage, epochs in (("cnn", "stage1", cfg.stage1.epochs), ("flow", "phase2", cfg.phase2.epochs)):
-        if runs.checkpoint_epoch(run_dir, stage) == epochs:
-            models[name] = FlowSDF.from_run(run_dir, name, dev)
-    if not models:
-        raise FlowSDFError(f"{run_dir} has no finished stage to evaluate")
-    return models
+from flowsdf.speed.timing import inference_latency
 
 
 def training_seconds(run_dir: Path, stages: list[str]) -> float | None:
@@ -86,19 +69,6 @@ def last_epoch_loss(run_dir: Path, stage: str) -> float | None:
     return rows[-1]["loss"]
 
 
-@torch.no_grad()
-def best_and_mean_of_k(model: FlowSDF, split: ShapeSplit, k: int) -> dict:
-    """Novel-view IoU of K samples per shape (seeds 0..K-1): the best sample's and the mean."""
-    ious = []
-    for seed in range(k):
-        codes = predict_codes(model.predictor(), split, seed)
-        probs = torch.sigmoid(render_group(model.decoder, codes, split.novel, model.cfg.render, model.tau))  # (N, V, H, W)
-        iou = silhouette_iou(probs.flatten(0, 1), split.novel.masks.flatten(0, 1)).view(len(split), -1).mean(1)
-        ious.append(iou)
-    ious_t = torch.stack(ious)  # (K, N)
-    return {"k": k, "best_of_k_iou": ious_t.max(0).values.mean().item(), "mean_of_k_iou": ious_t.mean().item()}
-
-
 def refined_predictor(model: FlowSDF, predict, steps: int):
     """`predict` followed by `steps` refinement steps against each picture's foreground mask
     (FlowSDF.refine). Refined codes are kept per input batch (the same slice of the same images
@@ -115,22 +85,25 @@ def refined_predictor(model: FlowSDF, predict, steps: int):
 
 
 def evaluate_run(
-    run_dir: Path, data_dir: Path | None = None, device: str = "auto", k: int = 4, mesh_resolution: int = 64,
+    run_dir: Path, data_dir: Path | None = None, device: str = "auto", k: int = 4, mesh_resolution: int | None = None,
     timing_repeats: int = 5, progress: bool = True, refine: int = 0,
 ) -> dict:
     """Every figure for every finished model of `run_dir` (see the module docstring).
 
-    `refine` > 0: the silhouette and 3-D figures score codes refined for that many steps against
-    the input picture's mask (flow sampling figures and timings do not).
+    `mesh_resolution` defaults to the run's `eval.mesh_resolution`. `refine` > 0: the silhouette
+    and 3-D figures score codes refined for that many steps against the input picture's mask
+    (flow sampling figures and timings do not).
     """
     dev = pick_device(device)
     run_dir = Path(run_dir)
     cfg = runs.read_config(run_dir)
+    mesh_resolution = mesh_resolution or cfg.eval.mesh_resolution
     data = run_data(cfg, run_dir, data_dir).to(dev)
     result: dict[str, Any] = {"run": str(run_dir), "data": str(data.root.resolve()), "preset": cfg.preset,
                               "device": device_name(dev), "mesh_resolution": mesh_resolution, "refine_steps": refine,
                               "frame": cfg.frame, "models": {}}
-    for name, model in load_models(run_dir, dev).items():
+    for name, trained in finished_models(run_dir, dev).items():
+        model = FlowSDF(trained)
         tau, predict = model.tau, model.predictor()
         if refine > 0:
             predict = refined_predictor(model, predict, refine)
@@ -148,8 +121,9 @@ def evaluate_run(
             },
         }
         codes = {split: predict_codes(predict, s, cfg.seed) for split, s in (("train", data.train), ("heldout", data.heldout))}
+        n3d = {"train": cfg.eval.train_shapes or len(data.train), "heldout": len(data.heldout)}
         r["shapes_3d"] = {
-            split: evaluate_shapes(model.decoder, codes[split], s.shapes,
+            split: evaluate_shapes(model.decoder, codes[split][: n3d[split]], s.shapes[: n3d[split]],
                                    bound_radius=cfg.render.bound_radius, resolution=mesh_resolution, progress=progress)
             for split, s in (("train", data.train), ("heldout", data.heldout))
         }
@@ -162,16 +136,12 @@ def evaluate_run(
         }
         if name == "flow":
             r["sampling"] = {
-                "novel_views": best_and_mean_of_k(model, data.train, k),
-                "heldout_novel": best_and_mean_of_k(model, data.heldout, k),
-                "diversity": sample_diversity(model.conditioner, model.velocity, model.decoder, data.train,
-                                              model.sigma, cfg.flow.steps, cfg.render, tau, k=k, seed=cfg.seed),
+                "novel_views": novel_view_samples(predict, model.decoder, data.train, cfg.render, tau, k),
+                "heldout_novel": novel_view_samples(predict, model.decoder, data.heldout, cfg.render, tau, k),
+                "diversity": sample_diversity(model.conditioner, model.sampler(), model.decoder, data.train,
+                                              cfg.render, tau, k=k, seed=cfg.seed),
             }
-        r["latency"] = inference_latency(
-            model.encoder, model.conditioner, model.velocity, model.decoder,
-            model.sigma, cfg.data.image_size, dev, mesh_resolution=mesh_resolution,
-            repeats=timing_repeats,
-        )
+        r["latency"] = inference_latency(model, mesh_resolution=mesh_resolution, repeats=timing_repeats)
         result["models"][name] = r
     return result
 
@@ -245,9 +215,9 @@ def markdown_tables(result: dict) -> str:
         lines += [
             "",
             f"Flow sampling, K = {smp['novel_views']['k']} seeds: novel-view IoU best-of-K "
-            f"{smp['novel_views']['best_of_k_iou']:.3f}, mean-of-K {smp['novel_views']['mean_of_k_iou']:.3f}; "
-            f"held-out best-of-K {smp['heldout_novel']['best_of_k_iou']:.3f}, mean-of-K "
-            f"{smp['heldout_novel']['mean_of_k_iou']:.3f}. Diversity: mean pairwise code distance "
+            f"{smp['novel_views']['best_of_k']:.3f}, mean-of-K {smp['novel_views']['mean_of_k']:.3f}; "
+            f"held-out best-of-K {smp['heldout_novel']['best_of_k']:.3f}, mean-of-K "
+            f"{smp['heldout_novel']['mean_of_k']:.3f}. Diversity: mean pairwise code distance "
             f"{d['code_pairwise_l2']:.4f} (mean code norm {d['code_norm']:.3f}), mean pairwise silhouette "
             f"difference {d['silhouette_pairwise_l1']:.4f}.",
         ]

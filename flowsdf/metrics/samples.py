@@ -1,0 +1,92 @@
+"""What K flow samples of one picture tell: how much they differ, and the best one against the mean.
+
+A flow's value over a deterministic encoder is that its samples may differ where a picture leaves
+the shape open. Two measures:
+
+- `sample_diversity`: mean pairwise distance of the K codes of a picture (against the codes' own
+  norm) and of their soft silhouettes on the input view;
+- `best_and_mean`: per shape, the best of the K samples' scores and their mean; best-of-K above
+  mean-of-K is what diversity buys when one sample can be chosen (e.g. by the input view).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from flowsdf.data.dataset import ShapeSplit
+from flowsdf.fast_sampler import ReferenceSampler
+from flowsdf.metrics.silhouette import silhouette_iou
+from flowsdf.metrics.views import predict_codes, render_group
+from flowsdf.render.rays import RenderConfig
+from flowsdf.render.silhouette import silhouettes
+
+
+@torch.no_grad()
+def sample_codes(conditioner: nn.Module, sampler: ReferenceSampler, images: Tensor, k: int, seed: int) -> Tensor:
+    """K codes per picture (N, 3, H, W) -> (N, K, *latent); sample j of every picture starts from the
+    noise of seed `seed + j`, as the pipeline samples."""
+    n = images.shape[0]
+    cond = conditioner(images).repeat_interleave(k, dim=0)  # (N*K, ...)
+    z0 = sampler.noise([seed + j for j in range(k)] * n, images.device)  # (N*K, *latent)
+    codes = sampler(cond, z0)  # (N*K, *latent)
+    return codes.view(n, k, *codes.shape[1:])
+
+
+@torch.no_grad()
+def sample_diversity(conditioner: nn.Module, sampler: ReferenceSampler, decoder: nn.Module, split: ShapeSplit,
+                     render_cfg: RenderConfig, tau: float, k: int = 4, n_shapes: int = 8, seed: int = 0) -> dict:
+    """K samples per image of the first `n_shapes` shapes: mean pairwise code distance and soft
+    silhouette difference on the input view (mean absolute difference; 0 = identical), and the
+    mean code norm to read the distance against."""
+    n = min(n_shapes, len(split))
+    codes = sample_codes(conditioner, sampler, split.input.images[:n, 0], k, seed)  # (n, k, *latent)
+    K, c2w = split.input.K[:n, 0].repeat_interleave(k, 0), split.input.c2w[:n, 0].repeat_interleave(k, 0)
+    size = split.input.masks.shape[-1]
+    sils = silhouettes(decoder.field(codes.flatten(0, 1)), K, c2w, size, render_cfg, tau)  # (n*k, S, S)
+    flat, sils = codes.reshape(n, k, -1), sils.view(n, k, -1)
+    pair = ~torch.eye(k, dtype=torch.bool, device=flat.device)  # off-diagonal pairs
+    code_d = torch.cdist(flat, flat)[:, pair]  # (n, k*(k-1))
+    sil_d = (sils[:, :, None] - sils[:, None]).abs().mean(-1)[:, pair]
+    return {
+        "k": k,
+        "shapes": n,
+        "code_pairwise_l2": code_d.mean().item(),
+        "code_norm": flat.norm(dim=-1).mean().item(),
+        "silhouette_pairwise_l1": sil_d.mean().item(),
+    }
+
+
+@torch.no_grad()
+def flow_trajectory(conditioner: nn.Module, sampler: ReferenceSampler, decoder: nn.Module, images: Tensor, K: Tensor,
+                    c2w: Tensor, seed: int, render_cfg: RenderConfig, tau: float) -> tuple[Tensor, Tensor]:
+    """The flow step by step for pictures (N, 3, H, W), picture i from the noise of seed `seed`:
+    its states (steps + 1, N, *latent) (state 0 is the noise) and their soft silhouettes
+    (steps + 1, N, S, S) seen from cameras K (N, 3, 3), c2w (N, 4, 4): the write-up's strip."""
+    n = images.shape[0]
+    _, traj = sampler(conditioner(images), sampler.noise([seed] * n, images.device), trajectory=True)
+    T = traj.shape[0]
+    size = images.shape[-1]
+    sils = torch.cat([silhouettes(decoder.field(traj[t]), K, c2w, size, render_cfg, tau) for t in range(T)])
+    return traj, sils.view(T, n, size, size)
+
+
+def best_and_mean(scores: Tensor) -> dict:
+    """Scores (K, N) of K samples of N shapes -> the mean over shapes of each shape's best sample
+    and of its mean sample ({"best_of_k", "mean_of_k"}); best >= mean by construction."""
+    if scores.dim() != 2 or scores.shape[0] < 1:
+        raise ValueError(f"expected scores of shape (K, N), got {tuple(scores.shape)}")
+    return {"k": scores.shape[0], "best_of_k": scores.max(0).values.mean().item(), "mean_of_k": scores.mean().item()}
+
+
+@torch.no_grad()
+def novel_view_samples(predict, decoder: nn.Module, split: ShapeSplit, render_cfg: RenderConfig, tau: float,
+                       k: int) -> dict:
+    """Novel-view IoU of K samples per shape (sample j: the predictor's noise from seed j) ->
+    `best_and_mean` of the per-shape IoUs."""
+    ious = []
+    for seed in range(k):
+        codes = predict_codes(predict, split, seed)
+        probs = torch.sigmoid(render_group(decoder, codes, split.novel, render_cfg, tau))  # (N, V, H, W)
+        ious.append(silhouette_iou(probs.flatten(0, 1), split.novel.masks.flatten(0, 1)).view(len(split), -1).mean(1))
+    return best_and_mean(torch.stack(ious))  # (K, N)
