@@ -37,7 +37,7 @@ from flowsdf.pipeline import FlowSDF
 @torch.no_grad()
 def sample_codes(pipe: FlowSDF, image: torch.Tensor, samples: int, temperature: float) -> torch.Tensor:
     """K codes (K, D) of one picture, seeds 0..K-1, the source noise scaled by `temperature`."""
-    cond = pipe.conditioner(pipe.load_images(image)).repeat(samples, 1)  # (K, C)
+    cond = pipe.conditioner(pipe.load_images(image)[0]).repeat(samples, 1)  # (K, C)
     return sample_latents(pipe.velocity, cond, pipe.latent_dim, pipe.sigma * temperature, pipe.cfg.flow.steps,
                           seed=list(range(samples)))  # (K, D)
 

@@ -33,7 +33,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from flowsdf.data.frames import canonical_c2w
-from flowsdf.data.images import foreground_mask, load_image
+from flowsdf.data.images import foreground_mask
+from flowsdf.data.prepare import Prepared, prepare_picture
 from flowsdf.errors import FlowSDFError
 from flowsdf.fast_sampler import ReferenceSampler, make_sampler, sampler_predictor
 from flowsdf.fields import PointField, Predictor, bounded, code_field
@@ -63,6 +64,9 @@ class Result:
     seed: int
     steps: int  # Euler steps (0 for the CNN)
     trajectory: Tensor | None = None  # (steps + 1, N, K, *latent) the Euler states, when asked for
+    # For pictures given as files or PIL images: how each was prepared (flowsdf.data.prepare); None
+    # for a tensor (taken to be model input already).
+    prepared: list[Prepared] | None = None
 
 
 @dataclass
@@ -136,13 +140,18 @@ class FlowSDF:
 
     # --- inference -------------------------------------------------------------------------
 
-    def load_images(self, images: ImageInput | Sequence[ImageInput]) -> Tensor:
-        """Pictures as model input (N, 3, S, S) on the model's device.
+    def load_images(self, images: ImageInput | Sequence[ImageInput], prepare: bool = True
+                    ) -> tuple[Tensor, list[Prepared] | None]:
+        """Pictures as model input (N, 3, S, S) on the model's device, and how each was prepared.
 
-        A float tensor (N, 3, H, W) or (3, H, W) in [0, 1] (square; resized if H != S), PIL
-        images or file paths (any size and aspect, RGBA, greyscale: see flowsdf.data.images).
+        A float tensor (N, 3, H, W) or (3, H, W) in [0, 1] (square; resized if H != S) is taken as
+        model input already. PIL images and file paths (any size, aspect and mode: see
+        flowsdf.data.images) are prepared like the training renders (flowsdf.data.prepare: the
+        object found on its background, re-framed, put on black); `prepare=False` only pads them to
+        a square and resizes them.
         """
         S = self.image_size
+        prepared = None
         if isinstance(images, Tensor):
             batch = images[None] if images.dim() == 3 else images
             if batch.dim() != 4 or batch.shape[1] != 3 or batch.shape[2] != batch.shape[3]:
@@ -151,24 +160,26 @@ class FlowSDF:
             items = [images] if isinstance(images, (Image.Image, str, Path)) else list(images)
             if not items:
                 raise FlowSDFError("no images given")
-            batch = torch.stack([x if isinstance(x, Tensor) else load_image(x, S) for x in items])
+            prepared = [prepare_picture(x, S, prepare) for x in items]
+            batch = torch.stack([p.image for p in prepared])
         batch = batch.float().to(self.device)
         if batch.shape[-1] != S:
             batch = F.interpolate(batch, size=(S, S), mode="bilinear", antialias=True, align_corners=False)
-        return batch.clamp(0.0, 1.0)  # (N, 3, S, S)
+        return batch.clamp(0.0, 1.0), prepared  # (N, 3, S, S)
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], samples: int = 1, steps: int | None = None,
-                 seed: int = 0, trajectory: bool = False, refine: int = 0) -> Result:
+                 seed: int = 0, trajectory: bool = False, refine: int = 0, prepare: bool = True) -> Result:
         """K = `samples` codes per picture (N, K, *latent); `trajectory` keeps the flow's Euler states.
 
         `refine` > 0 fits every code for that many steps to its picture's foreground mask, seen
         from the input camera (flowsdf.refine); the trajectory, if kept, is the unrefined one.
+        `prepare` (files and PIL images): see `load_images`.
         """
         if samples < 1:
             raise FlowSDFError(f"samples must be at least 1, got {samples}")
         if refine < 0:
             raise FlowSDFError(f"refine must be at least 0 steps, got {refine}")
-        result = self._sample(images, samples, steps, seed, trajectory)
+        result = self._sample(images, samples, steps, seed, trajectory, prepare)
         if refine > 0:
             N, K = result.codes.shape[:2]
             codes = self.refine(result.codes.flatten(0, 1), result.images.repeat_interleave(K, dim=0), refine)
@@ -177,12 +188,12 @@ class FlowSDF:
 
     @torch.no_grad()
     def _sample(self, images: ImageInput | Sequence[ImageInput], samples: int, steps: int | None, seed: int,
-                trajectory: bool) -> Result:
-        batch = self.load_images(images)  # (N, 3, S, S)
+                trajectory: bool, prepare: bool) -> Result:
+        batch, prepared = self.load_images(images, prepare)  # (N, 3, S, S)
         N, K, L = batch.shape[0], samples, self.latent_shape
         if not self.is_flow:
             codes = self.encoder(batch)[:, None].expand(N, K, *L).contiguous()  # (N, K, *latent)
-            return Result(batch, codes, seed, 0, codes[None] if trajectory else None)
+            return Result(batch, codes, seed, 0, codes[None] if trajectory else None, prepared)
         sampler = self.sampler(steps)
         cond = self.conditioner(batch).repeat_interleave(K, dim=0)  # (N*K, ...)
         z0 = sampler.noise([seed + k for k in range(K)] * N, self.device)  # (N*K, *latent)
@@ -190,7 +201,7 @@ class FlowSDF:
         codes, traj = out if trajectory else (out, None)
         if traj is not None:
             traj = traj.view(sampler.steps + 1, N, K, *L)  # (steps + 1, N, K, *latent)
-        return Result(batch, codes.view(N, K, *L), seed, sampler.steps, traj)
+        return Result(batch, codes.view(N, K, *L), seed, sampler.steps, traj, prepared)
 
     def refine(self, codes: Tensor, images: Tensor, steps: int) -> Tensor:
         """Codes (M, *latent) fitted for `steps` steps to the foreground masks of their pictures
@@ -218,7 +229,7 @@ class FlowSDF:
         """The flow step by step: latents (steps + 1, N, *latent) after each Euler step (state 0 is
         the noise) and their silhouettes (steps + 1, N, S, S), picture i seen from camera i."""
         dev = self.device
-        return flow_trajectory(self.conditioner, self.sampler(steps), self.decoder, self.load_images(images), K.to(dev),
+        return flow_trajectory(self.conditioner, self.sampler(steps), self.decoder, self.load_images(images)[0], K.to(dev),
                                c2w.to(dev), seed, self.cfg.render, self.tau)
 
     def field(self, code: Tensor) -> PointField:

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "flowsdf"
 # Bottom to top. An entry is a module ("flowsdf.flow") or a folder ("flowsdf.models", all its modules).
 LAYERS = [
     ["flowsdf.errors"],
-    ["flowsdf.device", "flowsdf.schema", "flowsdf.fields", "flowsdf.checkpoint"],
+    ["flowsdf.device", "flowsdf.schema", "flowsdf.fields", "flowsdf.checkpoint", "flowsdf.provenance"],
     ["flowsdf.flow", "flowsdf.models"],
     ["flowsdf.fast_sampler"],
     ["flowsdf.render"],

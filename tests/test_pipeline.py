@@ -93,7 +93,7 @@ def test_pictures_of_any_form_become_model_input(tiny_flow_run, tmp_path):
     rgba[:, 30:, 3] = 255
     Image.fromarray(rgba, "RGBA").save(tmp_path / "wide.png")
     Image.fromarray(np.full((S, S), 128, np.uint8), "L").save(tmp_path / "grey.png")
-    batch = pipe.load_images([tmp_path / "wide.png", Image.open(tmp_path / "grey.png")])
+    batch, _ = pipe.load_images([tmp_path / "wide.png", Image.open(tmp_path / "grey.png")], prepare=False)
     assert batch.shape == (2, 3, S, S)
     wide = batch[0]
     # Padded to a square on the black background: top and bottom quarters are black.
@@ -101,6 +101,25 @@ def test_pictures_of_any_form_become_model_input(tiny_flow_run, tmp_path):
     mid = S // 2
     assert wide[0, mid, S - 2] > 0.9 and wide[0, mid, 1] == 0  # transparent half composited on black
     torch.testing.assert_close(batch[1], torch.full((3, S, S), 128 / 255))
+
+
+def test_pictures_are_prepared_like_the_training_renders_unless_asked_not_to(tiny_flow_run, tmp_path):
+    """A grey disc off-centre on white: prepared, it is centred on black; not prepared, on white."""
+    pipe = FlowSDF.from_run(tiny_flow_run, "cnn", "cpu")
+    S = pipe.image_size
+    yy, xx = np.mgrid[:120, :120]
+    picture = np.full((120, 120, 3), 255, np.uint8)
+    picture[(yy - 40) ** 2 + (xx - 80) ** 2 < 25**2] = (90, 120, 160)
+    Image.fromarray(picture).save(tmp_path / "disc.png")
+    result = pipe(tmp_path / "disc.png")
+    image, mask = result.images[0], result.prepared[0].mask
+    assert result.prepared[0].prepared and result.prepared[0].background.kind == "white"
+    assert image[:, 0, 0].max() == 0 and image[:, -1, -1].max() == 0  # corners on black
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    assert abs(ys.float().mean().item() - (S - 1) / 2) < 1.0 and abs(xs.float().mean().item() - (S - 1) / 2) < 1.0
+    plain = pipe(tmp_path / "disc.png", prepare=False)
+    assert not plain.prepared[0].prepared and plain.images[0, :, 0, 0].min() == 1.0  # white corners kept
+    assert pipe(plain.images).prepared is None  # a tensor is model input already
 
 
 def test_runs_it_cannot_load_are_one_clear_error(tiny_flow_run, tiny_stage1_run, tmp_path):
