@@ -17,9 +17,14 @@ from flowsdf.data.frames import FRAMES
 from flowsdf.errors import FlowSDFError
 from flowsdf.flow import FlowConfig
 from flowsdf.models.conditioner import ConditionerConfig
+from flowsdf.models.dinov2 import DINOv2Config
+from flowsdf.models.dit import DiTConfig
 from flowsdf.models.encoder import EncoderConfig
 from flowsdf.models.sdf import DecoderConfig
+from flowsdf.models.triplane import TriplaneConfig
+from flowsdf.models.triplane_encoder import TriplaneEncoderConfig
 from flowsdf.models.velocity import VelocityConfig
+from flowsdf.models.vit import ViTConfig
 from flowsdf.render.rays import RenderConfig
 from flowsdf.schema import (
     ANY_BOOL,
@@ -32,6 +37,73 @@ from flowsdf.schema import (
     int_range,
     one_of,
 )
+
+# --- The swappable parts: each section names its kind and holds every kind's own settings ---------
+# (flowsdf.build makes the models). A part's widths that other parts fix — the image size (the
+# data's), the code's shape (the decoder's), the condition's width (the conditioner's) — are not
+# settings of that part: they are passed to it, so there is one place to set each.
+
+
+@dataclass
+class DecoderKinds:
+    """The SDF decoder, which also fixes the code's shape (every encoder and flow produces it).
+
+    mlp: the seed's DeepSDF MLP on a 128-d code. triplane: a small latent triplane
+    (3, C, R, R) upsampled to feature planes and read by a small Softplus MLP (models/triplane.py).
+    """
+
+    kind: str = "mlp"
+    mlp: DecoderConfig = field(default_factory=DecoderConfig)
+    triplane: TriplaneConfig = field(default_factory=TriplaneConfig)
+
+    RULES = {"kind": one_of("mlp", "triplane")}
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.mlp.latent_dim,) if self.kind == "mlp" else self.triplane.latent_shape
+
+
+@dataclass
+class EncoderKinds:
+    """Stage 1's image -> code encoder; its kind follows the decoder's (a code of the decoder's shape):
+    cnn for the MLP decoder (the seed's), triplane (a U-Net whose map is the view frame's YZ plane)."""
+
+    cnn: EncoderConfig = field(default_factory=EncoderConfig)
+    triplane: TriplaneEncoderConfig = field(default_factory=TriplaneEncoderConfig)
+
+
+@dataclass
+class ConditionerKinds:
+    """The flow's image conditioner: condition tokens (B, N, C) from a picture.
+
+    cnn: the seed's CNN, one token. vit: a small ViT trained from scratch, a token per patch.
+    dinov2: DINOv2-Small, frozen, from the file at `weights` (a Hugging Face folder, Meta's .pth or
+    a .safetensors; nothing is downloaded: models/dinov2.py says where to get it).
+    """
+
+    kind: str = "cnn"
+    cnn: ConditionerConfig = field(default_factory=ConditionerConfig)
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    dinov2: DINOv2Config = field(default_factory=DINOv2Config)
+    weights: str = ""  # the dinov2 kind's weights file or folder
+
+    RULES = {"kind": one_of("cnn", "vit", "dinov2"), "weights": Rule("a path", lambda v: True)}
+
+    @property
+    def token_dim(self) -> int:
+        return {"cnn": self.cnn.embed_dim, "vit": self.vit.hidden, "dinov2": self.dinov2.hidden_size}[self.kind]
+
+
+@dataclass
+class VelocityKinds:
+    """The flow's velocity net. mlp: the seed's AdaLN MLP on the pooled condition. dit: a DiT over
+    latent tokens, time by adaLN-Zero, the condition tokens by cross-attention (models/dit.py)."""
+
+    kind: str = "mlp"
+    mlp: VelocityConfig = field(default_factory=VelocityConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+
+    RULES = {"kind": one_of("mlp", "dit")}
 
 
 @dataclass
@@ -136,11 +208,11 @@ class Config:
     frame: str = "world"
     data: DataConfig = field(default_factory=DataConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    encoder: EncoderKinds = field(default_factory=EncoderKinds)
+    decoder: DecoderKinds = field(default_factory=DecoderKinds)
     stage1: TrainConfig = field(default_factory=TrainConfig)
-    conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
-    velocity: VelocityConfig = field(default_factory=VelocityConfig)
+    conditioner: ConditionerKinds = field(default_factory=ConditionerKinds)
+    velocity: VelocityKinds = field(default_factory=VelocityKinds)
     flow: FlowConfig = field(default_factory=FlowConfig)
     phase1: DistillConfig = field(default_factory=DistillConfig)
     # Phase 2 continues at Stage 1's final temperature. Every part starts trained, and the flow
@@ -158,25 +230,44 @@ class Config:
 def _fits(cfg: Config) -> list[str]:
     """Agreements between sections that the models need (each a message, empty when all hold)."""
     problems = []
-    for name, part in (("encoder", cfg.encoder), ("conditioner", cfg.conditioner)):
-        step = 2 ** len(part.channels)
-        if part.image_size % step:
-            problems.append(f"{name}.image_size must be a multiple of {step} ({len(part.channels)} stride-2 convs), got {part.image_size}")
-        if part.image_size != cfg.data.image_size:
-            problems.append(f"{name}.image_size ({part.image_size}) must equal data.image_size ({cfg.data.image_size})")
-    if cfg.conditioner.group_norm:
-        for c in cfg.conditioner.channels:
-            if c % min(cfg.conditioner.norm_groups, c):
-                problems.append(f"conditioner.channels: {c} is not divisible into conditioner.norm_groups "
-                                f"({cfg.conditioner.norm_groups}) groups")
-    for name, dim in (("decoder", cfg.decoder.latent_dim), ("velocity", cfg.velocity.latent_dim)):
-        if dim != cfg.encoder.latent_dim:
-            problems.append(f"{name}.latent_dim ({dim}) must equal encoder.latent_dim ({cfg.encoder.latent_dim})")
-    if cfg.velocity.cond_dim != cfg.conditioner.embed_dim:
-        problems.append(f"velocity.cond_dim ({cfg.velocity.cond_dim}) must equal conditioner.embed_dim ({cfg.conditioner.embed_dim})")
-    if cfg.decoder.hidden <= cfg.decoder.latent_dim + 3:
-        problems.append(f"decoder.hidden must exceed latent_dim + 3 ({cfg.decoder.latent_dim + 3}) for the skip layer, "
-                        f"got {cfg.decoder.hidden}")
+    size = cfg.data.image_size
+    strided = [("encoder.cnn", len(cfg.encoder.cnn.channels))] if cfg.decoder.kind == "mlp" else \
+        [("encoder.triplane", len(cfg.encoder.triplane.channels) - 1)]
+    if cfg.conditioner.kind == "cnn":
+        strided.append(("conditioner.cnn", len(cfg.conditioner.cnn.channels)))
+    for name, n in strided:
+        if size % 2**n:
+            problems.append(f"data.image_size ({size}) must be a multiple of {2**n} for {name}.channels "
+                            f"({n} stride-2 convolutions)")
+    if cfg.conditioner.kind == "vit" and size % cfg.conditioner.vit.patch_size:
+        problems.append(f"data.image_size ({size}) must be a multiple of conditioner.vit.patch_size "
+                        f"({cfg.conditioner.vit.patch_size})")
+    if cfg.conditioner.kind == "dinov2" and not cfg.conditioner.weights:
+        problems.append("conditioner.kind=dinov2 needs conditioner.weights=PATH (a local DINOv2-Small file or folder)")
+    cnn = cfg.conditioner.cnn
+    if cfg.conditioner.kind == "cnn" and cnn.group_norm:
+        for c in cnn.channels:
+            if c % min(cnn.norm_groups, c):
+                problems.append(f"conditioner.cnn.channels: {c} is not divisible into conditioner.cnn.norm_groups "
+                                f"({cnn.norm_groups}) groups")
+    if cfg.decoder.mlp.hidden <= cfg.decoder.mlp.latent_dim + 3:
+        problems.append(f"decoder.mlp.hidden must exceed latent_dim + 3 ({cfg.decoder.mlp.latent_dim + 3}) for the "
+                        f"skip layer, got {cfg.decoder.mlp.hidden}")
+    tri = cfg.decoder.triplane
+    if cfg.decoder.kind == "triplane":
+        ratio = tri.resolution // tri.latent_resolution
+        if tri.resolution % tri.latent_resolution or ratio & (ratio - 1):
+            problems.append(f"decoder.triplane.resolution ({tri.resolution}) must be latent_resolution "
+                            f"({tri.latent_resolution}) times a power of 2")
+    if cfg.velocity.kind == "dit":
+        dit, shape = cfg.velocity.dit, cfg.decoder.latent_shape
+        if len(shape) == 1 and shape[0] % dit.tokens:
+            problems.append(f"velocity.dit.tokens ({dit.tokens}) must divide the code's width ({shape[0]})")
+        if len(shape) == 4 and shape[2] % dit.patch_size:
+            problems.append(f"velocity.dit.patch_size ({dit.patch_size}) must divide the triplane's latent "
+                            f"resolution ({shape[2]})")
+        if dit.hidden % dit.heads:
+            problems.append(f"velocity.dit.hidden ({dit.hidden}) must be divisible by velocity.dit.heads ({dit.heads})")
     return problems
 
 
@@ -197,10 +288,8 @@ def quick_preset() -> Config:
     """The default main job: a meaningful result in under 10 minutes on a 2-core CPU."""
     cfg = Config(preset="quick")
     cfg.data = DataConfig(image_size=32, train_views=1, gt_samples=128)
-    cfg.encoder = EncoderConfig(image_size=32)
     cfg.render = RenderConfig(n_samples=32, search_dtype="bfloat16", search="coarse")
     cfg.stage1 = TrainConfig(epochs=60, batch_size=8, lr=1e-3, figure_every=20)
-    cfg.conditioner = ConditionerConfig(image_size=32)
     cfg.phase1 = DistillConfig(iterations=300)
     cfg.phase2 = TrainConfig(epochs=30, batch_size=8, lr=2e-4, warmup_steps=35, tau_start=0.01, tau_end=0.01, figure_every=10)
     cfg.eval = EvalConfig(mesh_resolution=32)  # keeps the report inside the CPU budget
@@ -243,12 +332,12 @@ def tiny_preset() -> Config:
     """Seconds on a CPU, for tests: a handful of small shapes, 16x16, 12 samples."""
     cfg = Config(preset="tiny")
     cfg.data = DataConfig(n_train_shapes=4, n_heldout_shapes=2, novel_views=2, image_size=16, gt_samples=64)
-    cfg.encoder = EncoderConfig(image_size=16, fc_hidden=64)
+    cfg.encoder.cnn = EncoderConfig(fc_hidden=64)
     cfg.render = RenderConfig(n_samples=12)
     # Constant tau so that epoch losses are comparable (the test checks that training lowers it).
     cfg.stage1 = TrainConfig(epochs=2, batch_size=1, lr=1e-3, tau_start=0.05, tau_end=0.05, figure_every=1, figure_shapes=2)
-    cfg.conditioner = ConditionerConfig(image_size=16, channels=(16, 32, 32, 64), embed_dim=64)
-    cfg.velocity = VelocityConfig(cond_dim=64, hidden=128, depth=6, mlp_ratio=2, time_embed_dim=64)
+    cfg.conditioner.cnn = ConditionerConfig(channels=(16, 32, 32, 64), embed_dim=64)
+    cfg.velocity.mlp = VelocityConfig(hidden=128, depth=6, mlp_ratio=2, time_embed_dim=64)
     cfg.phase1 = DistillConfig(iterations=40, batch_size=4, lr=1e-3)
     cfg.phase2 = TrainConfig(epochs=2, batch_size=1, lr=1e-4, tau_start=0.05, tau_end=0.05, figure_every=1, figure_shapes=2)
     cfg.eval = EvalConfig(mesh_resolution=16)

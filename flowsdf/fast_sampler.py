@@ -46,15 +46,17 @@ class ReferenceSampler:
         """Source noise (B, *latent) of the given seeds, scaled by sigma (flow.seeded_noise)."""
         return seeded_noise(seeds, self.latent_shape, self.sigma, device)
 
-    def __call__(self, cond: Tensor, z0: Tensor, trajectory: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """Conditions (B, ...) and source noise z0 (B, *latent) -> codes (B, *latent), and with
-        `trajectory` the Euler states (steps + 1, B, *latent). No autograd; the results are
-        ordinary tensors (copied out of inference mode), so callers may go on to optimise them."""
+    def __call__(self, cond: Tensor, z0: Tensor, trajectory: bool = False, cond_mask: Tensor | None = None
+                 ) -> Tensor | tuple[Tensor, Tensor]:
+        """Condition tokens (B, N, C) (cond_mask (B, N): True = a real token) and source noise z0
+        (B, *latent) -> codes (B, *latent), and with `trajectory` the Euler states
+        (steps + 1, B, *latent). No autograd; the results are ordinary tensors (copied out of
+        inference mode), so callers may go on to optimise them."""
         with torch.inference_mode():
-            out = self._sample(cond, z0, trajectory)
+            out = self._sample(self.velocity.prepare(cond, cond_mask), z0, trajectory)  # the condition, once
         return tuple(x.clone() for x in out) if trajectory else out.clone()
 
-    def _sample(self, cond: Tensor, z0: Tensor, trajectory: bool) -> Tensor | tuple[Tensor, Tensor]:
+    def _sample(self, cond, z0: Tensor, trajectory: bool) -> Tensor | tuple[Tensor, Tensor]:
         return euler_sample(self.velocity, z0, cond, self.steps, return_trajectory=trajectory)
 
 
@@ -65,7 +67,7 @@ class FastSampler(ReferenceSampler):
     """
 
     def __init__(self, velocity: VelocityNet, sigma: float, steps: int = 8):
-        super().__init__(velocity, sigma, steps, (velocity.config.latent_dim,))
+        super().__init__(velocity, sigma, steps, velocity.latent_shape)
         v, dt = self.velocity, 1.0 / steps
         with torch.inference_mode():
             dev = next(v.parameters()).device
@@ -89,10 +91,11 @@ class FastSampler(ReferenceSampler):
         self.hidden, self.depth = h, len(v.blocks)
 
     def _sample(self, cond: Tensor, z0: Tensor, trajectory: bool) -> Tensor | tuple[Tensor, Tensor]:
+        """cond (B, C) pooled (VelocityNet.prepare), z0 (B, *latent)."""
         c = self.time_c + F.linear(cond, self.cond_w, self.cond_b)  # (S, B, H)
         mods = F.linear(F.silu(c), self.mod_w, self.mod_b)  # (S, B, M)
         h, n = self.hidden, self.depth
-        z = z0  # (B, D)
+        z = z0.flatten(1)  # (B, D)
         states = [z]
         for i in range(self.steps):
             parts = mods[i].split(h, dim=-1)  # 3 * depth + 2 tensors of (B, H)
@@ -106,7 +109,9 @@ class FastSampler(ReferenceSampler):
             z = torch.addmm(z + self.out_b, y, self.out_w.t())  # (B, D) z + dt * v
             if trajectory:
                 states.append(z)
-        return (z, torch.stack(states)) if trajectory else z
+        if trajectory:
+            return z.view(z0.shape), torch.stack(states).view(-1, *z0.shape)  # (B, *latent), (S + 1, B, *latent)
+        return z.view(z0.shape)  # (B, *latent)
 
 
 def make_sampler(velocity: nn.Module, sigma: float, steps: int, latent_shape: Sequence[int]) -> ReferenceSampler:

@@ -10,9 +10,9 @@ Sampling integrates dz/dt = v(z_t, t, cond) from t = 0 to t = 1 with plain Euler
 is a pure, differentiable function: Phase 1's sampling loss and Phase 2's end-to-end training
 back-propagate through all of its steps.
 
-A velocity function is anything callable as
-``velocity_fn(z_t (B, D), t (B,), cond (B, C)) -> (B, D)``,
-e.g. a :class:`flowsdf.models.velocity.VelocityNet`.
+A velocity function is anything callable as ``velocity_fn(z_t (B, *latent), t (B,), cond) -> like z_t``,
+e.g. a :class:`flowsdf.models.velocity.VelocityNet` or :class:`flowsdf.models.dit.DiTVelocity`; cond
+is whatever the net reads (its `prepare` of the conditioner's tokens), passed through untouched.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def flow_predictor(conditioner: nn.Module, velocity: nn.Module, sigma: float, st
     """image -> conditioner -> `steps` Euler steps from sigma-scaled noise -> code (differentiable)."""
 
     def predict(images: Tensor, gen: torch.Generator) -> Tensor:
-        cond = conditioner(images)  # (B, ...)
+        cond = velocity.prepare(conditioner(images))  # the condition as the net reads it, once for all steps
         z0 = sample_noise((images.shape[0], *latent_shape), sigma, gen, images.device)  # (B, *latent)
         return euler_sample(velocity, z0, cond, steps=steps)  # (B, *latent)
 

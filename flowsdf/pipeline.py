@@ -115,7 +115,7 @@ class FlowSDF:
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        return (self.cfg.decoder.latent_dim,)
+        return self.cfg.decoder.latent_shape
 
     @property
     def is_flow(self) -> bool:

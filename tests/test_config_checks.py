@@ -62,14 +62,17 @@ def test_presets_pass_the_checks(name):
     ("stage1", "lr", True, "stage1.lr must be a positive number"),
     ("stage1", "ema_decay", 1.0, "stage1.ema_decay must be a number in [0, 1)"),
     ("data", "ambient", 2, "data.ambient must be a number in [0, 1]"),
-    ("encoder", "channels", [32, "x"], "encoder.channels must be a non-empty list of integers from 1 to 4,096"),
-    ("velocity", "cond_dim", 7, "velocity.cond_dim (7) must equal conditioner.embed_dim"),
-    ("decoder", "hidden", 100, "decoder.hidden must exceed"),
+    ("encoder.cnn", "channels", [32, "x"], "encoder.cnn.channels must be a non-empty list of integers from 1 to 4,096"),
+    ("velocity", "kind", "rnn", "velocity.kind must be 'mlp' or 'dit'"),
+    ("decoder.mlp", "hidden", 100, "decoder.mlp.hidden must exceed"),
     ("data", "seed", -1, "data.seed must be an integer >= 0"),
 ])
 def test_bad_values_are_one_line_naming_the_field(tiny_cfg, section, key, value, words):
     d = config_mod.to_dict(tiny_cfg)
-    d[section][key] = value
+    node = d
+    for part in section.split("."):
+        node = node[part]
+    node[key] = value
     with pytest.raises(FlowSDFError) as e:
         config_mod.loads(json.dumps(d))
     assert str(e.value).startswith("config: ") and words in str(e.value) and "\n" not in str(e.value)

@@ -15,12 +15,12 @@ def test_encoder_architecture_and_latent_size():
     ]
     assert len([m for m in enc.fc if isinstance(m, torch.nn.Linear)]) == 2
     assert enc(torch.rand(2, 3, 64, 64)).shape == (2, 128)
-    assert CNNEncoder(EncoderConfig(image_size=32))(torch.rand(1, 3, 32, 32)).shape == (1, 128)
+    assert CNNEncoder(EncoderConfig(), 32)(torch.rand(1, 3, 32, 32)).shape == (1, 128)
 
 
 def test_silhouette_loss_sends_finite_nonzero_gradients_into_the_encoder():
     torch.manual_seed(0)
-    enc, dec = CNNEncoder(EncoderConfig(image_size=16)), SDFDecoder(DecoderConfig())
+    enc, dec = CNNEncoder(EncoderConfig(), 16), SDFDecoder(DecoderConfig())
     K = torch.tensor(cameras.intrinsics(16, 40.0)).float()[None]
     c2w = torch.tensor(cameras.look_at(torch.tensor([2.5, 0.0, 0.5]).numpy())).float()[None]
     min_sdf = render_views(dec.field(enc(torch.rand(1, 3, 16, 16))), K, c2w, 16, RenderConfig(n_samples=12))

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from flowsdf.flow import (
+    FlowConfig,
     draw_objective_noise,
     euler_sample,
     flow_loss,
-    FlowConfig,
     interpolate,
     noise_scale,
     sample_latents,
@@ -155,7 +155,7 @@ def test_step_times_are_the_left_ends_of_the_steps():
 
 def test_sample_latents_reproducible_by_seed():
     torch.manual_seed(0)
-    net = VelocityNet(VelocityConfig(latent_dim=8, cond_dim=4, hidden=16, depth=2))
+    net = VelocityNet(VelocityConfig(hidden=16, depth=2), 8, 4)
     with torch.no_grad():  # leave the zero init so the net actually moves the noise
         net.final.linear.weight.normal_(0.0, 0.1)
     cond = torch.randn(1, 4).expand(3, 4)
@@ -190,7 +190,7 @@ def _perturb_zero_init(net: VelocityNet, std: float = 0.02) -> None:
 
 def test_sampling_loss_backpropagates_through_integration():
     torch.manual_seed(0)
-    net = VelocityNet(VelocityConfig(latent_dim=8, cond_dim=4, hidden=16, depth=2))
+    net = VelocityNet(VelocityConfig(hidden=16, depth=2), 8, 4)
     z1 = torch.randn(5, 8)
     cond = torch.randn(5, 4, requires_grad=True)
 
@@ -215,10 +215,7 @@ def _train_tiny_flow(sigma_from_targets: bool) -> tuple[float, float, torch.Tens
     targets = 0.04 * torch.randn(4, 32)
     cond = torch.eye(4, 16)
     # hidden must be >= latent_dim: a narrower residual stream cannot cancel all noise directions.
-    config = VelocityConfig(
-        latent_dim=32, cond_dim=16, hidden=64, depth=2, mlp_ratio=2, time_embed_dim=64
-    )
-    net = VelocityNet(config)
+    net = VelocityNet(VelocityConfig(hidden=64, depth=2, mlp_ratio=2, time_embed_dim=64), 32, 16)
     sigma = noise_scale(targets) if sigma_from_targets else 1.0
     cfg = FlowConfig()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)

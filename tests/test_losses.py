@@ -26,8 +26,8 @@ def test_eikonal_is_zero_for_a_distance_field_and_positive_for_a_scaled_one():
 def test_eikonal_gradient_reaches_the_decoder(tiny_cfg):
     from flowsdf.models.sdf import SDFDecoder
 
-    decoder = SDFDecoder(tiny_cfg.decoder)
-    codes = torch.randn(2, tiny_cfg.decoder.latent_dim) * 0.1
+    decoder = SDFDecoder(tiny_cfg.decoder.mlp)
+    codes = torch.randn(2, tiny_cfg.decoder.mlp.latent_dim) * 0.1
     loss = losses.eikonal_loss(decoder.field(codes), 2, 64, 0.9, torch.Generator().manual_seed(0), CPU)
     loss.backward()
     assert loss.item() > 0 and decoder.l1.weight.grad.abs().sum() > 0
@@ -85,7 +85,7 @@ def test_background_sines_are_zero_on_the_silhouette_and_grow_away_from_it():
 def test_extra_terms_are_off_by_default(tiny_cfg):
     from flowsdf.models.sdf import SDFDecoder
 
-    assert losses.extra_terms(SDFDecoder(tiny_cfg.decoder), torch.zeros(1, tiny_cfg.decoder.latent_dim), None,
+    assert losses.extra_terms(SDFDecoder(tiny_cfg.decoder.mlp), torch.zeros(1, tiny_cfg.decoder.mlp.latent_dim), None,
                               tiny_cfg.render, tiny_cfg.stage1.sdfsrn, torch.Generator()) is None
 
 

@@ -20,17 +20,21 @@ def test_values_are_json_literals_or_strings():
 
 def test_valid_overrides_change_only_their_fields(tiny_cfg):
     cfg = overrides.apply(tiny_cfg, ["data.n_train_shapes=1000", "stage1.batch_size=2", "render.search_dtype=bfloat16",
-                                     "conditioner.channels=[16, 32, 32, 32]", 'phase2.lr_scale={"decoder": 0.5}',
+                                     "conditioner.cnn.channels=[16, 32, 32, 32]", 'phase2.lr_scale={"decoder": 0.5}',
                                      "stage1.lr=0.01"])
     assert cfg.data.n_train_shapes == 1000 and cfg.stage1.batch_size == 2
-    assert cfg.render.search_dtype == "bfloat16" and cfg.conditioner.channels == (16, 32, 32, 32)
+    assert cfg.render.search_dtype == "bfloat16" and cfg.conditioner.cnn.channels == (16, 32, 32, 32)
     assert cfg.phase2.lr_scale == {"decoder": 0.5} and cfg.stage1.lr == 0.01
     assert tiny_cfg.stage1.batch_size == 1  # the input is left alone
-    rest = config_mod.to_dict(cfg)
-    for section, key in (("data", "n_train_shapes"), ("stage1", "batch_size"), ("render", "search_dtype"),
-                         ("conditioner", "channels"), ("phase2", "lr_scale"), ("stage1", "lr")):
-        rest[section][key] = config_mod.to_dict(tiny_cfg)[section][key]
-    assert rest == config_mod.to_dict(tiny_cfg)
+    rest, original = config_mod.to_dict(cfg), config_mod.to_dict(tiny_cfg)
+    for key in ("data.n_train_shapes", "stage1.batch_size", "render.search_dtype", "conditioner.cnn.channels",
+                "phase2.lr_scale", "stage1.lr"):
+        *path, leaf = key.split(".")
+        a, b = rest, original
+        for part in path:
+            a, b = a[part], b[part]
+        a[leaf] = b[leaf]
+    assert rest == original
 
 
 @pytest.mark.parametrize("item, words", [
@@ -45,7 +49,7 @@ def test_valid_overrides_change_only_their_fields(tiny_cfg):
     ("render.naive=1", ["render.naive must be true or false"]),
     ("render.search_dtype=float16", ["render.search_dtype must be 'float32' or 'bfloat16'"]),
     ("stage1.lr=-1", ["stage1.lr must be a positive number"]),
-    ("encoder.image_size=24", ["encoder.image_size must be a multiple of 16"]),
+    ("data.image_size=24", ["data.image_size (24) must be a multiple of 16"]),
 ])
 def test_bad_overrides_are_one_line_naming_the_key(tiny_cfg, item, words):
     with pytest.raises(FlowSDFError) as e:

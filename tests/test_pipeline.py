@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 from flowsdf import checkpoint, runs
+from flowsdf.build import build_flow, build_stage1
 from flowsdf.data import dataset
 from flowsdf.errors import FlowSDFError
 from flowsdf.flow import flow_predictor
-from flowsdf.build import build_flow, build_stage1
 from flowsdf.pipeline import FlowSDF
 
 
@@ -23,11 +23,11 @@ def test_flow_codes_equal_the_training_predictor_on_the_checkpoint(tiny_flow_run
     cond, vel = build_flow(tiny_cfg)
     _, dec = build_stage1(tiny_cfg)
     meta = checkpoint.load(runs.checkpoint_path(tiny_flow_run, "phase2"), {"conditioner": cond, "velocity": vel, "decoder": dec})
-    predict = flow_predictor(cond.eval(), vel.eval(), meta["sigma"], tiny_cfg.flow.steps, (tiny_cfg.decoder.latent_dim,))
+    predict = flow_predictor(cond.eval(), vel.eval(), meta["sigma"], tiny_cfg.flow.steps, tiny_cfg.decoder.latent_shape)
     pipe = FlowSDF.from_run(tiny_flow_run, "flow", "cpu")
     images = data.train.input.images[:, 0]  # (N, 3, S, S)
     result = pipe(images, samples=2, seed=5)
-    assert result.codes.shape == (len(images), 2, tiny_cfg.decoder.latent_dim)
+    assert result.codes.shape == (len(images), 2, *tiny_cfg.decoder.latent_shape)
     with torch.no_grad():
         for i in range(len(images)):
             for k in range(2):  # sample k of every picture starts from the noise of seed 5 + k

@@ -7,12 +7,12 @@ import torch
 from safetensors.torch import load_file
 
 from flowsdf import checkpoint, runs
+from flowsdf.build import build_flow, build_stage1
 from flowsdf.cli import main
 from flowsdf.data import dataset
 from flowsdf.errors import FlowSDFError
 from flowsdf.flow import flow_predictor
 from flowsdf.metrics.views import evaluate_views
-from flowsdf.build import build_flow, build_stage1
 from flowsdf.train.flow import train_flow
 from flowsdf.train.gradcheck import check_grads
 
@@ -65,7 +65,7 @@ def test_phase2_records_where_it_starts(flow_run, tiny_cfg, tiny_data_dir):
     conditioner, velocity = build_flow(tiny_cfg)
     meta = checkpoint.load(runs.checkpoint_path(run, "phase1"), {"conditioner": conditioner, "velocity": velocity})
     predict = flow_predictor(conditioner.eval(), velocity.eval(), meta["sigma"], tiny_cfg.flow.steps,
-                             (tiny_cfg.decoder.latent_dim,))
+                             tiny_cfg.decoder.latent_shape)
     data = dataset.load(tiny_data_dir)
     expected = evaluate_views(predict, decoder.eval(), data.train, "input", tiny_cfg.render, tiny_cfg.phase2.tau_start, tiny_cfg.seed)
     assert summary["start_train_views"]["bce"] == pytest.approx(expected["bce"], rel=1e-5)

@@ -26,7 +26,7 @@ def crossings(size: int) -> torch.Tensor:
 @pytest.mark.parametrize("size", [32, 64])
 def test_encoder_output_has_the_decoders_latent_shape(size):
     torch.manual_seed(0)
-    enc = TriplaneEncoder(TriplaneEncoderConfig(image_size=size))
+    enc = TriplaneEncoder(TriplaneEncoderConfig(), image_size=size)
     dec = TriplaneDecoder(TriplaneConfig())
     codes = enc(torch.rand(2, 3, size, size))
     assert codes.shape == (2, *dec.latent_shape) == (2, *enc.latent_shape)
@@ -38,7 +38,7 @@ def test_encoder_output_has_the_decoders_latent_shape(size):
 
 def test_image_size_must_allow_the_downsamplings():
     with pytest.raises(ValueError, match="multiple of 8"):
-        TriplaneEncoder(TriplaneEncoderConfig(image_size=36))
+        TriplaneEncoder(TriplaneEncoderConfig(), image_size=36)
 
 
 @pytest.mark.parametrize("size", [16, 64])
@@ -46,12 +46,12 @@ def test_a_pixel_feature_lands_where_its_ray_crosses_the_yz_plane(size):
     # Give every pixel of an image-aligned feature map the (y, z) where its own ray crosses x = 0.
     # That is affine in the pixel position, so bilinear resampling reproduces it exactly: each YZ
     # texel must then hold its own centre (y_j, z_i) (rows z upwards, columns y).
-    enc = TriplaneEncoder(TriplaneEncoderConfig(image_size=64))
+    enc = TriplaneEncoder(TriplaneEncoderConfig(), image_size=64)
     hit = crossings(size)  # (S, S, 3)
     assert hit[..., 0].abs().max() < 1e-5
     feats = hit[..., 1:].permute(2, 0, 1)[None]  # (1, 2, S, S) channels y, z
     yz = image_to_yz(feats, enc.yz_grid)[0]  # (2, R, R)
-    R = enc.cfg.latent_resolution
+    R = enc.latent_shape[-1]
     c = BOUND * ((2 * torch.arange(R) + 1) / R - 1)  # (R,) texel centres
     assert torch.allclose(yz[0], c[None, :].expand(R, R), atol=1e-5)  # y grows along columns
     assert torch.allclose(yz[1], c[:, None].expand(R, R), atol=1e-5)  # z grows along rows
@@ -69,8 +69,8 @@ def test_a_pixel_feature_lands_where_its_ray_crosses_the_yz_plane(size):
 def test_a_single_feature_pixel_lights_the_texel_its_ray_crosses():
     # At 64 px the U-Net's map is 16 x 16: one hot feature pixel, resampled, peaks at the texel
     # nearest to where that feature pixel's ray (through its centre) crosses x = 0.
-    enc = TriplaneEncoder(TriplaneEncoderConfig(image_size=64))
-    R = enc.cfg.latent_resolution
+    enc = TriplaneEncoder(TriplaneEncoderConfig(), image_size=64)
+    R = enc.latent_shape[-1]
     c = BOUND * ((2 * torch.arange(R) + 1) / R - 1)
     hit = crossings(16)  # rays of the 16 x 16 grid = centres of the 4 x 4 pixel blocks of the picture
     for row, col in [(2, 3), (12, 7), (8, 14)]:

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from flowsdf.models.conditioner import ConditionerConfig
-from flowsdf.models.velocity import AdaLNBlock, timestep_embedding, VelocityConfig, VelocityNet
+from flowsdf.models.velocity import (
+    AdaLNBlock,
+    VelocityConfig,
+    VelocityNet,
+    timestep_embedding,
+)
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -16,7 +21,7 @@ def test_parameter_count_matches_published_size():
 
 
 def test_cond_dim_matches_conditioner_embedding_by_default():
-    assert VelocityConfig().cond_dim == ConditionerConfig().embed_dim
+    assert VelocityNet().cond_dim == ConditionerConfig().embed_dim  # the seed's CNN token
 
 
 def test_output_shape_and_exact_zero_at_init():
@@ -30,7 +35,7 @@ def test_output_shape_and_exact_zero_at_init():
 
 def test_every_block_is_identity_at_init():
     torch.manual_seed(0)
-    net = VelocityNet(VelocityConfig(latent_dim=16, cond_dim=8, hidden=32, depth=3))
+    net = VelocityNet(VelocityConfig(hidden=32, depth=3), 16, 8)
     x = torch.randn(4, 32)
     c = torch.randn(4, 32)
     for block in net.blocks:
@@ -48,7 +53,7 @@ def test_perturbed_modulation_breaks_identity():
 
 def test_time_and_condition_change_the_output_once_trained():
     torch.manual_seed(0)
-    net = VelocityNet(VelocityConfig(latent_dim=16, cond_dim=8, hidden=32, depth=2))
+    net = VelocityNet(VelocityConfig(hidden=32, depth=2), 16, 8)
     with torch.no_grad():  # stand-in for training: move every zero-initialised weight
         for p in net.parameters():
             if torch.count_nonzero(p) == 0:

@@ -27,7 +27,7 @@ def one_thread():
 )
 def test_token_shapes(size, patch, cls, tokens):
     torch.manual_seed(0)
-    vit = ViTConditioner(ViTConfig(image_size=size, patch_size=patch, cls_token=cls, **TINY))
+    vit = ViTConditioner(ViTConfig(patch_size=patch, cls_token=cls, **TINY), size)
     out = vit(torch.rand(3, 3, size, size))
     assert out.shape == (3, tokens, 32) and vit.num_tokens == tokens and vit.embed_dim == 32
     assert torch.isfinite(out).all()
@@ -35,14 +35,14 @@ def test_token_shapes(size, patch, cls, tokens):
 
 def test_default_parameter_count_matches_the_docstring():
     assert n_params(ViTConditioner()) == 1_647_616
-    assert n_params(ViTConditioner(ViTConfig(image_size=32))) == 1_635_328
+    assert n_params(ViTConditioner(ViTConfig(), 32)) == 1_635_328
 
 
 def test_tokens_carry_their_position():
     # A uniform image gives every patch the same content; only the position embedding tells the
     # tokens apart, which the DiT's order-blind cross-attention relies on.
     torch.manual_seed(0)
-    vit = ViTConditioner(ViTConfig(image_size=32, patch_size=8, **TINY))
+    vit = ViTConditioner(ViTConfig(patch_size=8, **TINY), 32)
     out = vit(torch.full((1, 3, 32, 32), 0.5))
     assert not torch.allclose(out[0, 0], out[0, 1], atol=1e-4)
     with torch.no_grad():
@@ -53,7 +53,7 @@ def test_tokens_carry_their_position():
 
 def test_each_image_gets_its_own_tokens_and_every_weight_learns():
     torch.manual_seed(0)
-    vit = ViTConditioner(ViTConfig(image_size=32, patch_size=8, cls_token=True, **TINY))
+    vit = ViTConditioner(ViTConfig(patch_size=8, cls_token=True, **TINY), 32)
     images = torch.rand(2, 3, 32, 32)
     out = vit(images)
     assert not torch.allclose(out[0], out[1])
@@ -63,16 +63,16 @@ def test_each_image_gets_its_own_tokens_and_every_weight_learns():
 
 
 def test_wrong_image_size_is_refused():
-    vit = ViTConditioner(ViTConfig(image_size=32, patch_size=8, **TINY))
+    vit = ViTConditioner(ViTConfig(patch_size=8, **TINY), 32)
     with pytest.raises(ValueError, match="32, 32"):
         vit(torch.rand(1, 3, 64, 64))
     with pytest.raises(ValueError, match="divisible"):
-        ViTConditioner(ViTConfig(image_size=30, patch_size=8, **TINY))
+        ViTConditioner(ViTConfig(patch_size=8, **TINY), 30)
 
 
 def test_vit_tokens_condition_the_dit():
     torch.manual_seed(0)
-    vit = ViTConditioner(ViTConfig(image_size=32, patch_size=8, **TINY))
+    vit = ViTConditioner(ViTConfig(patch_size=8, **TINY), 32)
     dit = DiTVelocity(DiTConfig(hidden=32, depth=1, heads=2, tokens=4, time_embed_dim=16), (16,), cond_dim=vit.embed_dim)
     v = dit(torch.randn(2, 16), torch.rand(2), vit(torch.rand(2, 3, 32, 32)))
     assert v.shape == (2, 16)

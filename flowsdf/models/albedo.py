@@ -33,7 +33,8 @@ class AlbedoHead(nn.Module):
         nn.init.zeros_(self.l2.bias)
 
     def forward(self, z: Tensor) -> Tensor:
-        """z (B, D) -> albedo (B, 3) in (0, 1)."""
+        """z (B, *latent) -> albedo (B, 3) in (0, 1); a code of any shape is read as one vector of D numbers."""
+        z = z.flatten(1)  # (B, D)
         z = F.layer_norm(z, z.shape[-1:])  # (B, D) unit scale whatever the codes' norm
         return torch.sigmoid(self.l2(F.silu(self.l1(z))))  # (B, 3)
 

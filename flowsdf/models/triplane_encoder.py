@@ -51,22 +51,14 @@ from flowsdf.schema import POSITIVE, Rule, all_in, int_range
 
 @dataclass
 class TriplaneEncoderConfig:
-    image_size: int = 64  # must be a multiple of 2^(len(channels) - 1)
+    """The encoder's own widths. The image size, the latent triplane's shape and bound, and the input
+    camera (field of view, distance) are the constructor's: they come from the data and the decoder."""
+
     channels: tuple[int, ...] = (32, 64, 128, 128)  # U-Net level k runs at image_size / 2^k with channels[k]
     features: int = 32  # F: channels of the YZ feature map the three latent planes are made from
     lift_hidden: int = 256  # hidden width of the MLPs lifting YZ rows / columns to the XZ / XY planes
-    # The latent triplane (must match TriplaneConfig's latent_channels, latent_resolution, bound).
-    latent_channels: int = 8
-    latent_resolution: int = 16
-    bound: float = 0.9
-    # The input camera C0 (must match DataConfig's fov_deg and cam_distance).
-    fov_deg: float = 40.0
-    cam_distance: float = 2.5
 
-    RULES = {"image_size": int_range(8, 1024), "channels": all_in(1, 4096), "features": int_range(1, 4096),
-             "lift_hidden": int_range(1, 65_536), "latent_channels": int_range(1, 1024),
-             "latent_resolution": int_range(1, 1024), "bound": POSITIVE,
-             "fov_deg": Rule("a number in (0, 180)", lambda v: 0 < v < 180), "cam_distance": POSITIVE}
+    RULES = {"channels": all_in(1, 4096), "features": int_range(1, 4096), "lift_hidden": int_range(1, 65_536)}
 
 
 def yz_texel_grid(latent_resolution: int, bound: float, fov_deg: float, cam_distance: float) -> Tensor:
@@ -118,14 +110,18 @@ class AxisLift(nn.Module):
 class TriplaneEncoder(nn.Module):
     """images (B, 3, H, W) in [0, 1], seen by C0 -> latent triplanes (B, 3, C_lat, R_lat, R_lat) (XY, XZ, YZ)."""
 
-    def __init__(self, cfg: TriplaneEncoderConfig | None = None):
+    def __init__(self, cfg: TriplaneEncoderConfig | None = None, image_size: int = 64,
+                 latent_shape: tuple[int, int, int, int] = (3, 8, 16, 16), bound: float = 0.9, fov_deg: float = 40.0,
+                 cam_distance: float = 2.5):
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else TriplaneEncoderConfig()
-        K, S = len(cfg.channels), cfg.image_size
+        self.latent_shape = tuple(latent_shape)
+        _, C_lat, R, _ = self.latent_shape
+        K, S = len(cfg.channels), image_size
         if S % 2 ** (K - 1):
             raise ValueError(f"image_size ({S}) must be a multiple of {2 ** (K - 1)} ({K - 1} downsamplings)")
         # The U-Net's output level: the coarsest whose map is at least the latent resolution.
-        self.out_level = min(K - 1, max(0, int(math.log2(S / cfg.latent_resolution))))
+        self.out_level = min(K - 1, max(0, int(math.log2(S / R))))
         ch = cfg.channels
         self.stem = _conv_block(3, ch[0])
         # 4x4 stride-2 padding-1 downsampling keeps pixel centres aligned (module docstring).
@@ -134,17 +130,11 @@ class TriplaneEncoder(nn.Module):
              for k in range(1, K)])
         self.ups = nn.ModuleList([_conv_block(ch[k + 1] + ch[k], ch[k]) for k in range(self.out_level, K - 1)])
         self.to_features = nn.Conv2d(ch[self.out_level], cfg.features, 1)
-        self.to_yz = nn.Conv2d(cfg.features, cfg.latent_channels, 1)
-        R = cfg.latent_resolution
-        self.lift_xz = AxisLift(cfg.features, R, cfg.lift_hidden, ch[-1], cfg.latent_channels)
-        self.lift_xy = AxisLift(cfg.features, R, cfg.lift_hidden, ch[-1], cfg.latent_channels)
-        grid = yz_texel_grid(R, cfg.bound, cfg.fov_deg, cfg.cam_distance)  # (1, R, R, 2)
+        self.to_yz = nn.Conv2d(cfg.features, C_lat, 1)
+        self.lift_xz = AxisLift(cfg.features, R, cfg.lift_hidden, ch[-1], C_lat)
+        self.lift_xy = AxisLift(cfg.features, R, cfg.lift_hidden, ch[-1], C_lat)
+        grid = yz_texel_grid(R, bound, fov_deg, cam_distance)  # (1, R, R, 2)
         self.register_buffer("yz_grid", grid, persistent=False)
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int, int]:
-        R = self.cfg.latent_resolution
-        return (3, self.cfg.latent_channels, R, R)
 
     def yz_features(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images (B, 3, H, W) -> YZ-plane features (B, F, R, R) and the global code (B, channels[-1])."""

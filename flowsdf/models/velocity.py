@@ -1,6 +1,8 @@
 """Velocity net: a residual MLP with DiT-style AdaLN-Zero conditioning on time and image.
 
 v = VelocityNet(z_t, t, cond) predicts dz/dt of the rectified flow (convention in flowsdf.flow).
+cond is the conditioner's tokens (B, N, C), pooled by `prepare` into one vector (their mean over
+the real tokens: the seed's CNN gives one token, so its vector is that token), or that vector.
 
     c = MLP(sinusoidal(t)) + Linear(cond)                 the conditioning vector
     block: x + gate(c) * MLP(LayerNorm(x) * (1 + scale(c)) + shift(c))
@@ -32,17 +34,14 @@ from flowsdf.schema import Rule, int_range
 
 @dataclass
 class VelocityConfig:
-    """cond_dim must equal the conditioner's embed_dim."""
+    """The MLP velocity net's widths; the code's and the condition's widths are the constructor's."""
 
-    latent_dim: int = 128
-    cond_dim: int = 512
     hidden: int = 256
     depth: int = 6
     mlp_ratio: int = 3
     time_embed_dim: int = 256  # width of the sinusoidal features before the time MLP
 
-    RULES = {"latent_dim": int_range(1, 4096), "cond_dim": int_range(1, 8192), "hidden": int_range(1, 8192),
-             "depth": int_range(1, 256), "mlp_ratio": int_range(1, 16),
+    RULES = {"hidden": int_range(1, 8192), "depth": int_range(1, 256), "mlp_ratio": int_range(1, 16),
              "time_embed_dim": Rule("an even integer from 2 to 8,192", lambda v: 2 <= v <= 8192 and v % 2 == 0)}
 
 
@@ -107,25 +106,45 @@ class FinalLayer(nn.Module):
 
 
 class VelocityNet(nn.Module):
-    """v(z_t (B, D), t (B,), cond (B, C)) -> (B, D)."""
+    """v(z_t (B, *latent_shape), t (B,), cond (B, N, C) tokens or (B, C) pooled) -> (B, *latent_shape).
 
-    def __init__(self, config: VelocityConfig | None = None) -> None:
+    A code of any shape is read as one vector of its D = prod(latent_shape) numbers (the seed's is
+    a 128-d vector already).
+    """
+
+    def __init__(self, config: VelocityConfig | None = None, latent_shape: int | tuple[int, ...] = 128,
+                 cond_dim: int = 512) -> None:
         super().__init__()
         self.config = config = config if config is not None else VelocityConfig()
+        self.latent_shape = (latent_shape,) if isinstance(latent_shape, int) else tuple(latent_shape)
+        self.cond_dim = cond_dim
+        latent_dim = math.prod(self.latent_shape)
         h = config.hidden
-        self.input = nn.Linear(config.latent_dim, h)
+        self.input = nn.Linear(latent_dim, h)
         self.time_mlp = nn.Sequential(
             nn.Linear(config.time_embed_dim, h), nn.SiLU(), nn.Linear(h, h)
         )
-        self.cond_proj = nn.Linear(config.cond_dim, h)
+        self.cond_proj = nn.Linear(cond_dim, h)
         self.blocks = nn.ModuleList([AdaLNBlock(h, config.mlp_ratio) for _ in range(config.depth)])
-        self.final = FinalLayer(h, config.latent_dim)
+        self.final = FinalLayer(h, latent_dim)
 
-    def forward(self, z_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """z_t (B, D), t (B,) in [0, 1], cond (B, C) -> velocity (B, D)."""
+    def prepare(self, cond: Tensor, cond_mask: Tensor | None = None) -> Tensor:
+        """Condition tokens (B, N, C) -> the one vector (B, C) this net reads: their mean over the
+        real tokens (cond_mask (B, N) bool, True = real; a row with none gives zeros). A (B, C)
+        vector is returned as it is."""
+        if cond.ndim == 2:
+            return cond
+        if cond_mask is None:
+            return cond.mean(dim=1)  # (B, C)
+        w = cond_mask.to(cond.dtype)[..., None]  # (B, N, 1)
+        return (cond * w).sum(1) / w.sum(1).clamp(min=1.0)  # (B, C)
+
+    def forward(self, z_t: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor | None = None) -> Tensor:
+        """z_t (B, *latent_shape), t (B,) in [0, 1], cond (B, N, C) or (B, C) -> velocity like z_t."""
+        cond = self.prepare(cond, cond_mask)  # (B, C)
         temb = timestep_embedding(t, self.config.time_embed_dim)  # (B, T)
         c = self.time_mlp(temb) + self.cond_proj(cond)  # (B, H)
-        x = self.input(z_t)  # (B, H)
+        x = self.input(z_t.flatten(1))  # (B, H)
         for block in self.blocks:
             x = block(x, c)  # (B, H)
-        return self.final(x, c)  # (B, D)
+        return self.final(x, c).view(z_t.shape)  # (B, *latent_shape)

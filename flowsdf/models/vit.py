@@ -40,7 +40,6 @@ from flowsdf.schema import ANY_BOOL, int_range
 class ViTConfig:
     """image_size must be divisible by patch_size; the tokens are `hidden` wide (the DiT's cond_dim)."""
 
-    image_size: int = 64
     patch_size: int = 8
     hidden: int = 256
     depth: int = 3
@@ -48,7 +47,7 @@ class ViTConfig:
     mlp_ratio: int = 2
     cls_token: bool = False  # prepend a learned CLS token (a global summary the DiT may attend to)
 
-    RULES = {"image_size": int_range(8, 512), "patch_size": int_range(1, 512), "hidden": int_range(1, 8192),
+    RULES = {"patch_size": int_range(1, 512), "hidden": int_range(1, 8192),
              "depth": int_range(1, 256), "heads": int_range(1, 256), "mlp_ratio": int_range(1, 16),
              "cls_token": ANY_BOOL}
 
@@ -75,12 +74,13 @@ class ViTBlock(nn.Module):
 class ViTConditioner(nn.Module):
     """(B, 3, S, S) images in [0, 1] -> (B, N, hidden) condition tokens."""
 
-    def __init__(self, config: ViTConfig | None = None) -> None:
+    def __init__(self, config: ViTConfig | None = None, image_size: int = 64) -> None:
         super().__init__()
         self.config = config = config if config is not None else ViTConfig()
-        if config.image_size % config.patch_size:
-            raise ValueError(f"image_size {config.image_size} must be divisible by patch_size {config.patch_size}")
-        grid = config.image_size // config.patch_size
+        if image_size % config.patch_size:
+            raise ValueError(f"image_size {image_size} must be divisible by patch_size {config.patch_size}")
+        self.image_size = image_size
+        grid = image_size // config.patch_size
         self.num_patches = grid * grid
         self.num_tokens = self.num_patches + int(config.cls_token)
         self.embed_dim = config.hidden
@@ -99,7 +99,7 @@ class ViTConditioner(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """images (B, 3, S, S) in [0, 1] -> tokens (B, N, hidden), N = (S/p)^2 (+ 1 with CLS first)."""
-        s = self.config.image_size
+        s = self.image_size
         if images.shape[1:] != (3, s, s):
             raise ValueError(f"images must be (B, 3, {s}, {s}), got {tuple(images.shape)}")
         x = self.patch_embed(images * 2.0 - 1.0)  # (B, C, S/p, S/p), centred like ImageConditioner

@@ -109,7 +109,7 @@ def bench_flow(cfg: Config, settings: BenchSettings, device: torch.device) -> di
     with torch.no_grad():  # non-zero output layers, as after training (zero-init gives v = 0)
         for p in velocity.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    size, sigma, latent = cfg.conditioner.image_size, 0.04, (cfg.decoder.latent_dim,)
+    size, sigma, latent = cfg.data.image_size, 0.04, cfg.decoder.latent_shape
     out: dict[str, Any] = {}
     for batch in settings.flow_batches:
         images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
@@ -138,7 +138,7 @@ def bench_flow(cfg: Config, settings: BenchSettings, device: torch.device) -> di
 
 def bench_mesh(cfg: Config, settings: BenchSettings, device: torch.device) -> dict[str, Any]:
     _, decoder = (m.to(device).eval() for m in build_stage1(cfg))
-    code = 0.05 * torch.randn(cfg.decoder.latent_dim, generator=torch.Generator().manual_seed(3))
+    code = 0.05 * torch.randn(cfg.decoder.latent_shape, generator=torch.Generator().manual_seed(3))
     field = bounded(code_field(decoder, code.to(device)), cfg.render.bound_radius)
     run = lambda: extract_mesh(field, resolution=settings.mesh_resolution, device=device)
     return {"resolution": settings.mesh_resolution, **time_call(run, repeats=settings.repeats, warmup=1, device=device)}

@@ -38,7 +38,7 @@ def check_grads(run_dir: Path, data_dir: Path | None = None, device: str = "auto
     views = flatten_views(data.train.input)
     b = batch_size or cfg.phase2.batch_size
     batch = index_views(views, torch.arange(min(b, views.images.shape[0]), device=dev))
-    predict = flow_predictor(conditioner, velocity, pipe.sigma, cfg.flow.steps, (cfg.decoder.latent_dim,))  # differentiable
+    predict = flow_predictor(conditioner, velocity, pipe.sigma, cfg.flow.steps, cfg.decoder.latent_shape)  # differentiable
     for m in modules.values():
         m.train()
 
