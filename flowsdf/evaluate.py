@@ -12,27 +12,32 @@ For each finished model in the run (the Stage-1 CNN, the Stage-2 flow) and each 
 - flows: best-of-K and mean-of-K novel-view IoU over K seeds, and sample diversity;
 - timing: encoder, conditioner + flow at 1/2/4/8 steps, mesh extraction, batch 1 and 32.
 
-Per-shape figures are kept so a bad shape can be found.
+Per-shape figures are kept so a bad shape can be found. The JSON is strict (a non-finite figure
+is null, with the reason beside it: checkpoint.strict_json) and says what produced it
+("provenance": flowsdf.provenance); the Markdown shows null as n/a.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from flowsdf import runs
-from flowsdf.checkpoint import atomic_write_text
+from flowsdf.checkpoint import atomic_write_text, write_json
 from flowsdf.device import device_name, pick_device
-from flowsdf.errors import warn
+from flowsdf.errors import FlowSDFError, warn
 from flowsdf.loading import finished_models
 from flowsdf.metrics.normals import evaluate_normals
 from flowsdf.metrics.samples import novel_view_samples, sample_diversity
 from flowsdf.metrics.shapes import evaluate_shapes
 from flowsdf.metrics.views import evaluate_views, predict_codes
 from flowsdf.pipeline import FlowSDF
+from flowsdf.provenance import provenance
 from flowsdf.runs import run_data
 from flowsdf.speed.timing import inference_latency
 
@@ -94,6 +99,7 @@ def evaluate_run(
     and 3-D figures score codes refined for that many steps against the input picture's mask
     (flow sampling figures and timings do not).
     """
+    t0 = time.perf_counter()
     dev = pick_device(device)
     run_dir = Path(run_dir)
     cfg = runs.read_config(run_dir)
@@ -143,6 +149,11 @@ def evaluate_run(
             }
         r["latency"] = inference_latency(model, mesh_resolution=mesh_resolution, repeats=timing_repeats)
         result["models"][name] = r
+    seconds = {"wall": time.perf_counter() - t0}
+    trained = [r["training_seconds"] for r in result["models"].values() if r["training_seconds"] is not None]
+    if trained:
+        seconds["training"] = max(trained)  # the flow's includes the Stage 1 it started from
+    result["provenance"] = provenance(dev, seconds=seconds)
     return result
 
 
@@ -151,7 +162,8 @@ MODEL_NAMES = {"cnn": "CNN encoder (Stage 1, Mini SDF-SRN)", "flow": "Rectified 
 
 
 def _fmt(x: float | None, spec: str = ".4f") -> str:
-    return "n/a" if x is None else format(x, spec)
+    """A figure for the tables; n/a where it is missing or not finite (null in the JSON)."""
+    return "n/a" if x is None or not math.isfinite(x) else format(x, spec)
 
 
 def _minutes(seconds: float | None) -> str:
@@ -171,10 +183,10 @@ def markdown_tables(result: dict) -> str:
     for name, r in result["models"].items():
         lat = r["latency"]["batch"]["1"]
         if "flow" in lat:
-            inf = f"{lat['flow']['8']['mean_ms']:.1f} ms (8 steps, incl. conditioner)"
+            inf = f"{_fmt(lat['flow']['8']['mean_ms'], '.1f')} ms (8 steps, incl. conditioner)"
         else:
-            inf = f"{lat['encoder']['mean_ms']:.1f} ms (one forward pass)"
-        lines.append(f"| {MODEL_NAMES[name]} | {r['silhouettes']['train_views']['bce']:.4f} | "
+            inf = f"{_fmt(lat['encoder']['mean_ms'], '.1f')} ms (one forward pass)"
+        lines.append(f"| {MODEL_NAMES[name]} | {_fmt(r['silhouettes']['train_views']['bce'])} | "
                      f"{_minutes(r['training_seconds'])} | {inf} |")
     lines += [
         "",
@@ -188,8 +200,8 @@ def markdown_tables(result: dict) -> str:
     for name, r in result["models"].items():
         s, t, h = r["silhouettes"], r["shapes_3d"]["train"]["mean"], r["shapes_3d"]["heldout"]["mean"]
         lines.append(
-            f"| {MODEL_NAMES[name]} | {s['train_views']['iou']:.3f} | {s['novel_views']['iou']:.3f} | "
-            f"{s['heldout_input']['iou']:.3f} / {s['heldout_novel']['iou']:.3f} | "
+            f"| {MODEL_NAMES[name]} | {_fmt(s['train_views']['iou'], '.3f')} | {_fmt(s['novel_views']['iou'], '.3f')} | "
+            f"{_fmt(s['heldout_input']['iou'], '.3f')} / {_fmt(s['heldout_novel']['iou'], '.3f')} | "
             f"{_fmt(t['volumetric_iou'], '.3f')} / {_fmt(h['volumetric_iou'], '.3f')} | "
             f"{_fmt(t['chamfer_l1'])} / {_fmt(h['chamfer_l1'])} | {_fmt(t['fscore'], '.3f')} / {_fmt(h['fscore'], '.3f')} | "
             f"{t['empty_meshes'] + h['empty_meshes']} of {t['shapes'] + h['shapes']} |"
@@ -215,25 +227,30 @@ def markdown_tables(result: dict) -> str:
         lines += [
             "",
             f"Flow sampling, K = {smp['novel_views']['k']} seeds: novel-view IoU best-of-K "
-            f"{smp['novel_views']['best_of_k']:.3f}, mean-of-K {smp['novel_views']['mean_of_k']:.3f}; "
-            f"held-out best-of-K {smp['heldout_novel']['best_of_k']:.3f}, mean-of-K "
-            f"{smp['heldout_novel']['mean_of_k']:.3f}. Diversity: mean pairwise code distance "
-            f"{d['code_pairwise_l2']:.4f} (mean code norm {d['code_norm']:.3f}), mean pairwise silhouette "
-            f"difference {d['silhouette_pairwise_l1']:.4f}.",
+            f"{_fmt(smp['novel_views']['best_of_k'], '.3f')}, mean-of-K {_fmt(smp['novel_views']['mean_of_k'], '.3f')}; "
+            f"held-out best-of-K {_fmt(smp['heldout_novel']['best_of_k'], '.3f')}, mean-of-K "
+            f"{_fmt(smp['heldout_novel']['mean_of_k'], '.3f')}. Diversity: mean pairwise code distance "
+            f"{_fmt(d['code_pairwise_l2'])} (mean code norm {_fmt(d['code_norm'], '.3f')}), mean pairwise silhouette "
+            f"difference {_fmt(d['silhouette_pairwise_l1'])}.",
         ]
     lines += ["", "Latency (ms, mean):", "", "| Model | batch | encoder | flow 1 / 2 / 4 / 8 steps | mesh extraction |",
               "|---|---|---|---|---|"]
     for name, r in result["models"].items():
         lat = r["latency"]
         for b, row in lat["batch"].items():
-            enc = f"{row['encoder']['mean_ms']:.2f}" if "encoder" in row else "-"
-            flow = " / ".join(f"{row['flow'][s]['mean_ms']:.2f}" for s in ("1", "2", "4", "8")) if "flow" in row else "-"
-            lines.append(f"| {name} | {b} | {enc} | {flow} | {lat['mesh']['mean_ms']:.0f} (res {lat['mesh_resolution']}) |")
+            enc = _fmt(row['encoder']['mean_ms'], '.2f') if "encoder" in row else "-"
+            flow = " / ".join(_fmt(row['flow'][s]['mean_ms'], '.2f') for s in ("1", "2", "4", "8")) if "flow" in row else "-"
+            lines.append(f"| {name} | {b} | {enc} | {flow} | {_fmt(lat['mesh']['mean_ms'], '.0f')} (res {lat['mesh_resolution']}) |")
     return "\n".join(lines) + "\n"
 
 
 def write(result: dict, out: Path) -> None:
+    """The result as strict JSON at `out` and its tables beside it (.md); the tables are made
+    from what the JSON holds, so both say the same."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=2))
-    atomic_write_text(out.with_suffix(".md"), markdown_tables(result))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FlowSDFError(f"cannot write {out}: {e.strerror or e}") from e
+    write_json(out, result)
+    atomic_write_text(out.with_suffix(".md"), markdown_tables(json.loads(out.read_text())))

@@ -5,13 +5,15 @@ OUT/stage3 from the same Stage 1 and the same Phase 1 (copied from OUT/phase1), 
 others (OUT/eval/stage3.json) and reported as the table's third row.
 
 Every step is skipped when its output is already there and resumed when it was interrupted, so
-rerunning the same command after a crash or Ctrl-C continues where it stopped.
+rerunning the same command after a crash or Ctrl-C continues where it stopped (and removes the
+temporary files a kill left in the run folder). The report ends with what produced it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -25,6 +27,7 @@ from flowsdf.checkpoint import atomic_write_text
 from flowsdf.data import dataset
 from flowsdf.device import pick_device
 from flowsdf.errors import FlowSDFError, warn
+from flowsdf.evaluate import _fmt as fmt
 from flowsdf.evaluate import evaluate_run, markdown_tables, write
 from flowsdf.figures.plots import loss_curves, mesh_gallery, sample_grid
 from flowsdf.figures.shading import shading_grid, shading_rows
@@ -33,6 +36,7 @@ from flowsdf.mesh.extract import extract_mesh
 from flowsdf.metrics.shapes import gt_field
 from flowsdf.metrics.views import predict_codes
 from flowsdf.pipeline import FlowSDF
+from flowsdf.provenance import provenance
 from flowsdf.runs import run_data
 from flowsdf.train.flow import train_flow
 from flowsdf.train.stage1 import train_stage1
@@ -62,6 +66,8 @@ def reproduce(
             raise FlowSDFError(f"{out} holds a reproduction of another preset; choose another --out")
         overrides.check_recorded(runs.read_config(out), set_items or [], str(out))
     t0 = time.perf_counter()
+    for run in (out, out / "stage3"):  # leftovers of a killed earlier attempt (the stages clean their own when they run)
+        runs.clean_temporaries(run, ("stage1", "phase1", "phase2", "eval", "report_figures"))
     data_root = dataset.default_root(cfg.data)
     dataset.ensure(cfg.data, data_root, progress)
 
@@ -88,7 +94,9 @@ def reproduce(
     figures = make_figures(out, data_root, device, cfg.eval.mesh_resolution)
     figures.update(stage3_figure(s3_dir, data_root, device, out / "report_figures" / "stage3_shading.png"))
     report = out / "report.md"
-    atomic_write_text(report, render_report(cfg, out, result, figures, time.perf_counter() - t0))
+    record = provenance(pick_device(device), seconds={"wall": time.perf_counter() - t0,
+                                                      **_training_seconds(result)})
+    atomic_write_text(report, render_report(cfg, out, result, figures, time.perf_counter() - t0, record))
     return report
 
 
@@ -100,10 +108,16 @@ def train_stage3(cfg, out: Path, data_root: Path, device: str, progress: bool) -
     if not runs.checkpoint_path(s3_dir, "phase1").exists():
         s3_dir.mkdir(parents=True, exist_ok=True)
         tmp = s3_dir / ".phase1.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        shutil.copytree(out / "phase1", tmp)
-        os.replace(tmp, s3_dir / "phase1")
+        try:
+            if tmp.exists():  # what a kill mid-copy left
+                shutil.rmtree(tmp)
+            shutil.copytree(out / "phase1", tmp)
+            os.replace(tmp, s3_dir / "phase1")
+        except OSError as e:
+            raise FlowSDFError(f"cannot copy Phase 1 into {s3_dir}: {e.strerror or e}") from e
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
     # The albedo head is the one new part of this phase: it gets a larger share of the lr (Stage3Config).
     phase2 = dataclasses.replace(cfg.phase2, rgb_weight=cfg.stage3.rgb_weight,
                                  lr_scale={**cfg.phase2.lr_scale, "albedo": cfg.stage3.albedo_lr_scale})
@@ -120,7 +134,7 @@ def stage3_figure(s3_dir: Path, data_root: Path, device: str, path: Path, n_shap
     cfg = runs.read_config(s3_dir)
     data = run_data(cfg, s3_dir, data_root).to(dev)
     flow = FlowSDF.from_run(s3_dir, "flow", dev)
-    albedo = load_albedo(runs.checkpoint_path(s3_dir, "phase2"), cfg.decoder.latent_dim, dev)
+    albedo = load_albedo(runs.checkpoint_path(s3_dir, "phase2"), math.prod(cfg.decoder.latent_shape), dev)
     rows = []
     for split in (data.train, data.heldout):
         rows += shading_rows(flow.predictor(), flow.decoder, albedo, split, min(n_shapes // 2, len(split)), cfg, cfg.seed)
@@ -189,7 +203,24 @@ def phase1_summary(out: Path) -> dict | None:
     return p1
 
 
-def render_report(cfg, out: Path, result: dict, figures: dict[str, str], seconds: float) -> str:
+def _training_seconds(result: dict) -> dict[str, float]:
+    """The longest training time among the evaluated models (a flow's includes its Stage 1), if known."""
+    known = [r["training_seconds"] for r in result["models"].values() if r.get("training_seconds") is not None]
+    return {"training": max(known)} if known else {}
+
+
+def produced_by(record: dict) -> str:
+    """flowsdf.provenance's record in one Markdown paragraph."""
+    secs = record.get("seconds", {})
+    ddp = f" ({record['ddp_backend']})" if record.get("ddp_backend") else ""
+    return (f"Produced by flowsdf {record['flowsdf']} (commit {record['git_commit'] or 'unknown'}), torch {record['torch']}, "
+            f"Python {record['python']} on {record['device']}, {record['processes']} process(es){ddp}, "
+            f"{record['threads']} CPU thread(s); this session {fmt(secs.get('wall', float('nan')) / 60, '.1f')} min, "
+            f"training {fmt(secs.get('training', float('nan')) / 60, '.1f')} min.")
+
+
+def render_report(cfg, out: Path, result: dict, figures: dict[str, str], seconds: float,
+                  record: dict | None = None) -> str:
     p1 = phase1_summary(out)
     lines = [
         f"# Flow-SDF reproduction: preset `{cfg.preset}`",
@@ -211,17 +242,18 @@ def render_report(cfg, out: Path, result: dict, figures: dict[str, str], seconds
         lines.append("n/a: `phase1/summary.json` is missing or damaged.")
     else:
         w = p1["with_scaling"]
-        lines.append(f"sigma = {p1['sigma']:.4f} (std of the Stage-1 codes). With scaling: cosine(sample, target) {w['cosine']:.3f}, "
-                     f"code-norm ratio {w['norm_ratio']:.3f} (sample {w['sample_norm']:.3f} vs target {w['target_norm']:.3f}, noise {w['noise_norm']:.3f}).")
+        lines.append(f"sigma = {fmt(p1['sigma'])} (std of the Stage-1 codes). With scaling: cosine(sample, target) "
+                     f"{fmt(w['cosine'], '.3f')}, code-norm ratio {fmt(w['norm_ratio'], '.3f')} (sample "
+                     f"{fmt(w['sample_norm'], '.3f')} vs target {fmt(w['target_norm'], '.3f')}, noise {fmt(w['noise_norm'], '.3f')}).")
     wo = p1.get("without_scaling") if p1 else None
     if wo:
-        lines.append(f"Without scaling (sigma = 1): cosine {wo['cosine']:.3f}, norm ratio {wo['norm_ratio']:.3f} "
-                     f"(sample {wo['sample_norm']:.3f}, noise {wo['noise_norm']:.3f}). Published: cosine 0.08 -> 0.95.")
+        lines.append(f"Without scaling (sigma = 1): cosine {fmt(wo['cosine'], '.3f')}, norm ratio {fmt(wo['norm_ratio'], '.3f')} "
+                     f"(sample {fmt(wo['sample_norm'], '.3f')}, noise {fmt(wo['noise_norm'], '.3f')}). Published: cosine 0.08 -> 0.95.")
     start_file = out / "phase2" / "start.json"
     if start_file.exists():
         start = json.loads(start_file.read_text())
         lines += ["", f"Phase 2 starts from the distilled flow's codes through the Stage-1 decoder: training-view BCE "
-                      f"{start['bce']:.4f}, IoU {start['iou']:.3f}."]
+                      f"{fmt(start['bce'])}, IoU {fmt(start['iou'], '.3f')}."]
     lines += ["", "## Figures", "", f"![loss curves]({figures['loss_curves']})", ""]
     for stage, title in (("stage1", "Stage 1 predictions"), ("phase2", "Stage 2 (Phase 2) predictions")):
         lines += [f"### {title} per epoch (training view, two novel views; IoU in orange)", ""]
@@ -237,6 +269,8 @@ def render_report(cfg, out: Path, result: dict, figures: dict[str, str], seconds
               "### Sample diversity", "", f"![flow samples]({figures['flow_samples']})", "",
               "### Extracted meshes (prediction vs ground truth, three angles)", "", f"![meshes]({figures['meshes']})", "",
               f"Per-shape figures: `eval/eval.json`. This report took {seconds / 60:.1f} min in this session.", ""]
+    if record is not None:
+        lines += [produced_by(record), ""]
     return "\n".join(lines)
 
 

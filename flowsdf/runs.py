@@ -17,7 +17,7 @@ from pathlib import Path
 
 from flowsdf import checkpoint
 from flowsdf import config as config_mod
-from flowsdf.checkpoint import atomic_write_text
+from flowsdf.checkpoint import TEMPORARY, atomic_write_text, strict_json, write_json
 from flowsdf.config import Config
 from flowsdf.data import dataset as data_mod
 from flowsdf.data.dataset import Dataset
@@ -110,22 +110,26 @@ def begin(run_dir: Path, cfg: Config, stage: str) -> None:
 
     Also removes what a killed earlier attempt left half-written (see clean_temporaries).
     """
-    (Path(run_dir) / stage).mkdir(parents=True, exist_ok=True)
+    try:
+        (Path(run_dir) / stage).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FlowSDFError(f"cannot write to {Path(run_dir) / stage}: {e.strerror or e}") from e
     clean_temporaries(run_dir, ("phase1", "phase2") if stage == "phase2" else (stage,))
     path = Path(run_dir) / "config.json"
     if not path.exists() or (stage in ("phase1", "phase2") and read_config(run_dir) != cfg):
         atomic_write_text(path, config_mod.dumps(cfg))
 
 
-# What atomic writes (checkpoint.atomic_write_text, save, figures) name their temporary files:
-# "." + the target's name + "." + mkstemp's 8 random characters (+ ".png" for figures).
-TEMPORARY = re.compile(r"\.[^/]+\.[a-z0-9_]{8}(\.png)?")
+# Every temporary file of the package is named by checkpoint.temporary (checkpoints, JSON and
+# text, figures) and matches checkpoint.TEMPORARY; datasets' temporary folders are removed by
+# flowsdf.data.dataset.generate.
 
 
 def clean_temporaries(run_dir: Path, stages: tuple[str, ...]) -> list[Path]:
-    """Delete temporary files that a killed write left in the run folder and the stages' folders
-    (a checkpoint's is as large as the checkpoint). Called when a stage starts or resumes: the
-    stage's own writer is the only one that writes there. Returns what was removed."""
+    """Delete temporary files that a killed write left in the run folder and the given folders
+    inside it (stages, "eval", "report_figures") and their figures/ (a checkpoint's is as large as
+    the checkpoint). Called when a stage starts or resumes, and by eval and reproduce for their
+    outputs: each folder's own writer is the only one that writes there. Returns what was removed."""
     folders = [Path(run_dir)] + [Path(run_dir) / s / sub for s in stages for sub in ("", "figures")]
     removed = []
     for folder in folders:
@@ -137,12 +141,26 @@ def clean_temporaries(run_dir: Path, stages: tuple[str, ...]) -> list[Path]:
     return removed
 
 
+def clean_temporaries_of(paths: list[Path]) -> list[Path]:
+    """Delete the temporary files that a killed write of these files (checkpoint.temporary) left
+    beside them, and nothing else of their folders (which may be the user's). Returns what was removed."""
+    removed = []
+    for path in map(Path, paths):
+        if path.parent.is_dir():
+            mine = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}")
+            for tmp in path.parent.iterdir():
+                if tmp.is_file() and mine.fullmatch(tmp.name):
+                    tmp.unlink()
+                    removed.append(tmp)
+    return removed
+
+
 def record_data(run_dir: Path, root: Path, config_hash: str) -> None:
     """Remember which dataset folder a run was trained on (data.json beside config.json): its
     absolute path, and its path relative to the run for when both move together."""
     root = Path(root).resolve()
     rec = {"path": str(root), "relative": os.path.relpath(root, Path(run_dir).resolve()), "config_hash": config_hash}
-    atomic_write_text(Path(run_dir) / "data.json", json.dumps(rec, indent=1))
+    write_json(Path(run_dir) / "data.json", rec, indent=1)
 
 
 def recorded_data(run_dir: Path, config_hash: str) -> Path | None:
@@ -166,11 +184,17 @@ def recorded_data(run_dir: Path, config_hash: str) -> Path | None:
 
 
 def append_metrics(run_dir: Path, stage: str, row: dict) -> None:
+    """Append one epoch's row (strict JSON). Written after the epoch's checkpoint, so the log is
+    never ahead of it; a failed write (a full disk) is one line, and a resume drops a partial
+    line (read_metrics) and says which epochs the log lacks (truncate_metrics)."""
     path = Path(run_dir) / stage / "metrics.jsonl"
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with path.open("a") as f:
+            f.write(strict_json(row, None) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise FlowSDFError(f"cannot write {path}: {e.strerror or e} (the epoch's checkpoint is saved)") from e
 
 
 def truncate_metrics(run_dir: Path, stage: str, last_epoch: int) -> None:
@@ -184,7 +208,7 @@ def truncate_metrics(run_dir: Path, stage: str, last_epoch: int) -> None:
         warn(f"{path} lacks epoch(s) {_ranges(missing)} of the {last_epoch} in the checkpoint; "
              "training continues, but loss curves and training time will miss them")
     if path.exists() or kept:
-        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+        atomic_write_text(path, "".join(strict_json(row, None) + "\n" for row in kept))
 
 
 def _ranges(numbers: list[int]) -> str:
@@ -240,9 +264,9 @@ def load_data(
     else:
         recorded = next((r for r in (recorded_data(d, cfg.data.hash()) for d in run_dirs) if r), None)
         data = data_mod.load(recorded) if recorded else data_mod.ensure(cfg.data, data_mod.default_root(cfg.data), progress)
-    if data.config.image_size != cfg.encoder.image_size:
+    if data.config.image_size != cfg.data.image_size:
         raise FlowSDFError(
-            f"dataset images are {data.config.image_size}px but the config expects {cfg.encoder.image_size}px"
+            f"dataset images are {data.config.image_size}px but the config expects {cfg.data.image_size}px"
         )
     return apply_frame(data, cfg.frame)
 

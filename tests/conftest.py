@@ -103,7 +103,6 @@ def tiny_surface_run(tmp_path_factory, tiny_flow_run, tiny_data_dir) -> Path:
     tensors = load_file(str(path))
     for key in [k for k in tensors if k.endswith("decoder.l5.bias")]:  # the model and, with EMA, its live copy
         tensors[key] = tensors[key] - shift
-    header = json.loads(metadata["flowsdf"])
-    header["tensors_sha256"] = checkpoint.tensors_digest(tensors)  # a deliberate edit, not damage
+    header = checkpoint.seal(json.loads(metadata["flowsdf"]), tensors)  # a deliberate edit, not damage
     save_file(tensors, str(path), metadata={**metadata, "flowsdf": json.dumps(header)})
     return run

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from flowsdf import checkpoint
+from flowsdf.errors import FlowSDFError
 
 
 def _model(seed: int) -> nn.Module:
@@ -35,7 +36,7 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch, where):
         def no_rename(src, dst):
             raise OSError(5, "Input/output error")
         monkeypatch.setattr(checkpoint.os, "replace", no_rename)
-    with pytest.raises(OSError):
+    with pytest.raises(FlowSDFError, match="cannot write checkpoint .*last.safetensors"):
         checkpoint.save(path, {"model": _model(1)}, meta={"epoch": 2})
     assert path.read_bytes() == before
     assert os.listdir(path.parent) == ["last.safetensors"]  # no temporary file left behind
@@ -55,6 +56,6 @@ def test_crash_mid_text_write_keeps_previous_file(tmp_path, monkeypatch):
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(checkpoint.os, "replace", no_rename)
-    with pytest.raises(OSError):
+    with pytest.raises(FlowSDFError, match="cannot write .*summary.json"):
         checkpoint.atomic_write_text(path, '{"epoch": 2}\n' * 1000)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["summary.json"]

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from flowsdf import runs
 from flowsdf.cli import main
@@ -27,6 +28,8 @@ def test_report_regenerates_the_published_table_and_embeds_the_figures(tiny_repo
                  "report_figures/loss_curves.png", "report_figures/meshes.png", "report_figures/flow_samples.png",
                  "phase2/figures/flow_strip.png", "stage1/figures/epoch_0001.png", "phase2/figures/epoch_0002.png"):
         assert f"]({link})" in text and (out / link).stat().st_size > 1000
+    assert "Produced by flowsdf " in text and f"torch {torch.__version__}" in text and "1 process(es)" in text
+    assert "nan" not in text.lower().replace("n/a", "") and "inf |" not in text  # nothing non-finite shown
 
 
 def test_eval_json_has_every_split_and_per_shape_figures(tiny_report):

@@ -4,6 +4,7 @@ an exit status so tests can call it directly. User errors print one line and exi
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from flowsdf.cli import (
@@ -39,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         status = args.func(args)
     except FlowSDFError as e:
         print(f"flowsdf: error: {e}", file=sys.stderr)
+        status = 2
+    except OSError as e:
+        # A full disk is never a bug: one line wherever it strikes (the package's own writers
+        # already say which file; this catches those of the libraries it calls).
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"flowsdf: error: cannot write {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt:
         print("flowsdf: interrupted; finished epochs are saved: continue with `train ... --resume`, "

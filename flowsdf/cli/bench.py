@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from flowsdf.cli.options import add_device
-from flowsdf.errors import FlowSDFError
+from flowsdf.cli.options import BENCH_BATCH, THREADS, add_device, check_range
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device(b)
     b.add_argument("--out", type=Path, metavar="FILE.json", help="write the figures as JSON")
     b.add_argument("--run", type=Path, help="time the training step with this Stage-1 run's weights and config")
-    b.add_argument("--batch", type=int, help="training-step batch (default 8, the seed's)")
-    b.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    b.add_argument("--batch", type=int, help=f"training-step batch, {BENCH_BATCH[0]} to {BENCH_BATCH[1]:,} (default 8, the seed's)")
+    b.add_argument("--threads", type=int, help=f"CPU threads for torch, {THREADS[0]} to {THREADS[1]:,} (default: torch's choice)")
     b.add_argument("--quick", action="store_true", help="tiny models and sizes, one repeat: seconds, for tests")
     b.set_defaults(func=run)
 
@@ -29,26 +27,25 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from flowsdf.device import pick_device
-    from flowsdf.runs import ensure_writable
+    from flowsdf.runs import clean_temporaries_of, ensure_writable
     from flowsdf.speed.bench import BenchSettings, quick_settings, run_bench, table
 
+    check_range("--threads", args.threads, *THREADS)
+    check_range("--batch", args.batch, *BENCH_BATCH)
     if args.threads is not None:
-        if args.threads < 1:
-            raise FlowSDFError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     settings = quick_settings() if args.quick else BenchSettings()
     if args.batch is not None:
-        if args.batch < 1:
-            raise FlowSDFError("--batch must be at least 1")
         settings.batch = args.batch
     if args.out is not None:
         ensure_writable(args.out.parent)
+        clean_temporaries_of([args.out])
     result = run_bench(settings, pick_device(args.device), args.run)
     print(table(result))
     if args.out is not None:
-        from flowsdf.checkpoint import atomic_write_text
+        from flowsdf.checkpoint import write_json
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps(result, indent=2))
+        write_json(args.out, result)
         print(f"wrote {args.out}")
     return 0

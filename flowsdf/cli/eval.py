@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flowsdf.cli.options import add_device
+from flowsdf.cli.options import MESH_RESOLUTION, REFINE_STEPS, SAMPLES, add_device, check_range
 from flowsdf.errors import FlowSDFError
-from flowsdf.runs import ensure_writable
+from flowsdf.runs import clean_temporaries_of, ensure_writable
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,10 +17,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("run", type=Path, help="a run folder")
     e.add_argument("--out", type=Path, help="JSON file to write (default: RUN/eval/eval.json; .md beside it)")
     e.add_argument("--data", type=Path, help="dataset folder (default: the run's cached dataset)")
-    e.add_argument("--k", type=int, default=4, help="flow samples per image for best-of-K / mean-of-K (default 4)")
-    e.add_argument("--mesh-resolution", type=int, default=64, help="marching-cubes grid for 3-D metrics (default 64)")
+    e.add_argument("--k", type=int, default=4,
+                   help=f"flow samples per image for best-of-K / mean-of-K, {SAMPLES[0]} to {SAMPLES[1]:,} (default 4)")
+    e.add_argument("--mesh-resolution", type=int, default=64,
+                   help=f"marching-cubes grid for 3-D metrics, {MESH_RESOLUTION[0]} to {MESH_RESOLUTION[1]:,} (default 64)")
     e.add_argument("--refine", type=int, default=0, metavar="STEPS",
-                   help="fit each predicted code for STEPS steps to the input picture's mask before scoring (default 0)")
+                   help="fit each predicted code for STEPS steps to the input picture's mask before scoring, "
+                        f"{REFINE_STEPS[0]} to {REFINE_STEPS[1]:,} (default 0)")
     add_device(e)
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=run)
@@ -29,16 +32,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from flowsdf.evaluate import evaluate_run, markdown_tables, write
 
-    if args.k < 1:
-        raise FlowSDFError("--k must be at least 1")
-    if args.mesh_resolution < 8:
-        raise FlowSDFError("--mesh-resolution must be at least 8")
-    if args.refine < 0:
-        raise FlowSDFError("--refine must be at least 0")
+    check_range("--k", args.k, *SAMPLES)
+    check_range("--mesh-resolution", args.mesh_resolution, *MESH_RESOLUTION)
+    check_range("--refine", args.refine, *REFINE_STEPS)
     out = Path(args.out) if args.out else Path(args.run) / "eval" / "eval.json"
     if out.is_dir():
         raise FlowSDFError(f"--out {out} is a folder; give a file name such as {out / 'eval.json'}")
     ensure_writable(out.parent)
+    clean_temporaries_of([out, out.with_suffix(".md")])  # what a killed earlier eval left
     result = evaluate_run(Path(args.run), args.data, args.device, args.k, args.mesh_resolution, progress=not args.quiet,
                           refine=args.refine)
     write(result, out)

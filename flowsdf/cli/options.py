@@ -15,7 +15,20 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
-def check_range(option: str, value: int | float, low: int | float, high: int | float) -> None:
-    """A command-line number outside its documented bounds is one clear error, before any work."""
-    if not low <= value <= high:
+def check_range(option: str, value: int | float | None, low: int | float, high: int | float) -> None:
+    """A command-line number outside its documented bounds is one clear error, before any work
+    (None: the option was not given). Every number a command takes has an upper bound, like every
+    config field (flowsdf.schema): no option can ask for an allocation or a run without end."""
+    if value is not None and not low <= value <= high:
         raise FlowSDFError(f"{option} must be from {low:,} to {high:,}, got {value}")
+
+
+# The bounds of the command-line numbers (their --help says them); see check_range.
+THREADS = (1, 1024)  # more than any machine we know has cores
+WORKERS = (1, 256)  # rendering processes of `flowsdf data`
+EPOCHS = (1, 1_000_000)  # as the config's epochs
+SAMPLES = (1, 256)  # flow samples per picture (best-of-K)
+MESH_RESOLUTION = (8, 512)  # as the config's eval.mesh_resolution
+REFINE_STEPS = (0, 100_000)  # test-time fitting steps per picture
+BENCH_BATCH = (1, 1024)  # images rendered at once in a timed training step
+GRAD_BATCH = (1, 65_536)  # as the config's batch_size (the dataset caps it anyway)

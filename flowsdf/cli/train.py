@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flowsdf import config as config_mod
 from flowsdf import overrides, runs
-from flowsdf.cli.options import add_device, check_range
+from flowsdf.cli.options import EPOCHS, THREADS, add_device, check_range
 from flowsdf.errors import FlowSDFError
 
 STAGES = ("cnn", "flow")
@@ -40,9 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "renderer in this run's Stage 1 and the Stage 2 that continues it; GPUs; adds compile time)")
     t.add_argument("--seed", type=int, help="alias of --set seed=N")
     t.add_argument("--until-epoch", type=int, metavar="N",
-                   help="stop after epoch N (schedules unchanged); continue later with --resume")
+                   help=f"stop after epoch N, {EPOCHS[0]} to {EPOCHS[1]:,} (schedules unchanged); continue later with --resume")
     add_device(t)
-    t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    t.add_argument("--threads", type=int, help=f"CPU threads for torch, {THREADS[0]} to {THREADS[1]:,} (default: torch's choice)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     overrides.add_argument(t)
     t.set_defaults(func=run)
@@ -82,13 +82,12 @@ def run(args: argparse.Namespace) -> int:
     from flowsdf.train.flow import train_flow
     from flowsdf.train.stage1 import train_stage1
 
+    check_range("--threads", args.threads, *THREADS)
+    check_range("--until-epoch", args.until_epoch, *EPOCHS)
     if args.threads is not None:
-        check_range("--threads", args.threads, 1, 1024)
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.until_epoch is not None:
-        check_range("--until-epoch", args.until_epoch, 1, 1_000_000)
     args.overrides = alias_overrides(args) + args.overrides
     cfg = set_overrides(config_mod.preset(args.preset), args)  # checked like a config file
     stage = "stage1" if args.stage == "cnn" else "phase2"

@@ -19,12 +19,17 @@ Each .npz holds, for N shapes, V input views and M novel views (H = W = image_si
     albedo        (N, 3)          float32 per-shape RGB albedo
 
 The folder is regenerated only when the config hash changes; files are written to a temporary
-sibling folder and moved into place, so an interrupted generation never leaves a half dataset.
+sibling folder (`.NAME.tmp-XXXXXXXX`) and moved into place, so an interrupted generation never
+leaves a half dataset. The generating process holds a lock on that folder; the next generation
+beside it removes the temporary folders whose lock is free (their process was killed), never a
+live one. Free space for the whole dataset (its uncompressed size, an upper bound) is checked
+before any rendering.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -39,6 +44,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from flowsdf.checkpoint import ensure_space, strict_json
 from flowsdf.data import shapes
 from flowsdf.errors import FlowSDFError
 from flowsdf.render import cameras
@@ -221,21 +227,57 @@ def generate(cfg: DataConfig, root: Path, progress: bool = True, workers: int = 
     }
     try:  # before any rendering: an unwritable place fails at once
         root.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(root)
+        ensure_space(root.parent, dataset_bytes(cfg), f"the dataset {root.name}")
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+        lock = os.open(tmp, os.O_RDONLY)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held until this process finishes or dies: see remove_stale_temporaries
     except OSError as e:
         raise FlowSDFError(f"cannot write the dataset to {root}: {e.strerror or e}") from e
     try:
         for split, stream in zip(SPLITS, streams[2:]):
             arrays = _render_split(specs[split], np.random.default_rng(stream), cfg, split, progress, workers)
             np.savez_compressed(tmp / f"{split}.npz", **arrays)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        (tmp / "manifest.json").write_text(strict_json(manifest, indent=1))
         os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a dataset is meant to be shared
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
+    except OSError as e:  # a full disk, mid-way: one line, the old dataset (if any) untouched
+        raise FlowSDFError(f"cannot write the dataset to {root}: {e.strerror or e}") from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+        os.close(lock)
+
+
+def dataset_bytes(cfg: DataConfig) -> int:
+    """An upper bound of a dataset folder's size: its arrays uncompressed (images and masks
+    compress well, so the folder is usually several times smaller), plus the manifest."""
+    pixels = cfg.image_size**2
+    per_view = pixels * 3 + pixels + 4 * (9 + 16 + 3)  # image, mask (uint8), K, c2w, light (float32)
+    views = cfg.n_train_shapes * (cfg.train_views + cfg.novel_views) + cfg.n_heldout_shapes * (1 + cfg.novel_views)
+    shapes_n = cfg.n_train_shapes + cfg.n_heldout_shapes
+    return views * per_view + shapes_n * (12 + 1024) + 65536  # + albedo, + a generous manifest line per shape
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Remove the temporary folders a killed generation of `root` left beside it; a folder whose
+    generating process is alive keeps its lock (generate) and is left alone. Returns what was removed."""
+    removed = []
+    for tmp in Path(root).parent.glob(f".{Path(root).name}.tmp-*"):
+        if not tmp.is_dir():
+            continue
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # another process is generating into it now
+        finally:
+            os.close(fd)
+        shutil.rmtree(tmp)
+        removed.append(tmp)
+    return removed
 
 
 def is_current(cfg: DataConfig, root: Path) -> bool:
@@ -260,6 +302,8 @@ def ensure(cfg: DataConfig, root: Path, progress: bool = True, workers: int = 1)
 def check_replaceable(root: Path) -> None:
     """Refuse to regenerate into a non-empty folder that is not a flowsdf dataset."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise FlowSDFError(f"{root} exists and is not a folder; refusing to overwrite it")
     if root.exists() and any(root.iterdir()) and not (root / "manifest.json").exists():
         raise FlowSDFError(f"{root} exists and is not a flowsdf dataset; refusing to overwrite it")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -13,21 +12,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flowsdf.checkpoint import publish  # noqa: E402
+from flowsdf.checkpoint import publish, temporary  # noqa: E402
+from flowsdf.errors import FlowSDFError  # noqa: E402
 
 
 def save_figure(fig, path: Path, dpi: int = 110) -> None:
-    """Save through a temporary file so an interrupted run never leaves half a PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    """Save through a temporary file (checkpoint.temporary: a rerun removes one that a kill left)
+    so an interrupted run never leaves half a PNG; a failed write (a full disk) is one line."""
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary(path.with_name(path.stem), suffix=".png")
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
         publish(tmp, path)
+    except OSError as e:
+        raise FlowSDFError(f"cannot write the figure {path}: {e.strerror or e}") from e
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

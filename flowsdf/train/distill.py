@@ -1,8 +1,12 @@
-"""Flow Phase 1: distil the frozen Stage-1 encoder's codes into a rectified flow (no rendering)."""
+"""Flow Phase 1: distil the frozen Stage-1 encoder's codes into a rectified flow (no rendering).
+
+A non-finite loss or gradient stops Phase 1 with one line naming the iteration (checked on the
+device every step, fetched with the logged losses: no extra sync per step); Phase 1 writes its
+files only once it is done, so nothing of it is left, and the Stage-1 run is never written to.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -14,7 +18,7 @@ from tqdm import tqdm
 
 from flowsdf import checkpoint, runs
 from flowsdf.build import build_flow
-from flowsdf.checkpoint import atomic_write_text
+from flowsdf.checkpoint import write_json
 from flowsdf.config import Config
 from flowsdf.errors import FlowSDFError
 from flowsdf.flow import (
@@ -26,7 +30,9 @@ from flowsdf.flow import (
 )
 from flowsdf.models.conditioner import ImageConditioner
 from flowsdf.models.velocity import VelocityNet
+from flowsdf.provenance import provenance
 from flowsdf.train import distributed
+from flowsdf.train.loop import grad_norm
 
 
 @torch.no_grad()
@@ -36,7 +42,8 @@ def code_agreement(
     """How well sampled codes match their targets: mean cosine and norm ratio (and the norms)."""
     gen = torch.Generator().manual_seed(seed)
     z0 = sample_noise(targets.shape, sigma, gen, targets.device)  # (N, D)
-    samples = euler_sample(velocity, z0, conditioner(images), steps=steps)  # (N, D)
+    samples = euler_sample(velocity, z0, velocity.prepare(conditioner(images)), steps=steps).flatten(1)  # (N, D)
+    targets = targets.flatten(1)  # (N, D) a code of any shape as one vector
     cos = F.cosine_similarity(samples, targets, dim=-1)  # (N,)
     s_norm, t_norm = samples.norm(dim=-1), targets.norm(dim=-1)  # (N,)
     return {
@@ -44,7 +51,7 @@ def code_agreement(
         "norm_ratio": (s_norm / t_norm).mean().item(),
         "sample_norm": s_norm.mean().item(),
         "target_norm": t_norm.mean().item(),
-        "noise_norm": z0.norm(dim=-1).mean().item(),
+        "noise_norm": z0.flatten(1).norm(dim=-1).mean().item(),
     }
 
 
@@ -67,7 +74,8 @@ class DistillObjective(nn.Module):
         """images (B, 3, H, W), target codes z1 (B, *latent) -> (loss to back-propagate, per-term losses)."""
         noise = draw_objective_noise(z1, sigma, gen).rows(part)  # this rank's rows of the batch's draws
         z1 = z1[part]
-        total, parts = flow_loss(self.velocity, z1, self.conditioner(images[part]), noise, self.flow_cfg)
+        cond = self.velocity.prepare(self.conditioner(images[part]))  # (b, ...) as the net reads it
+        total, parts = flow_loss(self.velocity, z1, cond, noise, self.flow_cfg)
         return total * distributed.loss_scale(z1.shape[0], images.shape[0]), parts
 
 
@@ -85,6 +93,7 @@ def distill(
     if n_batch < distributed.world_size():
         raise FlowSDFError(f"Phase 1's batch ({n_batch}) is smaller than the number of processes ({distributed.world_size()})")
     history = []
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first non-finite iteration, on the device
     bar = tqdm(range(pc.iterations), desc=label, leave=False, disable=not (progress and distributed.is_main()))
     for it in bar:
         idx = torch.randperm(len(targets), generator=gen)[: pc.batch_size].to(device)
@@ -92,14 +101,31 @@ def distill(
         loss, parts = step_loss(images[idx], targets[idx], sigma, gen, part)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm(params))
+        first_bad = torch.where((first_bad < 0) & ~finite, it, first_bad)
         optimizer.step()
         if it % 50 == 0 or it == pc.iterations - 1:
+            check_finite(first_bad, label, pc.iterations, pc.lr)
             b = part.stop - part.start  # the terms are means over this rank's share: weight them
             terms = {k: distributed.all_sum(v.item() * b) / len(idx) for k, v in parts.items()}
             total = cfg.flow.velocity_weight * terms["velocity"] + cfg.flow.sampling_weight * terms["sampling"]
             history.append({"iteration": it + 1, "loss": total, **terms})
             bar.set_postfix(loss=f"{total:.5f}")
+    weights = {f"{n}.{k}": v for n, m in (("conditioner", conditioner), ("velocity", velocity)) for k, v in m.state_dict().items()}
+    bad = checkpoint.non_finite(weights)  # finite steps can still overflow a weight
+    if bad is not None:
+        raise FlowSDFError(f"{label} diverged by its last iteration ({pc.iterations} of {pc.iterations}): {bad} is not "
+                           f"finite; nothing of Phase 1 is saved; lower phase1.lr ({pc.lr:g}) and train again")
     return conditioner, velocity, history
+
+
+def check_finite(first_bad: Tensor, label: str, iterations: int, lr: float) -> None:
+    """Stop Phase 1 (every process together) if any iteration so far had a non-finite loss or gradient."""
+    bad = int(first_bad.item())
+    if distributed.all_sum(float(bad >= 0)) > 0:
+        where = f"iteration {bad + 1} of {iterations}" if bad >= 0 else "an iteration of another process"
+        raise FlowSDFError(f"{label} diverged at {where} (Phase 1 counts iterations, not epochs): the loss or its gradient "
+                           f"is not finite; nothing of Phase 1 is saved; lower phase1.lr ({lr:g}) and train again")
 
 
 def phase1(
@@ -110,6 +136,10 @@ def phase1(
     The main checkpoint is written last, so its presence means all of Phase 1 is done; an
     interruption anywhere before simply reruns Phase 1 (about a minute on the quick preset).
     """
+    # Sizes from the models as they are built (on the CPU: a pretrained conditioner loads its file,
+    # which a meta device cannot hold), before any training.
+    sizes = checkpoint.state_bytes(dict(zip(("conditioner", "velocity"), build_flow(cfg))))
+    checkpoint.ensure_space(Path(run_dir) / "phase1", sizes * (2 if cfg.phase1.ablation else 1), "Phase 1's checkpoints")
     t0 = time.perf_counter()
     conditioner, velocity, history = distill(cfg, images, targets, sigma, progress, "phase1 distil")
     seconds = time.perf_counter() - t0
@@ -130,7 +160,8 @@ def phase1(
     if cfg.phase1.ablation:
         checkpoint.save(Path(run_dir) / "phase1" / "noscale.safetensors", {"conditioner": c_off, "velocity": v_off},
                         meta={"sigma": 1.0, "stage": "phase1-ablation"})
-    atomic_write_text(Path(run_dir) / "phase1" / "summary.json", json.dumps(report, indent=2))
+    report["provenance"] = provenance(targets.device, seconds={"wall": time.perf_counter() - t0, "training": seconds})
+    write_json(Path(run_dir) / "phase1" / "summary.json", report)
     checkpoint.save(runs.checkpoint_path(run_dir, "phase1"), {"conditioner": conditioner, "velocity": velocity},
                     meta={"sigma": sigma, "stage": "phase1", **init_record(run_dir, init_ckpt)})
     if progress:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 
 from flowsdf import checkpoint, runs
 from flowsdf.build import build_flow
-from flowsdf.checkpoint import atomic_write_text
+from flowsdf.checkpoint import write_json
 from flowsdf.config import Config
 from flowsdf.data.dataset import Dataset
 from flowsdf.data.frames import view_frame_problem
@@ -126,8 +127,8 @@ def train_flow(
     phase = Phase(
         name="phase2",
         modules=add_albedo({"conditioner": conditioner, "velocity": velocity, "decoder": decoder}, cfg.phase2,
-                           cfg.decoder.latent_dim, cfg.seed, dev),
-        predict=flow_predictor(conditioner, velocity, sigma, cfg.flow.steps, (cfg.decoder.latent_dim,)),
+                           math.prod(cfg.decoder.latent_shape), cfg.seed, dev),
+        predict=flow_predictor(conditioner, velocity, sigma, cfg.flow.steps, cfg.decoder.latent_shape),
         decoder=decoder,
         train=cfg.phase2,
         extra_meta={"sigma": sigma},
@@ -140,7 +141,7 @@ def train_flow(
             m.eval()
         start = evaluate_views(phase.predict, decoder, data.train, "input", cfg.render, cfg.phase2.tau_start, cfg.seed)
         (run_dir / "phase2").mkdir(exist_ok=True)
-        atomic_write_text(start_file, json.dumps({k: start[k] for k in ("views", "bce", "iou")}, indent=2))
+        write_json(start_file, {k: start[k] for k in ("views", "bce", "iou")})
     t0 = time.perf_counter()
     if not fit_silhouettes(phase, cfg, data, run_dir, resume_p2, progress, until_epoch):
         return None
@@ -153,10 +154,10 @@ def train_flow(
     summary["sigma"] = sigma
     if start_file.exists():  # runs from before this record have none
         summary["start_train_views"] = json.loads(start_file.read_text())
-    sampler = make_sampler(velocity, sigma, cfg.flow.steps, (cfg.decoder.latent_dim,))
+    sampler = make_sampler(velocity, sigma, cfg.flow.steps, cfg.decoder.latent_shape)
     summary["diversity"] = sample_diversity(conditioner, sampler, decoder, data.train, cfg.render, tau, seed=cfg.seed)
     summary["flow_strip"] = str(flow_strip_figure(cfg, run_dir, data, init_ckpt))
-    atomic_write_text(run_dir / "phase2" / "summary.json", json.dumps(summary, indent=2))
+    write_json(run_dir / "phase2" / "summary.json", summary)
     return summary
 
 
@@ -172,7 +173,7 @@ def flow_strip_figure(cfg: Config, run_dir: Path, data: Dataset, init_ckpt: Path
         models.append(("noise scaling off (sigma=1, Phase-1 ablation)", load_model(run_dir, "flow-noscale", dev, stage1=init_ckpt)))
     strips = []
     for label, trained in models:
-        sampler = make_sampler(trained.velocity, trained.sigma, cfg.flow.steps, (cfg.decoder.latent_dim,))
+        sampler = make_sampler(trained.velocity, trained.sigma, cfg.flow.steps, cfg.decoder.latent_shape)
         latents, sils = flow_trajectory(trained.conditioner, sampler, trained.decoder, views.images, views.K, views.c2w,
                                         cfg.seed, cfg.render, trained.tau)
         for i in range(views.images.shape[0]):

@@ -7,6 +7,12 @@ rendering); Phase 2 reuses `fit_silhouettes` with image -> conditioner -> 8 Eule
 Determinism: the model is initialised from `cfg.seed`, and each epoch's shuffle (and any noise
 a phase draws) comes from a generator seeded by (seed, epoch). A checkpoint at the end of every
 epoch therefore carries everything needed: resuming after epoch k replays epochs k+1.. exactly.
+
+Failures leave the run consistent: a step whose loss or gradient is not finite stops the phase
+before the optimiser takes it (one line naming the phase, epoch and step; the last checkpoint,
+of the previous epoch, stays as it was); an epoch's files are written checkpoint first, then its
+metrics row, then its figures, so nothing is ever ahead of the checkpoint; and room for the
+checkpoints is checked before the first step.
 """
 
 from __future__ import annotations
@@ -88,6 +94,20 @@ def step_loss(phase: "Phase", codes: Tensor, batch: Views, cfg: Config, tau: flo
         return silhouette_loss(phase.decoder, codes, batch, cfg.render, tau)[0], {}
     return shaded_loss(phase.decoder, phase.modules["albedo"], codes, batch, cfg.render, tau, cfg.data.ambient,
                        phase.train.rgb_weight)
+
+
+@torch.no_grad()
+def grad_norm(params: list[nn.Parameter]) -> Tensor:
+    """The global L2 norm of the parameters' gradients, a 0-d tensor (no device sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def kept_checkpoint(ckpt: Path, finished: int) -> str:
+    """What a stopped phase leaves, in words: the checkpoint of its last finished epoch."""
+    return f"the checkpoint of epoch {finished} is kept ({ckpt})" if finished else "no checkpoint was written"
 
 
 def index_views(views: Views, idx: Tensor) -> Views:
@@ -184,12 +204,14 @@ def fit_silhouettes(
     step_loss = distributed.wrap(SilhouetteObjective(phase, cfg))
     main = distributed.is_main()
     progress = progress and main
+    last = tc.epochs if until_epoch is None else min(until_epoch, tc.epochs)
+    check_checkpoint_space(ckpt, stored, optimizer, resume, last - start_epoch)
 
     # all_views: one sample per shape (its views stay together); else one sample per view.
     train_views = data.train.input if tc.all_views else flatten_views(data.train.input)
     n = train_views.images.shape[0]
     steps_per_epoch = math.ceil(n / tc.batch_size)
-    last = tc.epochs if until_epoch is None else min(until_epoch, tc.epochs)
+    averaged = (lambda: ema.applied(phase.modules)) if ema is not None else contextlib.nullcontext  # noqa: E731
     for epoch in range(start_epoch, last):
         tau, epoch_lr = tau_at(tc, epoch), lr_at(tc, epoch)
         gen = epoch_generator(cfg.seed, epoch)
@@ -208,12 +230,19 @@ def fit_silhouettes(
             loss, loss_sum, part_sum = step_loss(batch, gen, tau, share)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip > 0 else grad_norm(params)
+            # The loss is fetched every step anyway; the gradient norm comes with it. Both are the
+            # same on every rank (a sum over ranks; gradients after DDP's average), so all stop together.
+            step_sum, norm = distributed.all_sum(loss_sum.item()), norm.item()
+            if not (math.isfinite(step_sum) and math.isfinite(norm)):
+                raise FlowSDFError(
+                    f"{stage} diverged at epoch {epoch + 1} of {tc.epochs}, step {i + 1} of {steps_per_epoch}: the loss "
+                    f"is {step_sum / b:g} and the gradient norm {norm:g}; stopped before the optimiser step, "
+                    f"{kept_checkpoint(ckpt, epoch)}; lower {stage}.lr ({tc.lr:g}) and train again")
             optimizer.step()
             if ema is not None:
                 ema.update(phase.modules)
-            total, seen = total + distributed.all_sum(loss_sum.item()), seen + b
+            total, seen = total + step_sum, seen + b
             # Loss parts (Stage 3) are logged from this process's shares: rank 0's under torchrun.
             part_sums = {k: part_sums.get(k, 0.0) + v for k, v in part_sum.items()}
             seen_here += len(range(b)[share])
@@ -226,12 +255,24 @@ def fit_silhouettes(
         done = epoch + 1 == tc.epochs
         if not main:  # rank 0 writes the figures, metrics and checkpoint
             continue
+        figure = None
         if (epoch + 1) % tc.figure_every == 0 or done:
-            with ema.applied(phase.modules) if ema is not None else contextlib.nullcontext():
-                row.update(epoch_figure(phase, cfg, data, run_dir, epoch + 1, tau))
-        runs.append_metrics(run_dir, stage, row)
+            # Rendered now (its IoUs go into the metrics row), written after the checkpoint.
+            with averaged():
+                figure = figure_rows(phase, cfg, data, tau)
+            row.update(figure[1])
         meta = {"epoch": epoch + 1, "stage": stage, **(phase.extra_meta or {})}
-        checkpoint.save(ckpt, stored, optimizer, meta)
+        try:
+            checkpoint.save(ckpt, stored, optimizer, meta)
+        except checkpoint.NonFiniteError as e:  # finite steps can still overflow a weight
+            raise FlowSDFError(
+                f"{stage} diverged in epoch {epoch + 1} of {tc.epochs}, by its last step ({steps_per_epoch} of "
+                f"{steps_per_epoch}): {e.tensor} is not finite; {kept_checkpoint(ckpt, epoch)}; lower {stage}.lr "
+                f"({tc.lr:g}) and train again") from e
+        runs.append_metrics(run_dir, stage, row)
+        if figure is not None:
+            with averaged():
+                epoch_figure(phase, cfg, data, run_dir, epoch + 1, tau, figure[0])
         if progress:
             tqdm.write(f"{stage} epoch {epoch + 1}/{tc.epochs}  loss {row['loss']:.5f}  tau {tau:.4f}  {seconds:.1f}s")
     if ema is not None and last == tc.epochs:
@@ -239,15 +280,41 @@ def fit_silhouettes(
     return last == tc.epochs
 
 
+def check_checkpoint_space(ckpt: Path, stored: dict[str, nn.Module], optimizer: torch.optim.Optimizer, resume: bool,
+                           epochs_to_run: int) -> None:
+    """Before the first step: room for the checkpoints this run will write. A new checkpoint is
+    written beside the old one before it replaces it, so a stage that saves twice or more needs
+    two checkpoints' room (a resumed stage: one, beside the one it has). Checked by rank 0 for
+    every process, so that all of them stop together."""
+    problem = None
+    if distributed.is_main() and epochs_to_run > 0:
+        copies = 1 if resume or epochs_to_run == 1 else 2
+        try:
+            checkpoint.ensure_space(ckpt.parent, copies * checkpoint.state_bytes(stored, optimizer),
+                                    f"{copies} checkpoint(s) of {ckpt.parent.name}")
+        except FlowSDFError as e:
+            problem = e
+    if distributed.all_sum(float(problem is not None)) > 0:
+        raise problem or FlowSDFError("not enough free space for the checkpoints (see process 0's error)")
+
+
 @torch.no_grad()
-def epoch_figure(phase: Phase, cfg: Config, data: Dataset, run_dir: Path, epoch: int, tau: float) -> dict:
-    """Predicted vs ground-truth silhouettes (training view + two novel views) of a few shapes."""
+def figure_rows(phase: Phase, cfg: Config, data: Dataset, tau: float) -> tuple[list[dict], dict]:
+    """The epoch figure's rows (figures.prediction_grid) and the metrics row's figure IoUs."""
     for m in phase.modules.values():
         m.eval()
     k = min(phase.train.figure_shapes, len(data.train))
     rows, ious = prediction_rows(phase.predict, phase.decoder, data.train, k, cfg.render, tau, cfg.seed, novel=2)
+    return rows, {"figure_train_iou": ious["input"], "figure_novel_iou": ious["novel"]}
+
+
+@torch.no_grad()
+def epoch_figure(phase: Phase, cfg: Config, data: Dataset, run_dir: Path, epoch: int, tau: float, rows: list[dict]) -> None:
+    """Predicted vs ground-truth silhouettes (training view + two novel views) of a few shapes."""
+    for m in phase.modules.values():
+        m.eval()
     prediction_grid(rows, f"{phase.name} epoch {epoch}", Path(run_dir) / phase.name / "figures" / f"epoch_{epoch:04d}.png")
     if "albedo" in phase.modules:  # Stage 3: predicted shading and normals beside the ground truth
+        k = min(phase.train.figure_shapes, len(data.train))
         shading_figure(phase.predict, phase.decoder, phase.modules["albedo"], data.train, k, cfg, cfg.seed,
                        f"{phase.name} epoch {epoch}", Path(run_dir) / phase.name / "figures" / f"shading_{epoch:04d}.png")
-    return {"figure_train_iou": ious["input"], "figure_novel_iou": ious["novel"]}

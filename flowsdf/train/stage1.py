@@ -4,19 +4,20 @@ the silhouette; and the final evaluation every silhouette-trained phase ends wit
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import time
 from pathlib import Path
 
 from flowsdf import runs
 from flowsdf.build import build_stage1
-from flowsdf.checkpoint import atomic_write_text
+from flowsdf.checkpoint import write_json
 from flowsdf.config import Config
 from flowsdf.data.dataset import Dataset
 from flowsdf.data.frames import view_frame_problem
 from flowsdf.device import device_name, pick_device
 from flowsdf.errors import warn
 from flowsdf.metrics.views import evaluate_views
+from flowsdf.provenance import provenance
 from flowsdf.runs import load_data, run_data
 from flowsdf.train import distributed
 from flowsdf.train.loop import Phase, fit_silhouettes
@@ -58,7 +59,7 @@ def train_stage1(
     encoder, decoder = (m.to(dev) for m in build_stage1(cfg))
     phase = Phase(
         name="stage1",
-        modules=add_albedo({"encoder": encoder, "decoder": decoder}, cfg.stage1, cfg.decoder.latent_dim, cfg.seed, dev),
+        modules=add_albedo({"encoder": encoder, "decoder": decoder}, cfg.stage1, math.prod(cfg.decoder.latent_shape), cfg.seed, dev),
         predict=lambda images, gen: encoder(images),
         decoder=decoder,
         train=cfg.stage1,
@@ -72,20 +73,23 @@ def train_stage1(
 
 
 def finish(phase: Phase, cfg: Config, data: Dataset, run_dir: Path, wall_seconds: float) -> dict:
-    """Evaluate the final model on training and novel views; write summary.json."""
+    """Evaluate the final model on training and novel views; write summary.json (with what
+    produced it: flowsdf.provenance). Called only once every epoch is done."""
     for m in phase.modules.values():
         m.eval()
     metrics = runs.read_metrics(run_dir, phase.name)
     tau = phase.train.tau_end
+    device = next(phase.decoder.parameters()).device
     summary = {
         "stage": phase.name,
         "epochs": phase.train.epochs,
         "train_loss_last_epoch": metrics[-1]["loss"] if metrics else None,
         "train_seconds_total": sum(r["seconds"] for r in metrics),
         "wall_seconds_this_session": wall_seconds,
-        "device": device_name(next(phase.decoder.parameters()).device),
+        "device": device_name(device),
         "train_views": evaluate_views(phase.predict, phase.decoder, data.train, "input", cfg.render, tau, cfg.seed),
         "novel_views": evaluate_views(phase.predict, phase.decoder, data.train, "novel", cfg.render, tau, cfg.seed),
     }
-    atomic_write_text(Path(run_dir) / phase.name / "summary.json", json.dumps(summary, indent=2))
+    summary["provenance"] = provenance(device, seconds={"wall": wall_seconds, "training": summary["train_seconds_total"]})
+    write_json(Path(run_dir) / phase.name / "summary.json", summary)
     return summary
