@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from flowsdf.config import Config
+from flowsdf.models.codes import CodeTable
 from flowsdf.models.conditioner import ImageConditioner
 from flowsdf.models.dinov2 import DINOv2Conditioner
 from flowsdf.models.dit import DiTVelocity
@@ -30,8 +31,11 @@ def build_decoder(cfg: Config) -> nn.Module:
 
 
 def build_encoder(cfg: Config) -> nn.Module:
-    """Stage 1's encoder for the decoder's code shape (not seeded)."""
+    """Stage 1's encoder for the decoder's code shape (not seeded): a picture encoder, or a table of
+    per-shape codes (its pictures are registered by Stage 1's training)."""
     size, shape = cfg.data.image_size, cfg.decoder.latent_shape
+    if cfg.encoder.kind == "table":
+        return CodeTable(cfg.data.n_train_shapes, shape, cfg.encoder.table_init_std)
     if cfg.decoder.kind == "mlp":
         return CNNEncoder(cfg.encoder.cnn, size, shape[0])
     return TriplaneEncoder(cfg.encoder.triplane, size, shape, cfg.decoder.triplane.bound, cfg.data.fov_deg,

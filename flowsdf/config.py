@@ -65,11 +65,21 @@ class DecoderKinds:
 
 @dataclass
 class EncoderKinds:
-    """Stage 1's image -> code encoder; its kind follows the decoder's (a code of the decoder's shape):
-    cnn for the MLP decoder (the seed's), triplane (a U-Net whose map is the view frame's YZ plane)."""
+    """Where Stage 1's codes come from.
 
+    picture (the seed's): an encoder maps the shape's input picture to its code; its architecture
+    follows the decoder's code: the CNN (cnn) for the MLP decoder, a U-Net whose map is the view
+    frame's YZ plane (triplane) for the triplane decoder. table: one code per training shape,
+    fitted with the decoder to every supervising view of its shape (an auto-decoder,
+    models/codes.py): the teacher of the generative recipe, which has no picture encoder of its own.
+    """
+
+    kind: str = "picture"
     cnn: EncoderConfig = field(default_factory=EncoderConfig)
     triplane: TriplaneEncoderConfig = field(default_factory=TriplaneEncoderConfig)
+    table_init_std: float = 0.01  # a table's codes start as N(0, std^2) (DeepSDF's 0.01)
+
+    RULES = {"kind": one_of("picture", "table"), "table_init_std": NON_NEGATIVE}
 
 
 @dataclass
@@ -150,6 +160,12 @@ class TrainConfig:
     # Each training shape's code, predicted from its first input view, is supervised by the
     # silhouettes of all its training views (data.train_views) instead of each view being a sample.
     all_views: bool = False
+    # Weight of the mean squared code beside the loss (DeepSDF's prior on a code table: keeps the
+    # codes a compact distribution for a flow to learn). 0 = off (the seed).
+    code_l2: float = 0.0
+    # Flow Phase 2: K samples per shape, the loss of the best one only (train/loop.best_of_k_loss):
+    # the samples stay free to differ where the supervising views allow it. 1 = the seed.
+    best_of: int = 1
     sdfsrn: SDFSRNTerms = field(default_factory=SDFSRNTerms)
 
     RULES = {
@@ -159,6 +175,7 @@ class TrainConfig:
         "tau_start": POSITIVE, "tau_end": POSITIVE, "grad_clip": NON_NEGATIVE,
         "ema_decay": Rule("a number in [0, 1)", lambda v: 0 <= v < 1), "rgb_weight": NON_NEGATIVE,
         "figure_every": int_range(1, 1_000_000), "figure_shapes": int_range(1, 64), "all_views": ANY_BOOL,
+        "code_l2": NON_NEGATIVE, "best_of": int_range(1, 64),
     }
 
 
@@ -231,14 +248,24 @@ def _fits(cfg: Config) -> list[str]:
     """Agreements between sections that the models need (each a message, empty when all hold)."""
     problems = []
     size = cfg.data.image_size
-    strided = [("encoder.cnn", len(cfg.encoder.cnn.channels))] if cfg.decoder.kind == "mlp" else \
-        [("encoder.triplane", len(cfg.encoder.triplane.channels) - 1)]
+    strided = []
+    if cfg.encoder.kind == "picture":
+        strided = [("encoder.cnn", len(cfg.encoder.cnn.channels))] if cfg.decoder.kind == "mlp" else \
+            [("encoder.triplane", len(cfg.encoder.triplane.channels) - 1)]
+    elif not cfg.stage1.all_views or cfg.data.train_views < 2:
+        problems.append("encoder.kind=table fits each shape's code to all its views: it needs data.train_views >= 2 "
+                        "and stage1.all_views=true")
     if cfg.conditioner.kind == "cnn":
         strided.append(("conditioner.cnn", len(cfg.conditioner.cnn.channels)))
     for name, n in strided:
         if size % 2**n:
             problems.append(f"data.image_size ({size}) must be a multiple of {2**n} for {name}.channels "
                             f"({n} stride-2 convolutions)")
+    if cfg.stage1.best_of > 1:
+        problems.append("stage1.best_of must be 1: an encoder gives one code per picture (best-of-K is for Phase 2's flow)")
+    if cfg.phase2.best_of > 1 and (not cfg.phase2.all_views or cfg.phase2.rgb_weight > 0):
+        problems.append("phase2.best_of > 1 scores each sample on all of a shape's views with silhouettes only: "
+                        "it needs phase2.all_views=true and phase2.rgb_weight=0")
     if cfg.conditioner.kind == "vit" and size % cfg.conditioner.vit.patch_size:
         problems.append(f"data.image_size ({size}) must be a multiple of conditioner.vit.patch_size "
                         f"({cfg.conditioner.vit.patch_size})")

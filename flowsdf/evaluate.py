@@ -33,7 +33,8 @@ from flowsdf.device import device_name, pick_device
 from flowsdf.errors import FlowSDFError, warn
 from flowsdf.loading import finished_models
 from flowsdf.metrics.normals import evaluate_normals
-from flowsdf.metrics.samples import novel_view_samples, sample_diversity
+from flowsdf.metrics.retrieval import retrieval_baseline
+from flowsdf.metrics.samples import heldout_samples_3d, novel_view_samples, sample_diversity
 from flowsdf.metrics.shapes import evaluate_shapes
 from flowsdf.metrics.views import evaluate_views, predict_codes
 from flowsdf.pipeline import FlowSDF
@@ -91,13 +92,14 @@ def refined_predictor(model: FlowSDF, predict, steps: int):
 
 def evaluate_run(
     run_dir: Path, data_dir: Path | None = None, device: str = "auto", k: int = 4, mesh_resolution: int | None = None,
-    timing_repeats: int = 5, progress: bool = True, refine: int = 0,
+    timing_repeats: int = 5, progress: bool = True, refine: int = 0, guidance: float | None = None,
 ) -> dict:
     """Every figure for every finished model of `run_dir` (see the module docstring).
 
     `mesh_resolution` defaults to the run's `eval.mesh_resolution`. `refine` > 0: the silhouette
     and 3-D figures score codes refined for that many steps against the input picture's mask
-    (flow sampling figures and timings do not).
+    (flow sampling figures and timings do not). `guidance`: the flow's classifier-free guidance W
+    (default: the run's flow.guidance).
     """
     t0 = time.perf_counter()
     dev = pick_device(device)
@@ -110,7 +112,7 @@ def evaluate_run(
                               "frame": cfg.frame, "models": {}}
     for name, trained in finished_models(run_dir, dev).items():
         model = FlowSDF(trained)
-        tau, predict = model.tau, model.predictor()
+        tau, predict = model.tau, model.predictor(guidance=guidance)
         if refine > 0:
             predict = refined_predictor(model, predict, refine)
         # Every metric of a split scores the same codes (for a flow: the same samples, seed cfg.seed).
@@ -146,9 +148,14 @@ def evaluate_run(
                 "heldout_novel": novel_view_samples(predict, model.decoder, data.heldout, cfg.render, tau, k),
                 "diversity": sample_diversity(model.conditioner, model.sampler(), model.decoder, data.train,
                                               cfg.render, tau, k=k, seed=cfg.seed),
+                "heldout_3d": heldout_samples_3d(predict, model.decoder, data.heldout, cfg.render, tau, k),
+                "guidance": model._guidance(guidance),
             }
         r["latency"] = inference_latency(model, mesh_resolution=mesh_resolution, repeats=timing_repeats)
         result["models"][name] = r
+    # The baseline a reconstruction must beat: the nearest training shape by its input silhouette.
+    result["retrieval"] = retrieval_baseline(data.train, data.heldout, resolution=mesh_resolution, seed=cfg.seed,
+                                             samples=cfg.data.gt_samples)
     seconds = {"wall": time.perf_counter() - t0}
     trained = [r["training_seconds"] for r in result["models"].values() if r["training_seconds"] is not None]
     if trained:
@@ -194,8 +201,8 @@ def markdown_tables(result: dict) -> str:
         "each; Chamfer means skip empty meshes, counted in the last column).",
         "",
         "| Model | train IoU | novel-view IoU | held-out IoU (input / novel) | 3-D vol. IoU (train / held-out) "
-        "| Chamfer-L1 (train / held-out) | F@0.02 (train / held-out) | empty meshes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Chamfer-L1 (train / held-out) | F@1% (train / held-out) | F@2% held-out | empty meshes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in result["models"].items():
         s, t, h = r["silhouettes"], r["shapes_3d"]["train"]["mean"], r["shapes_3d"]["heldout"]["mean"]
@@ -204,8 +211,13 @@ def markdown_tables(result: dict) -> str:
             f"{_fmt(s['heldout_input']['iou'], '.3f')} / {_fmt(s['heldout_novel']['iou'], '.3f')} | "
             f"{_fmt(t['volumetric_iou'], '.3f')} / {_fmt(h['volumetric_iou'], '.3f')} | "
             f"{_fmt(t['chamfer_l1'])} / {_fmt(h['chamfer_l1'])} | {_fmt(t['fscore'], '.3f')} / {_fmt(h['fscore'], '.3f')} | "
-            f"{t['empty_meshes'] + h['empty_meshes']} of {t['shapes'] + h['shapes']} |"
+            f"{_fmt(h.get('fscore_2pct'), '.3f')} | {t['empty_meshes'] + h['empty_meshes']} of {t['shapes'] + h['shapes']} |"
         )
+    if "retrieval" in result:  # the nearest training shape by input silhouette (metrics/retrieval.py)
+        b, m = result["retrieval"], result["retrieval"]["mean"]
+        lines.append(f"| Retrieval baseline (nearest training silhouette) | - | - | {_fmt(b['heldout_input_iou'], '.3f')} / "
+                     f"{_fmt(b['heldout_novel_iou'], '.3f')} | - / {_fmt(m['volumetric_iou'], '.3f')} | - / "
+                     f"{_fmt(m['chamfer_l1'])} | - / {_fmt(m['fscore'], '.3f')} | {_fmt(m.get('fscore_2pct'), '.3f')} | - |")
     if any("normals" in r for r in result["models"].values()):
         lines += [
             "",
@@ -233,6 +245,12 @@ def markdown_tables(result: dict) -> str:
             f"{_fmt(d['code_pairwise_l2'])} (mean code norm {_fmt(d['code_norm'], '.3f')}), mean pairwise silhouette "
             f"difference {_fmt(d['silhouette_pairwise_l1'])}.",
         ]
+        if "heldout_3d" in smp:
+            h = smp["heldout_3d"]
+            lines += ["", f"Held-out 3-D IoU of K = {h['k']} samples (guidance W = {smp['guidance']:g}): best-of-K "
+                          f"{_fmt(h['best_of_k'], '.3f')}, mean-of-K {_fmt(h['mean_of_k'], '.3f')}, the mean code "
+                          f"{_fmt(h['mean_code_3d_iou'], '.3f')}; samples within 90 % of the mean code's input-view IoU: "
+                          f"{_fmt(h['samples_within_90pct_of_mean_input_iou'], '.2f')}."]
     lines += ["", "Latency (ms, mean):", "", "| Model | batch | encoder | flow 1 / 2 / 4 / 8 steps | mesh extraction |",
               "|---|---|---|---|---|"]
     for name, r in result["models"].items():

@@ -16,6 +16,9 @@ of that is constant:
 - `1 + scale` is folded into the modulation bias, and `z + dt * v` into the output layer's
   weights, so each block is layer_norm, addcmul, linear, GELU, linear, addcmul.
 
+Classifier-free guidance (flowsdf.flow.guided_velocity) runs the conditional and the null rows
+of each guided step as one batch.
+
 On CUDA, `CUDAGraphed` records a whole sampling call (conditioner included, if the caller wants)
 for fixed input shapes into a CUDA graph and replays it: one launch instead of ~400.
 """
@@ -29,35 +32,45 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from flowsdf.fields import Predictor
-from flowsdf.flow import euler_sample, sample_noise, seeded_noise, step_times
+from flowsdf.flow import euler_sample, guided_velocity, sample_noise, seeded_noise, step_times, time_grid
 from flowsdf.models.velocity import VelocityNet, timestep_embedding
 
 
 class ReferenceSampler:
-    """`steps` Euler steps of any velocity net from sigma-scaled noise, under inference mode."""
+    """`steps` Euler steps of any velocity net from sigma-scaled noise, under inference mode.
 
-    def __init__(self, velocity: nn.Module, sigma: float, steps: int, latent_shape: Sequence[int]):
+    `time_shift` and `guidance_until` are flowsdf.flow.FlowConfig's (the grid of times; where
+    classifier-free guidance applies); the guidance weight W is each call's.
+    """
+
+    def __init__(self, velocity: nn.Module, sigma: float, steps: int, latent_shape: Sequence[int],
+                 time_shift: float = 1.0, guidance_until: float = 1.0):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.velocity, self.sigma, self.steps = velocity.eval(), sigma, steps
         self.latent_shape = tuple(latent_shape)
+        self.time_shift, self.guidance_until = time_shift, guidance_until
 
     def noise(self, seeds: Sequence[int], device: torch.device | str) -> Tensor:
         """Source noise (B, *latent) of the given seeds, scaled by sigma (flow.seeded_noise)."""
         return seeded_noise(seeds, self.latent_shape, self.sigma, device)
 
-    def __call__(self, cond: Tensor, z0: Tensor, trajectory: bool = False, cond_mask: Tensor | None = None
-                 ) -> Tensor | tuple[Tensor, Tensor]:
+    def __call__(self, cond: Tensor, z0: Tensor, trajectory: bool = False, cond_mask: Tensor | None = None,
+                 guidance: float = 1.0) -> Tensor | tuple[Tensor, Tensor]:
         """Condition tokens (B, N, C) (cond_mask (B, N): True = a real token) and source noise z0
         (B, *latent) -> codes (B, *latent), and with `trajectory` the Euler states
-        (steps + 1, B, *latent). No autograd; the results are ordinary tensors (copied out of
-        inference mode), so callers may go on to optimise them."""
+        (steps + 1, B, *latent). `guidance` W: classifier-free guidance against the null condition
+        (zero tokens); 1 = the plain conditional flow. No autograd; the results are ordinary
+        tensors (copied out of inference mode), so callers may go on to optimise them."""
         with torch.inference_mode():
-            out = self._sample(self.velocity.prepare(cond, cond_mask), z0, trajectory)  # the condition, once
+            prepared = self.velocity.prepare(cond, cond_mask)  # the condition, once
+            null = self.velocity.prepare(torch.zeros_like(cond), cond_mask) if guidance != 1.0 else None
+            out = self._sample(prepared, null, guidance, z0, trajectory)
         return tuple(x.clone() for x in out) if trajectory else out.clone()
 
-    def _sample(self, cond, z0: Tensor, trajectory: bool) -> Tensor | tuple[Tensor, Tensor]:
-        return euler_sample(self.velocity, z0, cond, self.steps, return_trajectory=trajectory)
+    def _sample(self, cond, null, guidance: float, z0: Tensor, trajectory: bool) -> Tensor | tuple[Tensor, Tensor]:
+        velocity = guided_velocity(self.velocity, null, guidance, self.guidance_until)
+        return euler_sample(velocity, z0, cond, self.steps, return_trajectory=trajectory, shift=self.time_shift)
 
 
 class FastSampler(ReferenceSampler):
@@ -66,12 +79,17 @@ class FastSampler(ReferenceSampler):
     Reads the weights at construction: build a new one after the weights change.
     """
 
-    def __init__(self, velocity: VelocityNet, sigma: float, steps: int = 8):
-        super().__init__(velocity, sigma, steps, velocity.latent_shape)
-        v, dt = self.velocity, 1.0 / steps
+    def __init__(self, velocity: VelocityNet, sigma: float, steps: int = 8, time_shift: float = 1.0,
+                 guidance_until: float = 1.0):
+        super().__init__(velocity, sigma, steps, velocity.latent_shape, time_shift, guidance_until)
+        v = self.velocity
+        grid = time_grid(steps, time_shift).tolist()
+        # Each step's dt, as euler_sample takes it (1 / steps on the uniform grid).
+        self.dts = [1.0 / steps if time_shift == 1.0 else grid[i + 1] - grid[i] for i in range(steps)]
+        self.times = grid[:-1]
         with torch.inference_mode():
             dev = next(v.parameters()).device
-            t = step_times(steps, dev)  # (S,) the times euler_sample uses
+            t = step_times(steps, dev, shift=time_shift)  # (S,) the times euler_sample uses
             self.time_c = v.time_mlp(timestep_embedding(t, v.config.time_embed_dim))[:, None, :].clone()  # (S, 1, H)
             self.cond_w, self.cond_b = v.cond_proj.weight.clone(), v.cond_proj.bias.clone()
             self.in_w, self.in_b = v.input.weight.clone(), v.input.bias.clone()
@@ -86,27 +104,38 @@ class FastSampler(ReferenceSampler):
             self.mod_b = bias
             self.mlps = [(b.mlp[0].weight.clone(), b.mlp[0].bias.clone(), b.mlp[2].weight.clone(), b.mlp[2].bias.clone())
                          for b in v.blocks]
-            self.out_w = (v.final.linear.weight * dt).clone()  # (D, H): z + dt * v in one product
-            self.out_b = (v.final.linear.bias * dt).clone()  # (D,)
+            # z + dt * v in one product per step: the output layer scaled by that step's dt.
+            self.out_w = [(v.final.linear.weight * dt).clone() for dt in self.dts]  # S x (D, H)
+            self.out_b = [(v.final.linear.bias * dt).clone() for dt in self.dts]  # S x (D,)
         self.hidden, self.depth = h, len(v.blocks)
 
-    def _sample(self, cond: Tensor, z0: Tensor, trajectory: bool) -> Tensor | tuple[Tensor, Tensor]:
-        """cond (B, C) pooled (VelocityNet.prepare), z0 (B, *latent)."""
-        c = self.time_c + F.linear(cond, self.cond_w, self.cond_b)  # (S, B, H)
-        mods = F.linear(F.silu(c), self.mod_w, self.mod_b)  # (S, B, M)
-        h, n = self.hidden, self.depth
+    def _sample(self, cond: Tensor, null: Tensor | None, guidance: float, z0: Tensor, trajectory: bool
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """cond (B, C) pooled (VelocityNet.prepare), null the same of zero tokens (guidance only), z0 (B, *latent)."""
+        B, h, n = cond.shape[0], self.hidden, self.depth
+        guided = null is not None
+        both = torch.cat([cond, null]) if guided else cond  # (B or 2B, C): the conditional rows first
+        c = self.time_c + F.linear(both, self.cond_w, self.cond_b)  # (S, B or 2B, H)
+        mods = F.linear(F.silu(c), self.mod_w, self.mod_b)  # (S, B or 2B, M)
         z = z0.flatten(1)  # (B, D)
         states = [z]
         for i in range(self.steps):
-            parts = mods[i].split(h, dim=-1)  # 3 * depth + 2 tensors of (B, H)
-            x = F.linear(z, self.in_w, self.in_b)  # (B, H)
+            guide = guided and self.times[i] < self.guidance_until
+            rows = 2 * B if guide else B
+            parts = mods[i, :rows].split(h, dim=-1)  # 3 * depth + 2 tensors of (rows, H)
+            zz = torch.cat([z, z]) if guide else z  # (rows, D)
+            x = F.linear(zz, self.in_w, self.in_b)  # (rows, H)
             for j, (w1, b1, w2, b2) in enumerate(self.mlps):
                 shift, scale1, gate = parts[3 * j : 3 * j + 3]
-                y = torch.addcmul(shift, F.layer_norm(x, (h,), eps=1e-6), scale1)  # (B, H)
-                y = F.linear(F.gelu(F.linear(y, w1, b1), approximate="tanh"), w2, b2)  # (B, H)
-                x = torch.addcmul(x, gate, y)  # (B, H)
-            y = torch.addcmul(parts[3 * n], F.layer_norm(x, (h,), eps=1e-6), parts[3 * n + 1])  # (B, H)
-            z = torch.addmm(z + self.out_b, y, self.out_w.t())  # (B, D) z + dt * v
+                y = torch.addcmul(shift, F.layer_norm(x, (h,), eps=1e-6), scale1)  # (rows, H)
+                y = F.linear(F.gelu(F.linear(y, w1, b1), approximate="tanh"), w2, b2)  # (rows, H)
+                x = torch.addcmul(x, gate, y)  # (rows, H)
+            y = torch.addcmul(parts[3 * n], F.layer_norm(x, (h,), eps=1e-6), parts[3 * n + 1])  # (rows, H)
+            if guide:  # dt * v for both conditions, mixed as v_null + W (v_cond - v_null)
+                step = torch.addmm(self.out_b[i], y, self.out_w[i].t())  # (2B, D)
+                z = z + step[B:] + guidance * (step[:B] - step[B:])  # (B, D)
+            else:
+                z = torch.addmm(z + self.out_b[i], y, self.out_w[i].t())  # (B, D) z + dt * v
             if trajectory:
                 states.append(z)
         if trajectory:
@@ -114,14 +143,15 @@ class FastSampler(ReferenceSampler):
         return z.view(z0.shape)  # (B, *latent)
 
 
-def make_sampler(velocity: nn.Module, sigma: float, steps: int, latent_shape: Sequence[int]) -> ReferenceSampler:
+def make_sampler(velocity: nn.Module, sigma: float, steps: int, latent_shape: Sequence[int], time_shift: float = 1.0,
+                 guidance_until: float = 1.0) -> ReferenceSampler:
     """The inference sampler of a velocity net: the fast one where it exists, else the reference."""
     if isinstance(velocity, VelocityNet):
-        return FastSampler(velocity, sigma, steps)
-    return ReferenceSampler(velocity, sigma, steps, latent_shape)
+        return FastSampler(velocity, sigma, steps, time_shift, guidance_until)
+    return ReferenceSampler(velocity, sigma, steps, latent_shape, time_shift, guidance_until)
 
 
-def sampler_predictor(conditioner: nn.Module, sampler: ReferenceSampler) -> Predictor:
+def sampler_predictor(conditioner: nn.Module, sampler: ReferenceSampler, guidance: float = 1.0) -> Predictor:
     """The Predictor (images, generator) -> codes of a flow at inference: noise for the whole
     batch from the generator (as the training predictor draws it), then the inference sampler."""
 
@@ -129,7 +159,7 @@ def sampler_predictor(conditioner: nn.Module, sampler: ReferenceSampler) -> Pred
         z0 = sample_noise((images.shape[0], *sampler.latent_shape), sampler.sigma, gen, images.device)  # (B, *latent)
         with torch.no_grad():
             cond = conditioner(images)
-        return sampler(cond, z0)
+        return sampler(cond, z0, guidance=guidance)
 
     return predict
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowsdf.fields import Predictor
-from flowsdf.schema import ANY_BOOL, NON_NEGATIVE, int_range
+from flowsdf.schema import ANY_BOOL, FRACTION, NON_NEGATIVE, POSITIVE, Rule, int_range, one_of
 
 VelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -37,16 +37,40 @@ class FlowConfig:
     steps: Euler steps from noise to code (the seed uses 8).
     noise_scaling: scale the source noise by sigma = std of the target codes (off = sigma 1.0,
         kept for the ablation that shows the collapse).
-    velocity_weight / sampling_weight: weights of the two Phase-1 loss terms.
+    velocity_weight / sampling_weight: weights of the two Phase-1 loss terms. The seed's sampling
+        term pulls every sample onto its target, so the flow learns a near-deterministic map; a
+        flow that generates (conditional flow matching) sets it to 0.
+    cond_dropout: share of training rows whose condition is replaced by the null condition (all
+        zero tokens), so the same net also learns the unconditional velocity (classifier-free
+        guidance; TRELLIS and point-e use 0.1). 0 = the seed.
+    guidance: W of classifier-free guidance at sampling, v = v_null + W (v_cond - v_null); W = 1 is
+        the plain conditional flow (v_cond, exactly: the null branch is not even evaluated).
+    guidance_until: guidance only while t < this (t = 0 is noise): TRELLIS guides only the noisier
+        part of the path; 1 = everywhere.
+    time_sampling: the velocity term's t: "uniform" (the seed) or "logit_normal",
+        t = sigmoid(logit_mean + logit_std * N(0, 1)) (a negative mean puts more weight near the
+        noise, as TRELLIS's mean 1 does in its convention, where t = 1 is noise).
+    time_shift: the sampler's grid t_i = u / (s - (s - 1) u) at u = i / steps: s > 1 takes
+        smaller steps near the noise (TRELLIS samples with s = 3); 1 = uniform steps (the seed).
     """
 
     steps: int = 8
     noise_scaling: bool = True
     velocity_weight: float = 1.0
     sampling_weight: float = 1.0
+    cond_dropout: float = 0.0
+    guidance: float = 1.0
+    guidance_until: float = 1.0
+    time_sampling: str = "uniform"
+    logit_mean: float = -1.0
+    logit_std: float = 1.0
+    time_shift: float = 1.0
 
     RULES = {"steps": int_range(1, 1000), "noise_scaling": ANY_BOOL, "velocity_weight": NON_NEGATIVE,
-             "sampling_weight": NON_NEGATIVE}
+             "sampling_weight": NON_NEGATIVE, "cond_dropout": FRACTION, "guidance": NON_NEGATIVE,
+             "guidance_until": FRACTION, "time_sampling": one_of("uniform", "logit_normal"),
+             "logit_mean": Rule("a number", lambda v: True), "logit_std": POSITIVE,
+             "time_shift": Rule("a number >= 1", lambda v: v >= 1)}
 
 
 def _expand_t(t: Tensor | float, like: Tensor) -> Tensor:
@@ -88,40 +112,78 @@ def sample_noise(
     return (sigma * eps).to(device) if device is not None else sigma * eps
 
 
-def step_times(steps: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-    """The Euler sampler's time grid, the left end of each step: t_i = i * (1 / steps) for i < steps,
-    (steps,). Computed in float64 and then rounded, so every sampler sees the very same times."""
-    return (torch.arange(steps, dtype=torch.float64) * (1.0 / steps)).to(device=device, dtype=dtype)
+def time_grid(steps: int, shift: float = 1.0) -> Tensor:
+    """The Euler sampler's times t_0 = 0 < ... < t_steps = 1, (steps + 1,) float64.
+
+    Uniform (shift 1): t_i = i * (1 / steps). With shift s > 1: t_i = u / (s - (s - 1) u) at
+    u = i / steps, smaller steps near t = 0 (the noise), where the path turns most.
+    """
+    u = torch.arange(steps + 1, dtype=torch.float64) * (1.0 / steps)  # (S + 1,)
+    u[-1] = 1.0
+    return u if shift == 1.0 else u / (shift - (shift - 1.0) * u)
+
+
+def step_times(steps: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+               shift: float = 1.0) -> Tensor:
+    """The left end of each Euler step, (steps,): computed in float64 and then rounded, so every
+    sampler sees the very same times."""
+    return time_grid(steps, shift)[:-1].to(device=device, dtype=dtype)
 
 
 def euler_sample(
     velocity_fn: VelocityFn,
     z0: Tensor,
-    cond: Tensor,
+    cond,
     steps: int = 8,
     return_trajectory: bool = False,
+    shift: float = 1.0,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Integrate dz/dt = velocity_fn(z, t, cond) from t = 0 (z0) to t = 1 with `steps` Euler steps.
+    """Integrate dz/dt = velocity_fn(z, t, cond) from t = 0 (z0) to t = 1 with `steps` Euler steps
+    on `time_grid(steps, shift)`.
 
     Differentiable: no no_grad here, so a loss on the result reaches the velocity net and cond.
     Callers that only sample use the inference sampler (flowsdf.fast_sampler), which equals this.
 
     Returns z1 (B, *latent), or (z1, trajectory) with trajectory (steps + 1, B, *latent) holding z
-    at t = 0, 1/steps, ..., 1 (trajectory[0] is z0, trajectory[-1] is z1).
+    at each grid time (trajectory[0] is z0, trajectory[-1] is z1).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    dt = 1.0 / steps
+    grid = time_grid(steps, shift).tolist()
     z = z0  # (B, *latent)
     states = [z]
-    for t_i in step_times(steps, dtype=torch.float64).tolist():
-        t = torch.full((z.shape[0],), t_i, dtype=z.dtype, device=z.device)  # (B,)
+    for i in range(steps):
+        # dt as 1 / steps on the uniform grid (the seed's arithmetic, bit for bit), else the gap.
+        dt = 1.0 / steps if shift == 1.0 else grid[i + 1] - grid[i]
+        t = torch.full((z.shape[0],), grid[i], dtype=z.dtype, device=z.device)  # (B,)
         z = z + dt * velocity_fn(z, t, cond)  # (B, *latent)
         if return_trajectory:
             states.append(z)
     if return_trajectory:
         return z, torch.stack(states)  # (B, *latent), (steps + 1, B, *latent)
     return z
+
+
+def drop_condition(tokens: Tensor, keep: Tensor) -> Tensor:
+    """Condition tokens (B, N, C) with the rows where keep (B,) is False replaced by the null
+    condition (zeros): classifier-free guidance's condition dropout."""
+    return tokens * keep.to(tokens.dtype).view(-1, *([1] * (tokens.ndim - 1)))
+
+
+def guided_velocity(velocity_fn: VelocityFn, null_cond, weight: float, until: float = 1.0) -> VelocityFn:
+    """Classifier-free guidance: v = v(z, t, null) + W (v(z, t, cond) - v(z, t, null)) where t < until,
+    the conditional velocity elsewhere. W = 1 returns velocity_fn itself (exactly the conditional flow)."""
+    if weight == 1.0:
+        return velocity_fn
+
+    def guided(z: Tensor, t: Tensor, cond) -> Tensor:
+        v_c = velocity_fn(z, t, cond)  # (B, *latent)
+        if float(t[0]) >= until:
+            return v_c
+        v_u = velocity_fn(z, t, null_cond)  # (B, *latent)
+        return v_u + weight * (v_c - v_u)
+
+    return guided
 
 
 @dataclass
@@ -133,20 +195,34 @@ class ObjectiveNoise:
     """
 
     z0_velocity: Tensor  # (B, *latent) source noise of the velocity term
-    t: Tensor  # (B,) its times, uniform in [0, 1)
+    t: Tensor  # (B,) its times in [0, 1)
     z0_sampling: Tensor  # (B, *latent) source noise of the sampling term
+    keep: Tensor | None = None  # (B,) bool: rows that keep their condition (None: all; no dropout)
 
     def rows(self, part: slice) -> "ObjectiveNoise":
-        return ObjectiveNoise(self.z0_velocity[part], self.t[part], self.z0_sampling[part])
+        keep = None if self.keep is None else self.keep[part]
+        return ObjectiveNoise(self.z0_velocity[part], self.t[part], self.z0_sampling[part], keep)
 
 
-def draw_objective_noise(z1: Tensor, sigma: float, generator: torch.Generator | None = None) -> ObjectiveNoise:
-    """The draws of `flow_loss` for target codes z1 (B, *latent): velocity noise, times, sampling noise."""
-    z0_v = sample_noise(z1.shape, sigma, generator, z1.device, z1.dtype)  # (B, *latent)
-    draw_device = generator.device if generator is not None else z1.device
-    t = torch.rand(z1.shape[0], generator=generator, device=draw_device, dtype=z1.dtype).to(z1.device)  # (B,)
-    z0_s = sample_noise(z1.shape, sigma, generator, z1.device, z1.dtype)  # (B, *latent)
-    return ObjectiveNoise(z0_v, t, z0_s)
+def draw_objective_noise(z1: Tensor, sigma: float, generator: torch.Generator | None = None,
+                         config: FlowConfig | None = None) -> ObjectiveNoise:
+    """The draws of `flow_loss` for target codes z1 (B, *latent): velocity noise, times, sampling
+    noise, and (config.cond_dropout > 0) which rows keep their condition. With the seed's settings
+    the draws are exactly the seed's (nothing more is drawn)."""
+    config = config or FlowConfig()
+    B, dev = z1.shape[0], z1.device
+    draw_device = generator.device if generator is not None else dev
+    z0_v = sample_noise(z1.shape, sigma, generator, dev, z1.dtype)  # (B, *latent)
+    if config.time_sampling == "uniform":
+        t = torch.rand(B, generator=generator, device=draw_device, dtype=z1.dtype).to(dev)  # (B,)
+    else:  # logit-normal
+        logits = torch.randn(B, generator=generator, device=draw_device, dtype=z1.dtype)  # (B,)
+        t = torch.sigmoid(config.logit_mean + config.logit_std * logits).to(dev)  # (B,)
+    z0_s = sample_noise(z1.shape, sigma, generator, dev, z1.dtype)  # (B, *latent)
+    keep = None
+    if config.cond_dropout > 0:
+        keep = (torch.rand(B, generator=generator, device=draw_device) >= config.cond_dropout).to(dev)  # (B,)
+    return ObjectiveNoise(z0_v, t, z0_s, keep)
 
 
 def velocity_loss(velocity_fn: VelocityFn, z1: Tensor, cond: Tensor, z0: Tensor, t: Tensor) -> Tensor:
@@ -172,7 +248,10 @@ def flow_loss(
     The terms stay tensors (no .item()) so logging them does not force a device sync every step.
     """
     lv = velocity_loss(velocity_fn, z1, cond, noise.z0_velocity, noise.t)
-    ls = sampling_loss(velocity_fn, z1, cond, noise.z0_sampling, config.steps)
+    if config.sampling_weight > 0:
+        ls = sampling_loss(velocity_fn, z1, cond, noise.z0_sampling, config.steps)
+    else:  # conditional flow matching alone: no integration to back-propagate through
+        ls = torch.zeros((), device=z1.device)
     total = config.velocity_weight * lv + config.sampling_weight * ls
     return total, {"velocity": lv.detach(), "sampling": ls.detach()}
 

@@ -111,6 +111,8 @@ def finished_models(run_dir: Path, device: torch.device) -> dict[str, Trained]:
     cfg = runs.read_config(run_dir)
     models = {}
     for name, stage, epochs in (("cnn", "stage1", cfg.stage1.epochs), ("flow", "phase2", cfg.phase2.epochs)):
+        if name == "cnn" and cfg.encoder.kind == "table":
+            continue  # a table of the training shapes' codes: nothing to evaluate on other pictures
         if runs.checkpoint_epoch(run_dir, stage) == epochs:
             models[name] = load_model(run_dir, name, device)
     if not models:

@@ -97,7 +97,11 @@ class FlowSDF:
                  finished: bool = True, stage1: str | Path | None = None) -> "FlowSDF":
         """Load `model` ("cnn", "flow" or "flow-noscale") of a run folder onto `device` (what
         `finished` and `stage1` mean: flowsdf.loading.load_model)."""
-        return cls(load_model(run_dir, model, device, finished, stage1))
+        trained = load_model(run_dir, model, device, finished, stage1)
+        if model == "cnn" and trained.cfg.encoder.kind == "table":
+            raise FlowSDFError(f"{run_dir}: its Stage 1 is a table of codes fitted to its training shapes, not a "
+                               "picture encoder; load its flow (model 'flow')")
+        return cls(trained)
 
     # --- properties ------------------------------------------------------------------------
 
@@ -127,16 +131,25 @@ class FlowSDF:
         if steps < 1:
             raise FlowSDFError(f"steps must be at least 1, got {steps}")
         if steps not in self._samplers:
-            self._samplers[steps] = make_sampler(self.velocity, self.sigma, steps, self.latent_shape)
+            f = self.cfg.flow
+            self._samplers[steps] = make_sampler(self.velocity, self.sigma, steps, self.latent_shape, f.time_shift,
+                                                 f.guidance_until)
         return self._samplers[steps]
 
-    def predictor(self, steps: int | None = None) -> Predictor:
+    def predictor(self, steps: int | None = None, guidance: float | None = None) -> Predictor:
         """images, generator -> codes, as evaluation calls a model: the encoder, or the flow with the
-        noise of the whole batch drawn from the generator, then the inference sampler."""
+        noise of the whole batch drawn from the generator, then the inference sampler (guidance W:
+        default the run's flow.guidance)."""
         if self.encoder is not None:
             encoder = self.encoder
             return lambda images, gen: encoder(images)
-        return sampler_predictor(self.conditioner, self.sampler(steps))
+        return sampler_predictor(self.conditioner, self.sampler(steps), self._guidance(guidance))
+
+    def _guidance(self, guidance: float | None) -> float:
+        w = self.cfg.flow.guidance if guidance is None else guidance
+        if not 0 <= w <= 100:
+            raise FlowSDFError(f"guidance must be from 0 to 100, got {w}")
+        return w
 
     # --- inference -------------------------------------------------------------------------
 
@@ -168,8 +181,10 @@ class FlowSDF:
         return batch.clamp(0.0, 1.0), prepared  # (N, 3, S, S)
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], samples: int = 1, steps: int | None = None,
-                 seed: int = 0, trajectory: bool = False, refine: int = 0, prepare: bool = True) -> Result:
+                 seed: int = 0, trajectory: bool = False, refine: int = 0, prepare: bool = True,
+                 guidance: float | None = None) -> Result:
         """K = `samples` codes per picture (N, K, *latent); `trajectory` keeps the flow's Euler states.
+        `guidance` W of classifier-free guidance (default: the run's flow.guidance; 1 = none).
 
         `refine` > 0 fits every code for that many steps to its picture's foreground mask, seen
         from the input camera (flowsdf.refine); the trajectory, if kept, is the unrefined one.
@@ -179,7 +194,7 @@ class FlowSDF:
             raise FlowSDFError(f"samples must be at least 1, got {samples}")
         if refine < 0:
             raise FlowSDFError(f"refine must be at least 0 steps, got {refine}")
-        result = self._sample(images, samples, steps, seed, trajectory, prepare)
+        result = self._sample(images, samples, steps, seed, trajectory, prepare, self._guidance(guidance))
         if refine > 0:
             N, K = result.codes.shape[:2]
             codes = self.refine(result.codes.flatten(0, 1), result.images.repeat_interleave(K, dim=0), refine)
@@ -188,7 +203,7 @@ class FlowSDF:
 
     @torch.no_grad()
     def _sample(self, images: ImageInput | Sequence[ImageInput], samples: int, steps: int | None, seed: int,
-                trajectory: bool, prepare: bool) -> Result:
+                trajectory: bool, prepare: bool, guidance: float) -> Result:
         batch, prepared = self.load_images(images, prepare)  # (N, 3, S, S)
         N, K, L = batch.shape[0], samples, self.latent_shape
         if not self.is_flow:
@@ -197,7 +212,7 @@ class FlowSDF:
         sampler = self.sampler(steps)
         cond = self.conditioner(batch).repeat_interleave(K, dim=0)  # (N*K, ...)
         z0 = sampler.noise([seed + k for k in range(K)] * N, self.device)  # (N*K, *latent)
-        out = sampler(cond, z0, trajectory)
+        out = sampler(cond, z0, trajectory, guidance=guidance)
         codes, traj = out if trajectory else (out, None)
         if traj is not None:
             traj = traj.view(sampler.steps + 1, N, K, *L)  # (steps + 1, N, K, *latent)

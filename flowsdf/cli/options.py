@@ -32,3 +32,4 @@ MESH_RESOLUTION = (8, 512)  # as the config's eval.mesh_resolution
 REFINE_STEPS = (0, 100_000)  # test-time fitting steps per picture
 BENCH_BATCH = (1, 1024)  # images rendered at once in a timed training step
 GRAD_BATCH = (1, 65_536)  # as the config's batch_size (the dataset caps it anyway)
+GUIDANCE = (0, 100)  # classifier-free guidance W (1 = the plain conditional flow)

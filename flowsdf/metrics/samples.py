@@ -14,9 +14,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flowsdf.data.dataset import ShapeSplit
+from flowsdf.data.dataset import ShapeSplit, Views
 from flowsdf.fast_sampler import ReferenceSampler
+from flowsdf.fields import bounded, code_field
+from flowsdf.metrics.shapes import gt_field
 from flowsdf.metrics.silhouette import silhouette_iou
+from flowsdf.metrics.surface import volumetric_iou
 from flowsdf.metrics.views import predict_codes, render_group
 from flowsdf.render.rays import RenderConfig
 from flowsdf.render.silhouette import silhouettes
@@ -90,3 +93,34 @@ def novel_view_samples(predict, decoder: nn.Module, split: ShapeSplit, render_cf
         probs = torch.sigmoid(render_group(decoder, codes, split.novel, render_cfg, tau))  # (N, V, H, W)
         ious.append(silhouette_iou(probs.flatten(0, 1), split.novel.masks.flatten(0, 1)).view(len(split), -1).mean(1))
     return best_and_mean(torch.stack(ious))  # (K, N)
+
+
+@torch.no_grad()
+def heldout_samples_3d(predict, decoder: nn.Module, split: ShapeSplit, render_cfg: RenderConfig, tau: float, k: int,
+                       n_volume: int = 50_000) -> dict:
+    """K samples per shape (sample j: the predictor's noise from seed j) scored in 3-D and on the
+    input view: `best_and_mean` of the volumetric IoU with the true shape, the same for the mean of
+    the K codes, and how well every sample agrees with the picture: each sample's input-view IoU
+    over the mean code's (the share of samples at >= 0.9 of it, and the lowest ratio)."""
+    specs = split.shapes
+    codes = torch.stack([predict_codes(predict, split, seed) for seed in range(k)])  # (K, N, *latent)
+    vol = torch.zeros(k, len(specs))  # (K, N)
+    for j in range(k):
+        for i, spec in enumerate(specs):
+            field = bounded(code_field(decoder, codes[j, i]), render_cfg.bound_radius)
+            vol[j, i] = volumetric_iou(field, gt_field(spec), n_points=n_volume, device=codes.device)
+    mean_codes = codes.mean(0)  # (N, *latent)
+    mean_vol = [volumetric_iou(bounded(code_field(decoder, c), render_cfg.bound_radius), gt_field(s),
+                               n_points=n_volume, device=codes.device) for c, s in zip(mean_codes, specs)]
+    first = Views(*(x[:, :1] for x in (split.input.images, split.input.masks, split.input.K, split.input.c2w,
+                                         split.input.light)))  # the input view of each shape
+
+    def input_iou(c: Tensor) -> Tensor:  # codes (N, *latent) -> (N,)
+        probs = torch.sigmoid(render_group(decoder, c, first, render_cfg, tau))[:, 0]  # (N, S, S)
+        return silhouette_iou(probs, first.masks[:, 0])
+    sample_iou = torch.stack([input_iou(codes[j]) for j in range(k)])  # (K, N)
+    ratio = sample_iou / input_iou(mean_codes).clamp(min=1e-6)  # (K, N)
+    return {**best_and_mean(vol), "mean_code_3d_iou": sum(mean_vol) / len(mean_vol),
+            "input_iou_best_of_k": sample_iou.max(0).values.mean().item(), "input_iou_mean_of_k": sample_iou.mean().item(),
+            "samples_within_90pct_of_mean_input_iou": (ratio >= 0.9).float().mean().item(),
+            "lowest_input_iou_ratio": ratio.min().item(), "per_shape_3d_iou": vol.T.tolist()}

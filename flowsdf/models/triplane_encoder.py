@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from flowsdf.schema import POSITIVE, Rule, all_in, int_range
+from flowsdf.schema import all_in, int_range
 
 
 @dataclass

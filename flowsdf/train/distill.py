@@ -24,6 +24,7 @@ from flowsdf.errors import FlowSDFError
 from flowsdf.flow import (
     FlowConfig,
     draw_objective_noise,
+    drop_condition,
     euler_sample,
     flow_loss,
     sample_noise,
@@ -72,9 +73,12 @@ class DistillObjective(nn.Module):
         self, images: Tensor, z1: Tensor, sigma: float, gen: torch.Generator, part: slice
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """images (B, 3, H, W), target codes z1 (B, *latent) -> (loss to back-propagate, per-term losses)."""
-        noise = draw_objective_noise(z1, sigma, gen).rows(part)  # this rank's rows of the batch's draws
+        noise = draw_objective_noise(z1, sigma, gen, self.flow_cfg).rows(part)  # this rank's rows of the batch's draws
         z1 = z1[part]
-        cond = self.velocity.prepare(self.conditioner(images[part]))  # (b, ...) as the net reads it
+        tokens = self.conditioner(images[part])  # (b, N, C)
+        if noise.keep is not None:  # classifier-free guidance: some rows learn the unconditional velocity
+            tokens = drop_condition(tokens, noise.keep)
+        cond = self.velocity.prepare(tokens)  # (b, ...) as the net reads it
         total, parts = flow_loss(self.velocity, z1, cond, noise, self.flow_cfg)
         return total * distributed.loss_scale(z1.shape[0], images.shape[0]), parts
 

@@ -111,9 +111,11 @@ def train_flow(
 
     stage1 = load_model(init_dir, "cnn", dev)  # check_stage1_run made sure its models are cfg's
     encoder, decoder = stage1.encoder, stage1.decoder
-    train_views = flatten_views(data.train.input)
+    # The pictures Stage 1 mapped to codes: with all_views, each shape's first view (its code explains
+    # all its views, in that view's frame); else every training view.
+    pictures = data.train.input.images[:, 0] if cfg.stage1.all_views else flatten_views(data.train.input).images
     with torch.no_grad():
-        targets = encoder.eval()(train_views.images)  # (M, D) the Stage-1 codes
+        targets = encoder.eval()(pictures)  # (M, *latent) the Stage-1 codes
     sigma = noise_scale(targets) if cfg.flow.noise_scaling else 1.0
 
     if p1_ckpt.exists():  # written last by phase1(): its presence means Phase 1 finished
@@ -122,7 +124,7 @@ def train_flow(
         check_phase1_init(p1_ckpt, meta, init_ckpt)
         sigma = meta["sigma"]
     else:
-        conditioner, velocity = phase1(cfg, run_dir, train_views.images, targets, sigma, progress, init_ckpt)
+        conditioner, velocity = phase1(cfg, run_dir, pictures, targets, sigma, progress, init_ckpt)
 
     phase = Phase(
         name="phase2",

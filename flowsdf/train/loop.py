@@ -87,6 +87,23 @@ def silhouette_loss(
     return F.binary_cross_entropy_with_logits(logits, views.masks), logits
 
 
+def best_of_k_loss(decoder: nn.Module, codes: Tensor, views: Views, render_cfg: RenderConfig, tau: float,
+                   k: int) -> tuple[Tensor, dict[str, float]]:
+    """The silhouette BCE of the best of K samples per shape: codes (b*K, *latent) (K samples of each
+    of b shapes, in order), views (b, V, ...) the shape's supervising views. Each sample is scored on
+    all V views and only the best one's loss is kept: the samples are free to differ where the views
+    agree with several of them, which is what keeps a generative flow from collapsing to one code."""
+    b, V = views.masks.shape[:2]
+    rep = Views(*(x.repeat_interleave(k, dim=0).flatten(0, 1) for x in (views.images, views.masks, views.K,
+                                                                        views.c2w, views.light)))  # b*K*V views
+    size = views.masks.shape[-1]
+    min_sdf = render_views(decoder.field(codes.repeat_interleave(V, dim=0)), rep.K, rep.c2w, size, render_cfg, tau)
+    bce = F.binary_cross_entropy_with_logits(silhouette_logits(min_sdf, tau), rep.masks, reduction="none")
+    per_sample = bce.flatten(1).mean(1).view(b, k, V).mean(2)  # (b, K)
+    best = per_sample.min(dim=1).values  # (b,)
+    return best.mean(), {"mean_of_k_bce": per_sample.mean().item()}
+
+
 def step_loss(phase: "Phase", codes: Tensor, batch: Views, cfg: Config, tau: float) -> tuple[Tensor, dict[str, float]]:
     """The training loss of one batch: silhouette BCE, plus the shaded-RGB term when the phase
     has rgb_weight > 0 (Stage 3, train/rgb.py). Returns (loss, parts to log as epoch means)."""
@@ -132,18 +149,25 @@ class SilhouetteObjective(nn.Module):
     def forward(self, batch: Views, gen: torch.Generator, tau: float, part: slice) -> tuple[Tensor, Tensor, dict[str, float]]:
         """-> (loss to back-propagate, sum over the share of each image's loss (detached), the
         same sums of the loss's logged parts)."""
-        tc = self.phase.train
+        tc, K = self.phase.train, self.phase.train.best_of
         # all_views: a sample is a shape with its V views, its code predicted from the first.
-        codes = self.phase.predict(batch.images[:, 0] if tc.all_views else batch.images, gen)[part]  # (b, D)
+        pictures = batch.images[:, 0] if tc.all_views else batch.images
+        codes = self.phase.predict(pictures.repeat_interleave(K, dim=0) if K > 1 else pictures, gen)  # (B*K, *latent)
+        codes = codes[part.start * K : part.stop * K]  # (b*K, *latent) this process's shapes' samples
         local = Views(*(x[part] for x in (batch.images, batch.masks, batch.K, batch.c2w, batch.light)))
         b, total = local.images.shape[0], batch.images.shape[0]
         if b == 0:  # every parameter still takes part, with a zero gradient
             zero = 0.0 * sum(p.sum() for p in self.parameters())
             return zero, zero.detach(), {}
-        if tc.all_views:
-            codes, local = all_views_batch(codes, local)  # (b*V, D), b*V views
-        loss, parts = step_loss(self.phase, codes, local, self.cfg, tau)
+        if K > 1:  # the best of K samples against all the shape's views (config check: all_views)
+            loss, parts = best_of_k_loss(self.phase.decoder, codes, local, self.cfg.render, tau, K)
+        else:
+            if tc.all_views:
+                codes, local = all_views_batch(codes, local)  # (b*V, *latent), b*V views
+            loss, parts = step_loss(self.phase, codes, local, self.cfg, tau)
         extra = extra_terms(self.phase.decoder, codes, local, self.cfg.render, tc.sdfsrn, gen)  # eikonal, background bound
+        if tc.code_l2 > 0:  # a prior that keeps the codes compact (DeepSDF's, for a code table)
+            extra = (0 if extra is None else extra) + tc.code_l2 * codes.square().mean()
         if extra is not None:
             loss = loss + extra
         return loss * distributed.loss_scale(b, total), loss.detach() * b, {k: v * b for k, v in parts.items()}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flowsdf import runs
 from flowsdf.build import build_stage1
+from flowsdf.models.codes import CodeTable
 from flowsdf.checkpoint import write_json
 from flowsdf.config import Config
 from flowsdf.data.dataset import Dataset
@@ -57,6 +58,8 @@ def train_stage1(
         runs.begin(run_dir, cfg, "stage1")
         runs.record_data(run_dir, data.root, cfg.data.hash())
     encoder, decoder = (m.to(dev) for m in build_stage1(cfg))
+    if isinstance(encoder, CodeTable):  # its rows are the training shapes, addressed by their input pictures
+        encoder.register(data.train.input.images[:, 0])
     phase = Phase(
         name="stage1",
         modules=add_albedo({"encoder": encoder, "decoder": decoder}, cfg.stage1, math.prod(cfg.decoder.latent_shape), cfg.seed, dev),
