@@ -21,6 +21,8 @@ from flowsdf.models.triplane import TriplaneDecoder
 from flowsdf.models.triplane_encoder import TriplaneEncoder
 from flowsdf.models.velocity import VelocityNet
 from flowsdf.models.vit import ViTConditioner
+from flowsdf.text.encoder import build_text_encoder
+from flowsdf.text.tokenizer import WordTokenizer
 
 
 def build_decoder(cfg: Config) -> nn.Module:
@@ -58,6 +60,18 @@ def build_velocity(cfg: Config) -> nn.Module:
     if cfg.velocity.kind == "mlp":
         return VelocityNet(cfg.velocity.mlp, shape, cond_dim)
     return DiTVelocity(cfg.velocity.dit, shape, cond_dim)
+
+
+def build_text_flow(cfg: Config, tokenizer: WordTokenizer | None) -> tuple[nn.Module, nn.Module]:
+    """The text encoder of `text.kind` (with `tokenizer` for the small one) and a velocity net of
+    `velocity.kind` reading its tokens, initialised from cfg.seed (not the image flow's: seed + 3)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 3)
+        text = build_text_encoder(cfg.text, tokenizer)
+        shape, width = cfg.decoder.latent_shape, text.width
+        if cfg.velocity.kind == "mlp":
+            return text, VelocityNet(cfg.velocity.mlp, shape, width)
+        return text, DiTVelocity(cfg.velocity.dit, shape, width)
 
 
 def build_stage1(cfg: Config) -> tuple[nn.Module, nn.Module]:

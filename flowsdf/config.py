@@ -26,6 +26,7 @@ from flowsdf.models.triplane_encoder import TriplaneEncoderConfig
 from flowsdf.models.velocity import VelocityConfig
 from flowsdf.models.vit import ViTConfig
 from flowsdf.render.rays import RenderConfig
+from flowsdf.text.encoder import TextConfig
 from flowsdf.schema import (
     ANY_BOOL,
     COUNT,
@@ -114,6 +115,24 @@ class VelocityKinds:
     dit: DiTConfig = field(default_factory=DiTConfig)
 
     RULES = {"kind": one_of("mlp", "dit")}
+
+
+@dataclass
+class TextTrainConfig:
+    """The text-conditioned flow (`flowsdf train --stage text`): conditional flow matching from a
+    shape's captions (flowsdf.data.captions) to its Stage-1 code, with condition dropout for
+    classifier-free guidance."""
+
+    iterations: int = 3000
+    batch_size: int = 64
+    lr: float = 3e-4
+    captions_per_shape: int = 8  # training captions drawn per shape (varied templates and words)
+    cond_dropout: float = 0.1  # share of rows trained with the null condition
+    guidance: float = 3.0  # W that `flowsdf generate` and pipe.generate use by default
+
+    RULES = {"iterations": int_range(1, 10_000_000), "batch_size": int_range(1, 65_536), "lr": POSITIVE,
+             "captions_per_shape": int_range(1, 64), "cond_dropout": FRACTION, "guidance": Rule(
+                 "a number from 0 to 100", lambda v: 0 <= v <= 100)}
 
 
 @dataclass
@@ -240,6 +259,10 @@ class Config:
     )
     stage3: Stage3Config = field(default_factory=Stage3Config)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # Text to 3-D: the text encoder (small: trained here; clip: frozen, from a local folder) and
+    # the training of the text-conditioned flow over the Stage-1 codes.
+    text: TextConfig = field(default_factory=TextConfig)
+    text_train: TextTrainConfig = field(default_factory=TextTrainConfig)
 
     RULES = {"preset": Rule("a preset name", lambda v: v in PRESETS), "seed": COUNT, "frame": one_of(*FRAMES)}
 
@@ -269,6 +292,10 @@ def _fits(cfg: Config) -> list[str]:
     if cfg.conditioner.kind == "vit" and size % cfg.conditioner.vit.patch_size:
         problems.append(f"data.image_size ({size}) must be a multiple of conditioner.vit.patch_size "
                         f"({cfg.conditioner.vit.patch_size})")
+    if cfg.text.kind == "small" and cfg.text.width % cfg.text.heads:
+        problems.append(f"text.width ({cfg.text.width}) must be a multiple of text.heads ({cfg.text.heads})")
+    if cfg.text.kind == "clip" and not cfg.text.clip_path:
+        problems.append("text.kind=clip needs text.clip_path=FOLDER (a local CLIP model folder)")
     if cfg.conditioner.kind == "dinov2" and not cfg.conditioner.weights:
         problems.append("conditioner.kind=dinov2 needs conditioner.weights=PATH (a local DINOv2-Small file or folder)")
     cnn = cfg.conditioner.cnn

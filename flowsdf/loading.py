@@ -7,7 +7,9 @@ Three models can be loaded from a run:
 - "cnn": the Stage-1 encoder and its decoder (deterministic);
 - "flow": the Stage-2 conditioner, velocity net and decoder, with the noise scale sigma;
 - "flow-noscale": Phase 1's ablation flow distilled without noise scaling (sigma = 1), decoded by
-  the Stage-1 decoder whose codes it was fitted to (it shows the collapse scaling prevents).
+  the Stage-1 decoder whose codes it was fitted to (it shows the collapse scaling prevents);
+- "text": the text-conditioned flow (its text encoder as the conditioner), decoded by the Stage-1
+  decoder whose codes it learnt (flowsdf.train.text).
 
 Every refusal (no run, unfinished, damaged, another config) is one FlowSDFError.
 """
@@ -22,14 +24,15 @@ from safetensors import safe_open
 from torch import nn
 
 from flowsdf import checkpoint, runs
-from flowsdf.build import build_flow, build_stage1
+from flowsdf.build import build_flow, build_stage1, build_text_flow
 from flowsdf.config import Config
 from flowsdf.device import pick_device
 from flowsdf.errors import FlowSDFError
 from flowsdf.models.albedo import MODULE as ALBEDO
 from flowsdf.models.albedo import AlbedoHead
+from flowsdf.text.tokenizer import WordTokenizer
 
-MODELS = ("cnn", "flow", "flow-noscale")
+MODELS = ("cnn", "flow", "flow-noscale", "text")
 
 
 @dataclass
@@ -79,6 +82,8 @@ def load_model(run_dir: str | Path, model: str = "flow", device: str | torch.dev
     run_dir = Path(run_dir)
     dev = device if isinstance(device, torch.device) else pick_device(device)
     cfg = runs.read_config(run_dir)
+    if model == "text":
+        return _load_text(run_dir, cfg, dev, finished)
     if model == "cnn":
         ckpt = stage_checkpoint(run_dir, "stage1", cfg.stage1.epochs, finished)
         encoder, decoder = (m.to(dev) for m in build_stage1(cfg))
@@ -104,6 +109,25 @@ def load_model(run_dir: str | Path, model: str = "flow", device: str | torch.dev
     checkpoint.load(s1, {"decoder": decoder, "encoder": build_stage1(cfg)[0].to(dev)}, map_location=dev)
     return Trained(cfg, model, decoder, cfg.stage1.tau_end, run_dir, ("stage1", "phase1"),
                    conditioner=conditioner, velocity=velocity, sigma=float(meta["sigma"]))
+
+
+def _load_text(run_dir: Path, cfg: Config, dev: torch.device, finished: bool) -> Trained:
+    """The text flow of a run and the Stage-1 decoder it learnt the codes of."""
+    ckpt = runs.checkpoint_path(run_dir, "text")
+    if not ckpt.is_file():
+        raise FlowSDFError(f"{run_dir} has no text model ({ckpt} does not exist); train one with "
+                           f"`flowsdf train --stage text --init {run_dir} --out {run_dir}`")
+    meta = checkpoint.read_header(ckpt)["meta"]
+    if finished and meta.get("iteration") != cfg.text_train.iterations:
+        raise FlowSDFError(f"{run_dir}: the text flow is unfinished (iteration {meta.get('iteration')} of "
+                           f"{cfg.text_train.iterations}); resume its training first")
+    tokenizer = WordTokenizer.from_dict(meta["tokenizer"]) if meta.get("tokenizer") else None
+    text, velocity = (m.to(dev) for m in build_text_flow(cfg, tokenizer))
+    checkpoint.load(ckpt, {"text": text, "velocity": velocity}, map_location=dev)
+    encoder, decoder = (m.to(dev) for m in build_stage1(cfg))
+    checkpoint.load(stage1_checkpoint_of(run_dir, "text"), {"encoder": encoder, "decoder": decoder}, map_location=dev)
+    return Trained(cfg, "text", decoder, cfg.stage1.tau_end, run_dir, ("stage1", "text"), conditioner=text,
+                   velocity=velocity, sigma=float(meta["sigma"]))
 
 
 def finished_models(run_dir: Path, device: torch.device) -> dict[str, Trained]:
@@ -142,14 +166,14 @@ def stage_checkpoint(run_dir: Path, stage: str, epochs: int, finished: bool) -> 
     return path
 
 
-def stage1_checkpoint_of(run_dir: Path) -> Path:
-    """The Stage-1 checkpoint a flow run started from: the run's own, else the one Phase 1
-    recorded (by its path relative to the run, checked against its digest; older runs recorded an
-    absolute path)."""
+def stage1_checkpoint_of(run_dir: Path, stage: str = "phase1") -> Path:
+    """The Stage-1 checkpoint a flow run started from: the run's own, else the one `stage`'s
+    checkpoint recorded (by its path relative to the run, checked against its digest; older runs
+    recorded an absolute path)."""
     own = runs.checkpoint_path(run_dir, "stage1")
     if own.is_file():
         return own
-    meta = checkpoint.read_header(runs.checkpoint_path(run_dir, "phase1"))["meta"]
+    meta = checkpoint.read_header(runs.checkpoint_path(run_dir, stage))["meta"]
     if "init_relative" in meta:
         path = Path(run_dir) / meta["init_relative"]
         if not path.is_file() or checkpoint.digest(path) != meta.get("init_sha256"):

@@ -190,6 +190,8 @@ class FlowSDF:
         from the input camera (flowsdf.refine); the trajectory, if kept, is the unrefined one.
         `prepare` (files and PIL images): see `load_images`.
         """
+        if self.model == "text":
+            raise FlowSDFError("a text model takes prompts: use FlowSDF.generate(texts)")
         if samples < 1:
             raise FlowSDFError(f"samples must be at least 1, got {samples}")
         if refine < 0:
@@ -202,6 +204,25 @@ class FlowSDF:
         return result
 
     @torch.no_grad()
+    def generate(self, texts: str | Sequence[str], samples: int = 1, steps: int | None = None, seed: int = 0,
+                 guidance: float | None = None) -> Result:
+        """Text to 3-D (a "text" model): K = `samples` codes (N, K, *latent) per prompt. Sample k of
+        every prompt starts from the noise of seed `seed + k`; `guidance` W (default: the run's
+        text_train.guidance; 1 = the plain conditional flow). Result.images is empty (N, 0)."""
+        if self.model != "text":
+            raise FlowSDFError(f"generate needs a text model (FlowSDF.from_run(run, 'text')), not {self.model!r}")
+        if samples < 1:
+            raise FlowSDFError(f"samples must be at least 1, got {samples}")
+        prompts = [texts] if isinstance(texts, str) else list(texts)
+        w = self._guidance(self.cfg.text_train.guidance if guidance is None else guidance)
+        with torch.no_grad():
+            tokens, mask = self.conditioner.encode(prompts)  # (N, L, C), (N, L); one clear error for bad prompts
+        N, K = len(prompts), samples
+        sampler = self.sampler(steps)
+        z0 = sampler.noise([seed + k for k in range(K)] * N, self.device)  # (N*K, *latent)
+        codes = sampler(tokens.repeat_interleave(K, dim=0), z0, cond_mask=mask.repeat_interleave(K, dim=0), guidance=w)
+        return Result(torch.zeros(N, 0), codes.view(N, K, *self.latent_shape), seed, sampler.steps)
+
     def _sample(self, images: ImageInput | Sequence[ImageInput], samples: int, steps: int | None, seed: int,
                 trajectory: bool, prepare: bool, guidance: float) -> Result:
         batch, prepared = self.load_images(images, prepare)  # (N, 3, S, S)

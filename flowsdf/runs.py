@@ -97,6 +97,8 @@ def prepare(run_dir: Path, cfg: Config, stage: str, resume: bool) -> tuple[Confi
 
 # Config fields that only Stage 2 reads: a Stage-2 run may set them in a Stage-1 run folder.
 STAGE2_FIELDS = ("conditioner", "velocity", "flow", "phase1", "phase2")
+# ... and those only the text flow reads (flowsdf.train.text).
+TEXT_FIELDS = ("text", "text_train")
 
 
 def _without(cfg: Config, names: tuple[str, ...]) -> dict:
@@ -116,7 +118,8 @@ def begin(run_dir: Path, cfg: Config, stage: str) -> None:
         raise FlowSDFError(f"cannot write to {Path(run_dir) / stage}: {e.strerror or e}") from e
     clean_temporaries(run_dir, ("phase1", "phase2") if stage == "phase2" else (stage,))
     path = Path(run_dir) / "config.json"
-    if not path.exists() or (stage in ("phase1", "phase2") and read_config(run_dir) != cfg):
+    # Stages after Stage 1 may set their own sections (Stage 2's, the text flow's): record them.
+    if not path.exists() or (stage in ("phase1", "phase2", "text") and read_config(run_dir) != cfg):
         atomic_write_text(path, config_mod.dumps(cfg))
 
 

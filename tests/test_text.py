@@ -143,10 +143,15 @@ def test_small_encoder_trains():
 
 
 def test_text_config_checks():
-    with pytest.raises(FlowSDFError):
-        TextConfig(kind="bert")
-    with pytest.raises(FlowSDFError):
-        TextConfig(width=30, heads=4)
+    from flowsdf import config as config_mod
+    from flowsdf import overrides
+
+    with pytest.raises(FlowSDFError, match="text.kind"):
+        overrides.apply(config_mod.preset("tiny"), ["text.kind=bert"])
+    with pytest.raises(FlowSDFError, match="text.width"):
+        overrides.apply(config_mod.preset("tiny"), ["text.width=30", "text.heads=4"])
+    with pytest.raises(FlowSDFError, match="text.clip_path"):
+        overrides.apply(config_mod.preset("tiny"), ["text.kind=clip"])
     with pytest.raises(FlowSDFError):
         SmallTextEncoder(TextConfig(max_length=8), tiny_tokenizer(max_length=12))
 

@@ -12,16 +12,17 @@ from flowsdf import overrides, runs
 from flowsdf.cli.options import EPOCHS, THREADS, add_device, check_range
 from flowsdf.errors import FlowSDFError
 
-STAGES = ("cnn", "flow")
+STAGES = ("cnn", "flow", "text")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     presets = ", ".join(config_mod.PRESETS)
     t = sub.add_parser("train", help="train a stage", description="Train one stage into a run folder (resumable).")
     t.add_argument("--stage", required=True, choices=STAGES,
-                   help="cnn = Stage 1, Mini SDF-SRN; flow = Stage 2, Flow-SDF (Phase 1 distillation, then Phase 2)")
+                   help="cnn = Stage 1, Mini SDF-SRN; flow = Stage 2, Flow-SDF (Phase 1 distillation, then Phase 2); "
+                        "text = a text-conditioned flow over the Stage-1 codes (text to 3-D, `flowsdf generate`)")
     t.add_argument("--init", type=Path, metavar="STAGE1_RUN_DIR",
-                   help="with --stage flow: the finished Stage-1 run to start from (may equal --out)")
+                   help="with --stage flow or text: the finished Stage-1 run to start from (may equal --out)")
     t.add_argument("--preset", default="quick", help=f"config preset ({presets}); default quick; ignored with --resume")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--data", type=Path, help="dataset folder (default: the preset's cached dataset, made if missing)")
@@ -62,6 +63,9 @@ def parse_rgb_weight(text: str) -> float:
 def alias_overrides(args: argparse.Namespace) -> list[str]:
     """The --set items the shortcut flags stand for (before the user's own --set, which wins)."""
     phase = "stage1" if args.stage == "cnn" else "phase2"
+    if args.stage == "text" and any(getattr(args, a) not in (None, False) for a in
+                                    ("epochs", "batch_size", "rgb_weight", "compile", "seed")):
+        raise FlowSDFError("--stage text takes its settings with --set text_train.KEY=VALUE (iterations, batch_size, lr ...)")
     items = []
     if args.epochs is not None:
         items.append(f"{phase}.epochs={args.epochs}")
@@ -81,6 +85,7 @@ def alias_overrides(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from flowsdf.train.flow import train_flow
     from flowsdf.train.stage1 import train_stage1
+    from flowsdf.train.text import train_text
 
     check_range("--threads", args.threads, *THREADS)
     check_range("--until-epoch", args.until_epoch, *EPOCHS)
@@ -92,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = set_overrides(config_mod.preset(args.preset), args)  # checked like a config file
     stage = "stage1" if args.stage == "cnn" else "phase2"
     before = runs.checkpoint_epoch(Path(args.out), stage) if args.resume else None
+    if args.stage == "text":
+        if args.init is None:
+            raise FlowSDFError("--stage text needs --init STAGE1_RUN_DIR (a finished `--stage cnn` run)")
+        summary = train_text(cfg, Path(args.out), args.init, args.data, args.resume, not args.quiet, args.device)
+        print(f"text flow: {summary['iterations']} iterations on {summary['captions']} captions of {summary['shapes']} "
+              f"shapes; last velocity loss {summary['last_velocity_loss']:.5f}")
+        return 0
     if args.stage == "cnn":
         summary = train_stage1(cfg, Path(args.out), args.data, args.resume, not args.quiet, args.device, args.until_epoch)
     else:
@@ -123,9 +135,10 @@ def set_overrides(cfg: config_mod.Config, args: argparse.Namespace) -> config_mo
     cfg = overrides.apply(cfg, args.overrides)
     if args.overrides and args.resume:
         overrides.check_recorded(runs.read_config(Path(args.out)), args.overrides, args.out)
-    elif args.stage == "flow":
-        fixed = [k for k in overrides.keys(args.overrides) if k.split(".")[0] not in runs.STAGE2_FIELDS]
+    elif args.stage in ("flow", "text"):
+        own = runs.STAGE2_FIELDS if args.stage == "flow" else runs.TEXT_FIELDS
+        fixed = [k for k in overrides.keys(args.overrides) if k.split(".")[0] not in own]
         if fixed:
-            raise FlowSDFError(f"--set {fixed[0]}: Stage 2 takes this from its Stage-1 run; with --stage flow only "
-                               f"{', '.join(runs.STAGE2_FIELDS)} can be set")
+            raise FlowSDFError(f"--set {fixed[0]}: this stage takes it from its Stage-1 run; with --stage {args.stage} "
+                               f"only {', '.join(own)} can be set")
     return cfg

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowsdf.errors import FlowSDFError
+from flowsdf.schema import Rule, int_range, one_of
 from flowsdf.text.tokenizer import (
     WordTokenizer,
     caption_tokenizer,
@@ -50,13 +51,9 @@ class TextConfig:
     max_length: int = 32  # small: tokens incl. <start>/<end>; the longest caption is ~20 words
     clip_path: str = ""  # clip: a folder saved by transformers' save_pretrained (see CLIPTextEncoder)
 
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise FlowSDFError(f"text.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.kind == "small" and (self.width < 1 or self.heads < 1 or self.width % self.heads):
-            raise FlowSDFError(f"text.width ({self.width}) must be a positive multiple of text.heads ({self.heads})")
-        if self.max_length < 3:
-            raise FlowSDFError(f"text.max_length must be at least 3, got {self.max_length}")
+    # Checked like every config section (flowsdf.schema); width / heads and clip_path: flowsdf.config.
+    RULES = {"kind": one_of(*KINDS), "width": int_range(1, 4096), "depth": int_range(1, 64), "heads": int_range(1, 64),
+             "mlp_ratio": int_range(1, 16), "max_length": int_range(3, 512), "clip_path": Rule("a path", lambda v: True)}
 
 
 class TextEncoder(Protocol):
