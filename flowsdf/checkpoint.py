@@ -240,7 +240,9 @@ def save(
         for idx, per_param in state["state"].items():
             for key, value in per_param.items():
                 tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).contiguous().cpu()
-        header["optimizer_groups"] = state["param_groups"]
+        # A captured Adam (train/graphed.py) holds its lr as a device scalar: stored as a number.
+        header["optimizer_groups"] = [{k: v.item() if isinstance(v, torch.Tensor) else v for k, v in group.items()}
+                                      for group in state["param_groups"]]
     bad = non_finite(tensors)
     if bad is not None:
         raise NonFiniteError(f"checkpoint {path} not written: {bad} holds non-finite values (NaN or inf)", bad)

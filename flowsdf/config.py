@@ -185,6 +185,11 @@ class TrainConfig:
     # Flow Phase 2: K samples per shape, the loss of the best one only (train/loop.best_of_k_loss):
     # the samples stay free to differ where the supervising views allow it. 1 = the seed.
     best_of: int = 1
+    # Capture the whole step (search, gradient pass, backward, clipping, Adam) in one CUDA graph
+    # (train/graphed.py): the cure for a launch-bound small batch on a GPU; on a CPU the same step
+    # runs eagerly. Needs render.search=static and a step without host work (silhouettes only, no
+    # SDF-SRN terms, one process): Stage 1, not Phase 2 (it draws noise on the host).
+    graph: bool = False
     sdfsrn: SDFSRNTerms = field(default_factory=SDFSRNTerms)
 
     RULES = {
@@ -194,7 +199,7 @@ class TrainConfig:
         "tau_start": POSITIVE, "tau_end": POSITIVE, "grad_clip": NON_NEGATIVE,
         "ema_decay": Rule("a number in [0, 1)", lambda v: 0 <= v < 1), "rgb_weight": NON_NEGATIVE,
         "figure_every": int_range(1, 1_000_000), "figure_shapes": int_range(1, 64), "all_views": ANY_BOOL,
-        "code_l2": NON_NEGATIVE, "best_of": int_range(1, 64),
+        "code_l2": NON_NEGATIVE, "best_of": int_range(1, 64), "graph": ANY_BOOL,
     }
 
 
@@ -289,6 +294,7 @@ def _fits(cfg: Config) -> list[str]:
     if cfg.phase2.best_of > 1 and (not cfg.phase2.all_views or cfg.phase2.rgb_weight > 0):
         problems.append("phase2.best_of > 1 scores each sample on all of a shape's views with silhouettes only: "
                         "it needs phase2.all_views=true and phase2.rgb_weight=0")
+    problems += _graph_fits(cfg)
     if cfg.conditioner.kind == "vit" and size % cfg.conditioner.vit.patch_size:
         problems.append(f"data.image_size ({size}) must be a multiple of conditioner.vit.patch_size "
                         f"({cfg.conditioner.vit.patch_size})")
@@ -322,6 +328,23 @@ def _fits(cfg: Config) -> list[str]:
                             f"resolution ({shape[2]})")
         if dit.hidden % dit.heads:
             problems.append(f"velocity.dit.hidden ({dit.hidden}) must be divisible by velocity.dit.heads ({dit.heads})")
+    return problems
+
+
+def _graph_fits(cfg: Config) -> list[str]:
+    """What a step captured in a CUDA graph (TrainConfig.graph) needs: static shapes, no host work."""
+    problems = []
+    if cfg.phase2.graph:
+        problems.append("phase2.graph is not supported: Phase 2 draws its flow's noise on the host every step")
+    tc = cfg.stage1
+    if tc.graph and cfg.render.search != "static":
+        problems.append(f"stage1.graph needs render.search=static (shapes that do not depend on the data), "
+                        f"got {cfg.render.search}")
+    if tc.graph and (tc.rgb_weight > 0 or tc.sdfsrn.eikonal_weight > 0 or tc.sdfsrn.bg_bound_weight > 0):
+        problems.append("stage1.graph captures the silhouette step only: it needs stage1.rgb_weight=0 and no "
+                        "SDF-SRN terms")
+    if tc.graph and cfg.encoder.kind != "picture":
+        problems.append("stage1.graph needs encoder.kind=picture (a code table looks its rows up on the host)")
     return problems
 
 

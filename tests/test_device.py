@@ -1,22 +1,27 @@
 """Checks that run on the device FLOWSDF_TEST_DEVICE names (default cpu; benchmarks/gpu_check.sh
 sets cuda): the renderer's fast path equals the naive graph, the coarse search agrees with the
-exhaustive one, the inference sampler equals euler_sample, and a tiny Stage 1 trains."""
+exhaustive one, the inference sampler equals euler_sample, a tiny Stage 1 trains, and (CUDA only)
+a captured training step replays new batches correctly."""
 
 import dataclasses
 import os
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
+from flowsdf.build import build_flow, build_stage1
+from flowsdf.data import dataset
 from flowsdf.device import device_name
 from flowsdf.fast_sampler import CUDAGraphed, FastSampler
 from flowsdf.flow import euler_sample
-from flowsdf.build import build_flow
 from flowsdf.models.sdf import DecoderConfig, SDFDecoder
 from flowsdf.render import cameras
 from flowsdf.render.rays import RenderConfig
 from flowsdf.render.silhouette import render_min_sdf, silhouette_logits
+from flowsdf.train.graphed import GraphedStep, make_capturable
+from flowsdf.train.loop import Phase, SilhouetteObjective, flatten_views, index_views
 from flowsdf.train.stage1 import train_stage1
 
 DEVICE = torch.device(os.environ.get("FLOWSDF_TEST_DEVICE", "cpu"))
@@ -74,3 +79,40 @@ def test_tiny_stage1_trains_on_the_device(tmp_path, tiny_cfg, tiny_data_dir):
     summary = train_stage1(cfg, tmp_path / "run", tiny_data_dir, progress=False, device=str(DEVICE))
     assert summary["device"] == device_name(DEVICE)
     assert summary["train_loss_last_epoch"] > 0
+
+
+def test_a_captured_training_step_replays_new_batches_like_eager_steps(tiny_cfg, tiny_data_dir):
+    """Three different batches through one captured step (train/graphed.py) give the losses and
+    the weights of three eager steps. A CUDA graph needs CUDA: on a CPU the graphed step is the
+    eager step by construction (tests/test_graphed.py), so the check itself runs in the GPU check."""
+    if DEVICE.type != "cuda":
+        pytest.skip("needs CUDA: benchmarks/gpu_check.sh runs it on the GPU")
+    cfg = dataclasses.replace(tiny_cfg, render=dataclasses.replace(tiny_cfg.render, search="static"))
+    views = flatten_views(dataset.load(tiny_data_dir).train.input).to(DEVICE)
+    batches = [index_views(views, torch.tensor(idx, device=DEVICE)) for idx in ([0, 1], [2, 3], [3, 0])]
+    runs = []
+    for captured in (False, True):
+        torch.manual_seed(0)
+        encoder, decoder = (m.to(DEVICE) for m in build_stage1(cfg))
+        phase = Phase("stage1", {"encoder": encoder, "decoder": decoder}, lambda im, gen: encoder(im), decoder, cfg.stage1)
+        objective = SilhouetteObjective(phase, cfg)
+        params = [*encoder.parameters(), *decoder.parameters()]
+        optimizer = torch.optim.Adam(params, lr=1e-3)
+        losses = []
+        if captured:
+            make_capturable(optimizer, DEVICE)
+            step = GraphedStep(lambda v, t: objective(v, None, t, slice(0, 2))[0], params, optimizer, 1.0, batches[0])
+            losses = [step.step(b, 0.05, [1e-3])[0].item() for b in batches]
+        else:
+            for b in batches:
+                optimizer.zero_grad(set_to_none=True)
+                loss = objective(b, None, 0.05, slice(0, 2))[0]
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                losses.append(loss.item())
+        runs.append((losses, [p.detach().clone() for p in params]))
+    (eager_losses, eager_weights), (graph_losses, graph_weights) = runs
+    assert len(set(eager_losses)) == 3  # three different batches
+    assert all(abs(a - b) <= 1e-4 * abs(a) for a, b in zip(eager_losses, graph_losses))
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(eager_weights, graph_weights))

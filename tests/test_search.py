@@ -6,7 +6,7 @@ import torch
 
 from flowsdf.data import shapes
 from flowsdf.render import cameras
-from flowsdf.render.rays import RenderConfig, sphere_rays
+from flowsdf.render.rays import RenderConfig, sphere_interval, sphere_rays
 from flowsdf.render.search import coarse_to_fine, search_rays
 from flowsdf.render.silhouette import render_min_sdf
 from flowsdf.speed.search_error import search_agreement
@@ -107,3 +107,21 @@ def test_the_tau_floor_sends_a_superset_of_rays_to_the_fine_pass(scene):
     _, plain = coarse_to_fine(*args)
     _, floored = coarse_to_fine(*args, floor=0.3)
     assert (floored >= plain).all() and floored.sum() > plain.sum()  # a superset, strictly larger
+
+
+@pytest.mark.parametrize("chunk_points", [16384, 7 * 24])  # one chunk; uneven chunks of 7 rays
+def test_static_search_renders_and_differentiates_like_the_exhaustive_one(scene, chunk_points):
+    """The shape-static search (every ray searched, misses masked at the end) is the exhaustive
+    search: same min-SDF image, same gradient with respect to what the field depends on."""
+    field, o, d, masks, scale = scene
+    images = {}
+    for search in ("exhaustive", "static"):
+        cfg = RenderConfig(n_samples=24, search=search, chunk_points=chunk_points)
+        scale.grad = None
+        image = render_min_sdf(field, o, d, cfg)  # (n, R)
+        torch.nn.functional.binary_cross_entropy_with_logits(-image / TAU, masks).backward()
+        images[search] = image.detach(), scale.grad.clone()
+    (exact, exact_grad), (static, static_grad) = images["exhaustive"], images["static"]
+    assert not sphere_interval(o, d, RenderConfig().bound_radius)[0].all()  # some rays miss and are masked
+    assert torch.equal(static, exact)
+    assert torch.allclose(static_grad, exact_grad, rtol=1e-6, atol=1e-9) and exact_grad.abs().sum() > 0

@@ -27,13 +27,17 @@ class RenderConfig:
     chunk_points: int = 16384  # points per no-grad search chunk (bounded memory; ~fastest on CPU)
     # "float32" keeps the fast path exactly equal to the naive one; "bfloat16" runs the no-grad
     # search under autocast (2-4x faster on CPUs with bf16 units and on GPUs) and may pick a
-    # neighbouring sample where two are within bf16 rounding of each other.
+    # neighbouring sample where two are within bf16 rounding of each other; "tf32" lets CUDA's
+    # matrix products in the search use TensorFloat-32 (float32 range, 10-bit mantissa; the same
+    # as float32 on a CPU).
     search_dtype: str = "float32"
     naive: bool = False  # reference path: every sample in the autograd graph (slow, for tests)
     # "exhaustive": all n_samples of every ray (the reference); "coarse": every coarse_stride-th
     # sample first, then the full-resolution samples around the coarse argmin (the fine pass),
     # only for rays whose coarse minimum is below fine_margin coarse spacings
-    # (flowsdf/render/search.py; inexact, measured).
+    # (flowsdf/render/search.py; inexact, measured); "static": the exhaustive search with shapes
+    # that never depend on the data (every pixel's ray, missed ones masked at the end, fixed
+    # chunks), so a whole training step can be captured in a CUDA graph or compiled once.
     search: str = "exhaustive"
     coarse_stride: int = 4
     fine_margin: float = 1.0
@@ -46,7 +50,8 @@ class RenderConfig:
 
     RULES = {
         "n_samples": int_range(1, 512), "bound_radius": POSITIVE, "chunk_points": int_range(1, 1 << 24),
-        "search_dtype": one_of("float32", "bfloat16"), "naive": ANY_BOOL, "search": one_of("exhaustive", "coarse"),
+        "search_dtype": one_of("float32", "bfloat16", "tf32"), "naive": ANY_BOOL,
+        "search": one_of("exhaustive", "coarse", "static"),
         "coarse_stride": int_range(1, 64), "fine_margin": NON_NEGATIVE, "fine_tau": NON_NEGATIVE, "compile": ANY_BOOL,
     }
 

@@ -25,8 +25,9 @@ Two searches (RenderConfig.search):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -69,6 +70,39 @@ def chunked_values(
         start += count
 
 
+@contextlib.contextmanager
+def search_precision(cfg: RenderConfig) -> Iterator[None]:
+    """TensorFloat-32 matrix products on CUDA for the length of a search when cfg asks for them."""
+    if cfg.search_dtype != "tf32":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@torch.no_grad()
+def static_argmin(field: BatchField, origins: Tensor, dirs: Tensor, depths: Tensor, chunk_rays: int) -> Tensor:
+    """Depth (B, R) of the smallest-SDF sample among depths (B, R, S) of every ray of every image,
+    with shapes that depend only on B, R and S (no selection of rays, a fixed number of chunks of
+    `chunk_rays` rays): what a CUDA graph or a compiled step needs. Rays that miss the bounding
+    sphere are searched too (their result is masked by the caller)."""
+    B, R, S = depths.shape
+    images = torch.arange(B, device=depths.device)  # (B,)
+    best = torch.empty(B, R, device=depths.device, dtype=depths.dtype)  # (B, R)
+    for s in range(0, R, chunk_rays):
+        e = min(s + chunk_rays, R)
+        t = depths[:, s:e]  # (B, c, S)
+        pts = origins[:, s:e, None] + t[..., None] * dirs[:, s:e, None]  # (B, c, S, 3)
+        item = images.repeat_interleave((e - s) * S)  # (B*c*S,) points are image-major
+        vals = field(pts.reshape(-1, 3), item).view(B, e - s, S).float()  # (B, c, S)
+        best[:, s:e] = t.gather(-1, vals.argmin(-1, keepdim=True)).squeeze(-1)
+    return best
+
+
 @torch.no_grad()
 def search_rays(field: BatchField, rays: Rays, cfg: RenderConfig, tau: float | None = None,
                 first_inside: bool = False) -> Search:
@@ -78,8 +112,8 @@ def search_rays(field: BatchField, rays: Rays, cfg: RenderConfig, tau: float | N
     `first_inside` also finds each ray's first sample with sdf < 0, which takes every sample: the
     search is then exhaustive whatever cfg says.
     """
-    if cfg.search_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"search_dtype must be float32 or bfloat16, got {cfg.search_dtype!r}")
+    if cfg.search_dtype not in ("float32", "bfloat16", "tf32"):
+        raise ValueError(f"search_dtype must be float32, bfloat16 or tf32, got {cfg.search_dtype!r}")
     use_bf16 = cfg.search_dtype == "bfloat16"
     o, d, item, t = rays.origins, rays.dirs, rays.item, rays.depths
     if first_inside or cfg.search == "exhaustive":

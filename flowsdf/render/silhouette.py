@@ -19,8 +19,14 @@ from torch import Tensor
 
 from flowsdf.fields import BatchField
 from flowsdf.render.cameras import camera_rays
-from flowsdf.render.rays import MISS_SDF, RenderConfig, sphere_rays
-from flowsdf.render.search import search_rays
+from flowsdf.render.rays import (
+    MISS_SDF,
+    RenderConfig,
+    sample_depths,
+    sphere_interval,
+    sphere_rays,
+)
+from flowsdf.render.search import search_precision, search_rays, static_argmin
 
 
 def render_min_sdf(field: BatchField, origins: Tensor, dirs: Tensor, cfg: RenderConfig, tau: float | None = None) -> Tensor:
@@ -29,6 +35,8 @@ def render_min_sdf(field: BatchField, origins: Tensor, dirs: Tensor, cfg: Render
     origins, dirs (B, R, 3) -> min_sdf (B, R), differentiable w.r.t. whatever `field` depends on.
     `tau` (the silhouette temperature the result is for) only guides the coarse search.
     """
+    if cfg.search == "static":
+        return _static_min_sdf(field, origins, dirs, cfg)
     rays = sphere_rays(origins, dirs, cfg)
     if cfg.naive:
         S = cfg.n_samples
@@ -36,9 +44,24 @@ def render_min_sdf(field: BatchField, origins: Tensor, dirs: Tensor, cfg: Render
         values = field(points.reshape(-1, 3), rays.item.repeat_interleave(S))  # (H*S,)
         ray_min = values.view(-1, S).min(dim=1).values  # (H,)
     else:
-        best = search_rays(field, rays, cfg, tau).best  # (H,) no grad
+        with search_precision(cfg):
+            best = search_rays(field, rays, cfg, tau).best  # (H,) no grad
         ray_min = field(rays.at(best), rays.item)  # (H,) the only points with grad
     return rays.image(ray_min, MISS_SDF)  # (B, R)
+
+
+def _static_min_sdf(field: BatchField, origins: Tensor, dirs: Tensor, cfg: RenderConfig) -> Tensor:
+    """render_min_sdf with static shapes (RenderConfig.search = "static"): every ray is searched and
+    evaluated, and the rays that miss the bounding sphere get MISS_SDF by a mask at the end; no
+    tensor's size depends on the data, and nothing is read back to the host."""
+    B, R, _ = origins.shape
+    hit, t_near, t_far = sphere_interval(origins, dirs, cfg.bound_radius)  # (B, R)
+    depths = sample_depths(t_near.reshape(-1), t_far.reshape(-1), cfg.n_samples).view(B, R, -1)  # (B, R, S)
+    with search_precision(cfg), torch.autocast(origins.device.type, torch.bfloat16, enabled=cfg.search_dtype == "bfloat16"):
+        best = static_argmin(field, origins, dirs, depths, max(1, cfg.chunk_points // cfg.n_samples))  # (B, R)
+    item = torch.arange(B, device=origins.device).repeat_interleave(R)  # (B*R,)
+    ray_min = field((origins + best[..., None] * dirs).reshape(-1, 3), item).view(B, R)  # (B, R) with grad
+    return torch.where(hit, ray_min, torch.full_like(ray_min, MISS_SDF))
 
 
 def silhouette_logits(min_sdf: Tensor, tau: float) -> Tensor:

@@ -91,7 +91,9 @@ def distill(
     conditioner, velocity = (m.to(device) for m in build_flow(cfg))
     params = [*conditioner.parameters(), *velocity.parameters()]
     optimizer = torch.optim.Adam(params, lr=pc.lr)
-    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    # On the training device: every draw of an iteration (its batch, noise and times) is made there,
+    # so a GPU iteration does no host work but launching kernels (on a CPU: the same draws as ever).
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     step_loss = distributed.wrap(DistillObjective(conditioner, velocity, cfg.flow))
     n_batch = min(pc.batch_size, len(targets))
     if n_batch < distributed.world_size():
@@ -100,7 +102,7 @@ def distill(
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first non-finite iteration, on the device
     bar = tqdm(range(pc.iterations), desc=label, leave=False, disable=not (progress and distributed.is_main()))
     for it in bar:
-        idx = torch.randperm(len(targets), generator=gen)[: pc.batch_size].to(device)
+        idx = torch.randperm(len(targets), generator=gen, device=device)[: pc.batch_size]
         part = distributed.share(len(idx))
         loss, parts = step_loss(images[idx], targets[idx], sigma, gen, part)
         optimizer.zero_grad(set_to_none=True)

@@ -41,6 +41,7 @@ from flowsdf.render.rays import RenderConfig
 from flowsdf.render.silhouette import render_views, silhouette_logits
 from flowsdf.train import distributed
 from flowsdf.train.ema import WeightAverage
+from flowsdf.train.graphed import GraphedStep, make_capturable, set_group_lr
 from flowsdf.train.losses import all_views_batch, extra_terms
 from flowsdf.train.rgb import shaded_loss
 
@@ -225,7 +226,13 @@ def fit_silhouettes(
         # An instance attribute shadows the method, so decoder.field() uses the compiled
         # function; the weights and the checkpoint are untouched. Chunk sizes vary: dynamic.
         phase.decoder.forward_points = torch.compile(phase.decoder.forward_points, dynamic=True)
-    step_loss = distributed.wrap(SilhouetteObjective(phase, cfg))
+    objective = SilhouetteObjective(phase, cfg)
+    step_loss = distributed.wrap(objective)
+    graphed = None
+    if tc.graph:
+        if distributed.active():
+            raise FlowSDFError(f"{stage}.graph runs in one process; drop it under torchrun")
+        make_capturable(optimizer, params[0].device)
     main = distributed.is_main()
     progress = progress and main
     last = tc.epochs if until_epoch is None else min(until_epoch, tc.epochs)
@@ -246,10 +253,29 @@ def fit_silhouettes(
         bar = tqdm(range(0, n, tc.batch_size), desc=f"{stage} {epoch + 1}/{tc.epochs}", leave=False, disable=not progress)
         for i, s in enumerate(bar):
             lr = epoch_lr * warmup_factor(tc, epoch * steps_per_epoch + i)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * tc.lr_scale.get(group["name"], 1.0)
+            lrs = [lr * tc.lr_scale.get(group["name"], 1.0) for group in optimizer.param_groups]
             batch = index_views(train_views, order[s : s + tc.batch_size])
             b = batch.images.shape[0]
+            if tc.graph and b == tc.batch_size:  # the whole step in one replay (a last, smaller batch runs eagerly)
+                if graphed is None:
+                    # No generator: a captured step draws no random numbers (config check).
+                    graphed = GraphedStep(lambda views, t, n=b: objective(views, None, t, slice(0, n))[0], params,
+                                          optimizer, tc.grad_clip, batch)
+                mean, norm = graphed.step(batch, tau, lrs)
+                step_sum, norm = (mean * b).item(), norm.item()  # the sum as the eager path forms it
+                if not (math.isfinite(step_sum) and math.isfinite(norm)):
+                    raise FlowSDFError(
+                        f"{stage} diverged at epoch {epoch + 1} of {tc.epochs}, step {i + 1} of {steps_per_epoch}: the "
+                        f"loss is {step_sum / b:g} and the gradient norm {norm:g} (a captured step takes its optimiser step "
+                        f"before they are read); {kept_checkpoint(ckpt, epoch)}; lower {stage}.lr ({tc.lr:g}) and "
+                        f"train again")
+                if ema is not None:
+                    ema.update(phase.modules)
+                total, seen, seen_here = total + step_sum, seen + b, seen_here + b
+                bar.set_postfix(loss=f"{total / seen:.4f}", tau=f"{tau:.3f}")
+                continue
+            for group, value in zip(optimizer.param_groups, lrs):
+                set_group_lr(group, value)
             share = distributed.share(b)
             loss, loss_sum, part_sum = step_loss(batch, gen, tau, share)
             optimizer.zero_grad(set_to_none=True)
