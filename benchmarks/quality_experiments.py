@@ -79,13 +79,16 @@ def box_normal_consistency(decoder, codes, specs, bound_radius: float, resolutio
     return sum(scores) / len(scores) if scores else None
 
 
-def light_eval(run_dir: Path, refine: int = 0, device: str = "cpu") -> dict:
+def light_eval(run_dir: Path, refine: int = 0, device: str = "cpu", model: str = "cnn", finished: bool = True,
+               guidance: float | None = None) -> dict:
     """The figures the comparison needs, with the code of `flowsdf eval`: held-out shapes in full
-    (2-D and 3-D at mesh resolution 64), training views' IoU on the first 200 training shapes."""
-    pipe = FlowSDF.from_run(run_dir, "cnn", device=device)
+    (2-D and 3-D at mesh resolution 64), training views' IoU on the first 200 training shapes.
+    `model`, `finished`: as FlowSDF.from_run (a flow after Phase 1 only: "flow", finished=False);
+    a flow's codes are one sample per picture (the seed's noise), at guidance W (None: the run's)."""
+    pipe = FlowSDF.from_run(run_dir, model, device=device, finished=finished)
     cfg = pipe.cfg
     data = runs.run_data(cfg, run_dir, None).to(pipe.device)
-    predict = pipe.predictor()
+    predict = pipe.predictor(guidance=guidance)
     if refine > 0:
         predict = refined_predictor(pipe, predict, refine)
     ev = lambda split, group: evaluate_views(predict, pipe.decoder, split, group, cfg.render, pipe.tau, cfg.seed)  # noqa: E731

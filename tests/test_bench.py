@@ -16,8 +16,10 @@ def test_bench_quick_writes_all_figures(tmp_path, capsys):
     assert all(v["images_per_s"] > 0 for v in r["train_step"].values())
     assert set(r["flow"]) == {"1", "4"} and set(r["flow"]["1"]) == {"1", "8"}
     assert all(e["reference"]["mean_ms"] > 0 and e["fast"]["mean_ms"] > 0 for e in r["flow"]["4"].values())
+    assert set(r["flow_dit"]) == {"1", "4"} and r["flow_dit"]["1"]["8"]["fast"]["mean_ms"] > 0  # the DiT's latency
     assert r["mesh"]["resolution"] == 32 and r["mesh"]["mean_ms"] > 0
-    assert "images/s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "images/s" in printed and "DiT velocity net" in printed
 
 
 def test_bench_rejects_a_bad_batch(capsys):

@@ -7,7 +7,8 @@
   are a disc. With `run` the weights come from a trained Stage-1 run (how many rays the coarse
   search refines depends on the field: a fresh decoder is near zero everywhere, its worst case).
 - flow: conditioner + Euler steps (1/2/4/8) at batch 1 and 64, reference sampler
-  (flowsdf.flow.euler_sample under no_grad) and the inference sampler (and a CUDA graph of it on CUDA).
+  (flowsdf.flow.euler_sample under no_grad) and the inference sampler (and a CUDA graph of it on CUDA);
+  flow_dit: the same with the DiT velocity net (velocity.kind=dit).
 - mesh: extract_mesh of one decoded code at 128^3.
 """
 
@@ -156,6 +157,9 @@ def run_bench(settings: BenchSettings, device: torch.device, run: Path | None = 
                      "n_samples": cfg.render.n_samples, "run": str(run) if run else None},
         "train_step": bench_train_step(cfg, settings, device, run),
         "flow": bench_flow(cfg, settings, device),
+        # The scaling path's velocity net (models/dit.py) at the same sizes otherwise.
+        "flow_dit": bench_flow(dataclasses.replace(cfg, velocity=dataclasses.replace(cfg.velocity, kind="dit")),
+                               settings, device),
         "mesh": bench_mesh(cfg, settings, device),
     }
 
@@ -167,11 +171,13 @@ def table(result: dict[str, Any]) -> str:
              f"training step ({s['image_size']}x{s['image_size']}, {s['n_samples']} samples/ray), images/s:"]
     for name, r in result["train_step"].items():
         lines.append(f"  {name:16s} {r['images_per_s']:10.2f}   (batch {r['batch']}, {r['mean_ms']:.0f} ms/step)")
-    lines.append("conditioner + flow, ms (reference / fast" + (" / CUDA graph)" if "cuda" in str(result["flow"]) else ")"))
-    for batch, row in result["flow"].items():
-        for steps, e in row.items():
-            cells = " / ".join(f"{e[k]['mean_ms']:.3f} (min {e[k]['min_ms']:.3f})" for k in e)
-            lines.append(f"  batch {batch:>3s} steps {steps}: {cells}")
+    for key, name in (("flow", "MLP velocity net"), ("flow_dit", "DiT velocity net")):
+        lines.append(f"conditioner + flow ({name}), ms (reference / fast"
+                     + (" / CUDA graph)" if "cuda" in str(result[key]) else ")"))
+        for batch, row in result[key].items():
+            for steps, e in row.items():
+                cells = " / ".join(f"{e[k]['mean_ms']:.3f} (min {e[k]['min_ms']:.3f})" for k in e)
+                lines.append(f"  batch {batch:>3s} steps {steps}: {cells}")
     m = result["mesh"]
     lines.append(f"mesh extraction {m['resolution']}^3: {m['mean_ms']:.0f} ms (min {m['min_ms']:.0f})")
     return "\n".join(lines)
