@@ -1,45 +1,53 @@
 """Is the flow's per-vertex uncertainty higher where its shape is wrong? Held-out shapes.
 
-For each held-out picture of a run's dataset: K flow samples (seeds 0..K-1), the mesh of their
-mean code (coarse-to-fine, --resolution), the per-vertex std of the K decoded fields at its vertices
-(flowsdf.mesh.uncertainty), and the vertex's error: its distance to the true surface, |analytic sdf|
-at the vertex (flowsdf.metrics.shapes.gt_field; the codes live in the dataset's world frame, as the
-shapes do). Reported per shape and as a mean: the Spearman rank correlation between std and error;
-as a trivial baseline, the correlation between the vertex's distance from the origin and the error
-(an uncertainty that only says "far out is harder" would match it); the spread of the samples
-(mean pairwise code distance vs mean code norm) and the std in voxels.
+For each held-out picture of a run's dataset (in the run's frame: flowsdf.data.frames, so the
+true shapes are where the model's codes put them): K flow samples (pipe(picture, samples=K,
+guidance=W), seeds 0..K-1), the mesh of their mean code (coarse-to-fine, --resolution), the
+per-vertex std of the K decoded fields at its vertices (flowsdf.mesh.uncertainty), and the vertex's
+error: its distance to the true surface, |analytic sdf| at the vertex. Reported per shape and as a
+mean: the Spearman rank correlation between std and error; the AUROC of std for "error > 2 voxels"
+(over all vertices of all shapes, and per shape); as a trivial baseline, the same for the vertex's
+distance from the origin (an uncertainty that only says "far out is harder" would match it); the
+spread of the samples (mean pairwise code distance vs mean code norm) and the std in voxels.
 
---temperatures scales the source noise (sigma x T) to ask whether wider sampling would make the
-spread informative; T = 1 is the model as trained and used by `flowsdf reconstruct`.
+--guidance sets W (default: the run's flow.guidance), several values for a curve.
 
-    python benchmarks/uncertainty.py --run runs/reproduce-quick [--samples 8] [--out FILE.json]
+    python benchmarks/uncertainty.py --run runs/views-gen [--samples 8] [--guidance 1 2] [--out FILE.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from flowsdf import runs
+from flowsdf.checkpoint import write_json
 from flowsdf.device import device_name
-from flowsdf.flow import sample_latents
 from flowsdf.mesh.extract import extract_mesh_coarse_to_fine
 from flowsdf.mesh.uncertainty import field_values, vertex_std
 from flowsdf.metrics.shapes import gt_field
 from flowsdf.pipeline import FlowSDF
 
+ERROR_VOXELS = 2.0  # "wrong" for the AUROC: further than this from the true surface
+
 
 @torch.no_grad()
-def sample_codes(pipe: FlowSDF, image: torch.Tensor, samples: int, temperature: float) -> torch.Tensor:
-    """K codes (K, D) of one picture, seeds 0..K-1, the source noise scaled by `temperature`."""
-    cond = pipe.conditioner(pipe.load_images(image)[0]).repeat(samples, 1)  # (K, C)
-    return sample_latents(pipe.velocity, cond, pipe.latent_dim, pipe.sigma * temperature, pipe.cfg.flow.steps,
-                          seed=list(range(samples)))  # (K, D)
+def sample_codes(pipe: FlowSDF, image: torch.Tensor, samples: int, guidance: float) -> torch.Tensor:
+    """K codes (K, *latent) of one picture (3, S, S), seeds 0..K-1, as `flowsdf reconstruct` draws them."""
+    return pipe(image[None], samples=samples, guidance=guidance, prepare=False).codes[0]  # (K, *latent)
+
+
+def auroc(score: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve of `score` for the boolean labels (Mann-Whitney, ties averaged)."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -48,23 +56,27 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(spearmanr(a, b).statistic)
 
 
-def shape_row(pipe: FlowSDF, image: torch.Tensor, spec, samples: int, temperature: float, resolution: int) -> dict:
-    codes = sample_codes(pipe, image, samples, temperature)  # (K, D)
-    mean = codes.mean(dim=0)  # (D,)
-    vertices, _ = extract_mesh_coarse_to_fine(pipe.field(mean), resolution=resolution)
-    pair = torch.cdist(codes, codes)  # (K, K)
-    row = {"code_pairwise_l2": float(pair.sum() / (samples * (samples - 1))), "code_norm": float(codes.norm(dim=1).mean()),
+def shape_row(pipe: FlowSDF, image: torch.Tensor, spec, samples: int, guidance: float, resolution: int) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """One shape's figures, and its vertices' std, error and radius (for the pooled AUROC)."""
+    codes = sample_codes(pipe, image, samples, guidance)  # (K, *latent)
+    flat = codes.flatten(1)  # (K, D)
+    vertices, _ = extract_mesh_coarse_to_fine(pipe.field(codes.mean(dim=0)), resolution=resolution)
+    pair = torch.cdist(flat, flat)  # (K, K)
+    row = {"code_pairwise_l2": float(pair.sum() / (samples * (samples - 1))), "code_norm": float(flat.norm(dim=1).mean()),
            "vertices": len(vertices)}
+    empty = np.zeros(0)
     if len(vertices) == 0:
-        return {**row, "spearman_std_error": None, "spearman_radius_error": None}
+        return {**row, "spearman_std_error": None, "spearman_radius_error": None, "auroc_std": None}, empty, empty, empty
     std = vertex_std([pipe.field(c) for c in codes], vertices)  # (V,)
     error = np.abs(field_values([gt_field(spec)], vertices)[0])  # (V,) distance to the true surface
     radius = np.linalg.norm(vertices, axis=1)  # (V,)
     voxel = 2.0 / (resolution - 1)
-    return {**row, "spearman_std_error": rank_correlation(std, error),
-            "spearman_radius_error": rank_correlation(radius, error),
-            "std_median_voxels": float(np.median(std) / voxel), "std_max_voxels": float(std.max() / voxel),
-            "error_median_voxels": float(np.median(error) / voxel)}
+    wrong = error > ERROR_VOXELS * voxel
+    row.update({"spearman_std_error": rank_correlation(std, error), "spearman_radius_error": rank_correlation(radius, error),
+                "auroc_std": auroc(std, wrong), "auroc_radius": auroc(radius, wrong), "wrong_share": float(wrong.mean()),
+                "std_median_voxels": float(np.median(std) / voxel), "std_max_voxels": float(std.max() / voxel),
+                "error_median_voxels": float(np.median(error) / voxel)})
+    return row, std / voxel, error / voxel, radius
 
 
 def mean_of(rows: list[dict], key: str) -> float | None:
@@ -77,36 +89,42 @@ def main() -> None:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 4.0])
+    p.add_argument("--guidance", type=float, nargs="+", help="W values (default: the run's flow.guidance)")
     p.add_argument("--shapes", type=int, help="at most this many held-out shapes (default all)")
     p.add_argument("--unfinished", action="store_true", help="accept the run's latest, unfinished flow")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("outputs/benchmarks/uncertainty.json"))
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     pipe = FlowSDF.from_run(args.run, "flow", "cpu", finished=not args.unfinished)
     data = runs.run_data(pipe.cfg, args.run, None, progress=False)
     split = data.heldout
     n = min(len(split), args.shapes or len(split))
     result = {"run": str(args.run), "stages": list(pipe.stages), "samples": args.samples, "resolution": args.resolution,
-              "device": device_name("cpu"), "sigma": pipe.sigma, "by_temperature": {}}
-    for t in args.temperatures:
-        rows = [shape_row(pipe, split.input.images[i, 0], split.shapes[i], args.samples, t, args.resolution)
-                for i in range(n)]
-        summary = {k: mean_of(rows, k) for k in ("spearman_std_error", "spearman_radius_error", "code_pairwise_l2",
-                                                 "code_norm", "std_median_voxels", "error_median_voxels")}
-        summary["positive_shapes"] = sum(1 for r in rows if (r["spearman_std_error"] or 0) > 0)
-        summary["shapes_with_mesh"] = sum(1 for r in rows if r["vertices"] > 0)
-        result["by_temperature"][str(t)] = {"mean": summary, "per_shape": rows}
-        print(f"temperature {t:g} (sigma {pipe.sigma * t:.4f}), {n} held-out shapes, K = {args.samples}:")
-        for i, r in enumerate(rows):
-            s, b = r["spearman_std_error"], r["spearman_radius_error"]
-            print(f"  shape {i:2d}: spearman(std, error) {s if s is None else round(s, 3)!s:>6}, baseline "
-                  f"spearman(radius, error) {b if b is None else round(b, 3)!s:>6}, pairwise code distance "
-                  f"{r['code_pairwise_l2']:.4f} / norm {r['code_norm']:.3f}")
-        print(f"  mean: spearman(std, error) {summary['spearman_std_error']}, baseline {summary['spearman_radius_error']}, "
-              f"positive on {summary['positive_shapes']}/{summary['shapes_with_mesh']} shapes; median std "
-              f"{summary['std_median_voxels']} voxels vs median error {summary['error_median_voxels']} voxels")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+              "frame": pipe.cfg.frame, "device": device_name("cpu"), "sigma": pipe.sigma, "runs": []}
+    for w in args.guidance or [pipe.cfg.flow.guidance]:
+        rows, pooled = [], []
+        for i in range(n):
+            row, std, error, radius = shape_row(pipe, split.input.images[i, 0], split.shapes[i], args.samples, w,
+                                                args.resolution)
+            rows.append(row)
+            pooled.append((std, error, radius))
+        std, error, radius = (np.concatenate(x) for x in zip(*pooled))
+        wrong = error > ERROR_VOXELS
+        summary = {k: mean_of(rows, k) for k in ("spearman_std_error", "spearman_radius_error", "auroc_std",
+                                                 "auroc_radius", "code_pairwise_l2", "code_norm", "std_median_voxels",
+                                                 "error_median_voxels", "wrong_share")}
+        summary.update({"pooled_spearman_std_error": rank_correlation(std, error),
+                        "pooled_auroc_std": auroc(std, wrong), "pooled_auroc_radius": auroc(radius, wrong),
+                        "positive_shapes": sum(1 for r in rows if (r["spearman_std_error"] or 0) > 0),
+                        "shapes_with_mesh": sum(1 for r in rows if r["vertices"] > 0)})
+        result["runs"].append({"guidance": w, "mean": summary, "per_shape": rows})
+        print(f"W {w:g}, {n} held-out shapes, K = {args.samples}: spearman(std, error) "
+              f"{summary['spearman_std_error']} per shape, {summary['pooled_spearman_std_error']} pooled "
+              f"(baseline radius {summary['spearman_radius_error']}); AUROC(std, error > {ERROR_VOXELS:g} voxels) "
+              f"{summary['pooled_auroc_std']} pooled (radius {summary['pooled_auroc_radius']}); code spread "
+              f"{summary['code_pairwise_l2']} / norm {summary['code_norm']}", flush=True)
+        write_json(args.out, result)
     print(f"wrote {args.out}")
 
 
