@@ -2,7 +2,8 @@
 
 One row per held-out picture: the input, the ground-truth shape (analytic SDF, never seen in
 training), K = --samples flow samples' meshes from the input camera's direction, and the mean
-code's mesh coloured by per-vertex uncertainty (std of the samples' SDFs), with a colour bar.
+code's mesh coloured by per-vertex uncertainty (std of the samples' SDFs) on the absolute scale
+of flowsdf.mesh.uncertainty (0 .. SCALE_MAX object units), with its colour bar.
 
     python benchmarks/reconstruct_figure.py --run runs/reproduce-quick --out docs/images/reconstruct.png
 """
@@ -56,8 +57,8 @@ def main() -> None:
                 ax.set_title(title, fontsize=8)
         if r == 0:
             fig.axes[0].set_title("input (held out)", fontsize=8)
-        bar = plt.cm.ScalarMappable(norm=Normalize(0.0, rec.std_max), cmap=colormaps[CMAP])
-        cb = fig.colorbar(bar, ax=fig.axes[-1], fraction=0.05, pad=0.0)
+        bar = plt.cm.ScalarMappable(norm=Normalize(0.0, rec.colour_max), cmap=colormaps[CMAP])
+        cb = fig.colorbar(bar, ax=fig.axes[-1], fraction=0.05, pad=0.0, extend="max")
         cb.ax.tick_params(labelsize=6)
     fig.suptitle("flowsdf reconstruct: held-out pictures -> meshes (std of the samples' SDF as colour)", fontsize=8)
     save_figure(fig, args.out, dpi=72)

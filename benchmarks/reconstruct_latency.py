@@ -1,15 +1,24 @@
-"""Latency of reconstructing one picture: the flow, the meshes (coarse-to-fine vs dense), the view.
+"""Latency of reconstructing one picture: the flow, the meshes (coarse-to-fine vs dense), the view,
+and the whole reconstruction with its preview for K samples.
 
 For held-out pictures of a run's dataset: the pipeline's codes (flow at --steps Euler steps, batch
 1), coarse-to-fine marching cubes at each --resolutions (with the number of field evaluations),
 the dense reference grid at the same resolutions (and how far its mesh is from the coarse-to-fine
-one: symmetric Hausdorff in voxels; 0 means the same mesh), the input-view search, and the whole
-`reconstruct_image` with K = 1. Prints a table and writes JSON. Timings are medians over the
-pictures x --repeats, on the CPU with torch's threads unless --threads is given. Each timing is
-wall-clock seconds; with --threads 1 the process's CPU seconds are recorded too (`*_cpu_s`),
-which stay close to the unloaded time when other jobs share the machine.
+one: symmetric Hausdorff in voxels; 0 means the same mesh), the input-view search, and end to end
+for each --samples K at --e2e-resolution: `reconstruct_image` (the picture prepared, K codes, the
+result mesh, the spread, the camera) plus the preview PNG (`reconstruction_preview`), which is what
+the viewer's request and one picture of `flowsdf reconstruct` cost; then, separately, what the CLI
+adds by writing every sample's own mesh at full resolution (`Reconstruction.sample_meshes`). For
+K >= 2 the spread from the mean's narrow band (`flowsdf.mesh.uncertainty.band_std`) is compared
+with the reference (`vertex_std`: every sample at every vertex). --baseline also times the way it
+was done before (every sample meshed and the spread at every vertex, one field at a time).
 
-    python benchmarks/reconstruct_latency.py --run runs/reproduce-quick [--out FILE.json] [--unfinished]
+Prints a table and writes JSON. Timings are medians over the pictures x --repeats, on the CPU with
+torch's threads unless --threads is given. Each timing is wall-clock seconds; the process's CPU
+seconds are recorded too (`cpu_s`): with --threads 1 they stay close to the unloaded time when
+other jobs share the machine.
+
+    python benchmarks/reconstruct_latency.py --run runs/reproduce-quick [--samples 1 8] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -17,17 +26,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
+from scipy.stats import spearmanr
 
 from flowsdf import runs
 from flowsdf.device import device_name
+from flowsdf.figures.preview import reconstruction_preview
 from flowsdf.mesh.export import to_trimesh
-from flowsdf.mesh.extract import extract_mesh, mesh_from_grid, sdf_grid_coarse_to_fine
+from flowsdf.mesh.extract import extract_mesh, extract_mesh_coarse_to_fine, mesh_from_grid, sdf_grid_coarse_to_fine
+from flowsdf.mesh.uncertainty import vertex_std
 from flowsdf.pipeline import FlowSDF
 from flowsdf.reconstruct import reconstruct_image
 
@@ -54,6 +67,50 @@ def hausdorff(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(cKDTree(a).query(b)[0].max(), cKDTree(b).query(a)[0].max()))
 
 
+def clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> dict[str, float]:
+    return {"wall_s": time.perf_counter() - start[0], "cpu_s": time.process_time() - start[1]}
+
+
+def end_to_end(pipe: FlowSDF, image, samples: int, resolution: int, steps: int, folder: Path,
+               baseline: bool) -> dict:
+    """One picture, K samples: reconstruct + preview; then the CLI's sample meshes; the spread's error."""
+    start = clock()
+    rec = reconstruct_image(pipe, image, samples=samples, steps=steps, resolution=resolution)
+    recon = since(start)
+    start = clock()
+    reconstruction_preview(rec, folder / f"preview_k{samples}.png")
+    preview = since(start)
+    row = {"samples": samples, "reconstruct": recon, "preview": preview,
+           "total": {k: recon[k] + preview[k] for k in recon}, "timings": dict(rec.timings)}
+    start = clock()
+    rec.sample_meshes()
+    row["sample_meshes"] = since(start)  # what `flowsdf reconstruct` adds by writing every sample's mesh
+    if samples >= 2 and len(rec.mesh.vertices):
+        start = clock()
+        exact = vertex_std([pipe.field(c) for c in rec.codes], rec.mesh.vertices)  # (V,)
+        reference = since(start)
+        err = np.abs(rec.vertex_std - exact)
+        row["spread"] = {"vertices": len(exact), "exact_median": float(np.median(exact)),
+                         "band_median": float(np.median(rec.vertex_std)), "abs_error_median": float(np.median(err)),
+                         "abs_error_p95": float(np.percentile(err, 95)),
+                         "rel_error_median": float(np.median(err / np.maximum(exact, 1e-12))),
+                         "spearman": float(spearmanr(exact, rec.vertex_std).statistic),
+                         "reference_s": reference}
+    if baseline:  # before: every sample meshed one by one, the mean too, the spread at every vertex
+        start = clock()
+        for code in rec.codes:
+            extract_mesh_coarse_to_fine(pipe.field(code), resolution=resolution)
+        if samples >= 2:
+            v, _ = extract_mesh_coarse_to_fine(pipe.field(rec.codes.mean(0)), resolution=resolution)
+            vertex_std([pipe.field(c) for c in rec.codes], v)
+        row["baseline_meshes_and_spread"] = since(start)
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True)
@@ -63,6 +120,10 @@ def main() -> None:
     p.add_argument("--pictures", type=int, default=4, help="held-out pictures to time")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int)
+    p.add_argument("--samples", type=int, nargs="+", default=[1, 8], help="K for the end-to-end timings")
+    p.add_argument("--e2e-resolution", type=int, default=128, help="grid of the end-to-end timings (default 128)")
+    p.add_argument("--baseline", action="store_true", help="also time the former way (K meshes, exact spread)")
+    p.add_argument("--skip-dense", action="store_true", help="skip the dense reference grids (slow)")
     p.add_argument("--unfinished", action="store_true", help="accept the run's latest, unfinished state")
     p.add_argument("--out", type=Path, default=Path("outputs/benchmarks/reconstruct_latency.json"))
     args = p.parse_args()
@@ -81,7 +142,10 @@ def main() -> None:
             voxel = 2.0 / (r - 1)
             t_fast, (values, evaluated) = timed(lambda: sdf_grid_coarse_to_fine(field, r), args.repeats, f"grid{r}")  # noqa: B023
             t_mc, (v_fast, f_fast) = timed(lambda: mesh_from_grid(values), args.repeats, f"mc{r}")  # noqa: B023
-            t_dense, (v_dense, _) = timed(lambda: extract_mesh(field, r), 1)  # noqa: B023
+            if args.skip_dense:
+                t_dense, v_dense = float("nan"), v_fast
+            else:
+                t_dense, (v_dense, _) = timed(lambda: extract_mesh(field, r), 1)  # noqa: B023
             row[f"mesh{r}"] = {"coarse_to_fine_s": t_fast + t_mc, "marching_cubes_s": t_mc, "dense_s": t_dense,
                                "evaluated": evaluated, "grid_points": r**3, "vertices": len(v_fast),
                                "watertight": bool(to_trimesh(v_fast, f_fast).is_watertight),
@@ -90,11 +154,38 @@ def main() -> None:
         mesh = to_trimesh(*mesh_from_grid(sdf_grid_coarse_to_fine(field, 64)[0]))
         mask = (image.amax(0) > 0.02).float()  # (S, S)
         row["camera_search_s"], _ = timed(lambda: pipe.input_camera(code, mask, mesh), args.repeats, "camera")  # noqa: B023
-        rec = reconstruct_image(pipe, image, samples=1, steps=args.steps, resolution=128)
-        row["reconstruct_image_128_s"] = rec.timings
+        with tempfile.TemporaryDirectory() as tmp:
+            row["end_to_end"] = {}
+            for k in args.samples:
+                runs_k = [end_to_end(pipe, image, k, args.e2e_resolution, args.steps, Path(tmp),
+                                     args.baseline and j == 0) for j in range(args.repeats)]
+                row["end_to_end"][k] = {**runs_k[-1], "total_wall_s_runs": [r["total"]["wall_s"] for r in runs_k],
+                                        "total_cpu_s_runs": [r["total"]["cpu_s"] for r in runs_k]}
+                if "baseline_meshes_and_spread" in runs_k[0]:  # timed in the first run only
+                    row["end_to_end"][k]["baseline_meshes_and_spread"] = runs_k[0]["baseline_meshes_and_spread"]
         rows.append(row)
         print(json.dumps(row))
-    med = lambda key: float(np.median([r[key] for r in rows]))  # noqa: E731
+    med = lambda key: float(np.median([r[key] for r in rows]))
+    e2e = {}
+    for k in args.samples:
+        e = [row["end_to_end"][k] for row in rows]
+        e2e[k] = {"total_wall_s": float(np.median([x for r in e for x in r["total_wall_s_runs"]])),
+                  "total_cpu_s": float(np.median([x for r in e for x in r["total_cpu_s_runs"]])),
+                  "reconstruct_wall_s": float(np.median([r["reconstruct"]["wall_s"] for r in e])),
+                  "preview_wall_s": float(np.median([r["preview"]["wall_s"] for r in e])),
+                  "sample_meshes_wall_s": float(np.median([r["sample_meshes"]["wall_s"] for r in e])),
+                  "sample_meshes_cpu_s": float(np.median([r["sample_meshes"]["cpu_s"] for r in e])),
+                  "steps_median_s": {name: float(np.median([r["timings"].get(name, np.nan) for r in e]))
+                                     for name in e[0]["timings"]}}
+        if "spread" in e[0]:
+            e2e[k]["spread"] = {key: float(np.median([r["spread"][key] for r in e]))
+                                for key in ("abs_error_median", "abs_error_p95", "rel_error_median", "spearman",
+                                            "exact_median", "band_median")}
+        if "baseline_meshes_and_spread" in e[0]:
+            e2e[k]["baseline_meshes_and_spread_wall_s"] = float(np.median(
+                [r["baseline_meshes_and_spread"]["wall_s"] for r in e]))
+            e2e[k]["baseline_meshes_and_spread_cpu_s"] = float(np.median(
+                [r["baseline_meshes_and_spread"]["cpu_s"] for r in e]))
     summary = {
         "run": str(args.run), "model": args.model, "steps": args.steps, "device": device_name("cpu"),
         "load_average_1min": os.getloadavg()[0], "pictures": len(rows), "repeats": args.repeats,
@@ -103,6 +194,7 @@ def main() -> None:
                      for k in ("coarse_to_fine_s", "marching_cubes_s", "dense_s", "evaluated", "hausdorff_voxels")}
                  for r in args.resolutions},
         "cpu_s_median": {k: float(np.median(v)) for k, v in CPU_TIMES.items()},
+        "threads": torch.get_num_threads(), "end_to_end_resolution": args.e2e_resolution, "end_to_end": e2e,
         "all_same_vertex_count": all(row[f"mesh{r}"]["same_vertex_count"] for row in rows for r in args.resolutions),
         "rows": rows,
     }
@@ -119,6 +211,20 @@ def main() -> None:
         print("  CPU seconds (1 thread): flow {:.3f}, ".format(cpu["flow"]) + ", ".join(
             f"mesh {r}^3 {cpu[f'grid{r}'] + cpu[f'mc{r}']:.3f}" for r in args.resolutions))
     print(f"  input-camera search (projected mesh points): {summary['camera_search_s']:.3f} s")
+    for k, e in e2e.items():
+        print(f"  end to end, K = {k} at {args.e2e_resolution}^3: reconstruct + preview {e['total_wall_s']:.2f} s wall "
+              f"({e['total_cpu_s']:.2f} s CPU; reconstruct {e['reconstruct_wall_s']:.2f}, preview "
+              f"{e['preview_wall_s']:.2f}); + every sample's own mesh (the CLI writes them) "
+              f"{e['sample_meshes_wall_s']:.2f} s wall ({e['sample_meshes_cpu_s']:.2f} s CPU)")
+        if "spread" in e:
+            sp = e["spread"]
+            print(f"    spread from the band vs every vertex: median |error| {sp['abs_error_median']:.2e} "
+                  f"(p95 {sp['abs_error_p95']:.2e}; exact median {sp['exact_median']:.2e}), Spearman "
+                  f"{sp['spearman']:.3f}")
+        if "baseline_meshes_and_spread_wall_s" in e:
+            print(f"    before (every sample meshed, spread at every vertex): "
+                  f"{e['baseline_meshes_and_spread_wall_s']:.2f} s wall ({e['baseline_meshes_and_spread_cpu_s']:.2f} s "
+                  "CPU) for the meshes and spread alone")
     print(f"wrote {args.out}")
 
 

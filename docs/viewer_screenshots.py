@@ -1,8 +1,10 @@
 """Regenerate the README's viewer screenshots: `python docs/viewer_screenshots.py RUN`.
 
 Starts `flowsdf view RUN` on a free local port, opens it in Debian's headless Chromium (through
-playwright, as the browser tests do), and saves one small PNG per tab under docs/images/. The
-Reconstruct tab is shown for a held-out picture of the run's dataset (never trained on).
+playwright, as the browser tests do), and saves one small PNG per tab under docs/images/: the
+"Step the flow" tab as a 1280x900 window shows it (slider, latent, silhouette and ground truth on
+the first screen), and the Reconstruct tab after a click on an example picture (a held-out shape of
+the run's dataset, never trained on, on a white background: the page prepares it).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -34,8 +35,7 @@ def main() -> None:
     p.add_argument("--step", type=int, default=3, help="Euler step shown in the first tab")
     p.add_argument("--split", default="held-out")
     p.add_argument("--index", type=int, default=1)
-    p.add_argument("--samples", type=int, default=4)
-    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--example", type=int, default=1, help="the example picture clicked (0-3; 1: on white)")
     p.add_argument("--width", type=int, default=960, help="width of the saved PNGs")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -48,10 +48,10 @@ def main() -> None:
                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         _wait_until_served(url, server)
-        with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=os.environ.get("FLOWSDF_CHROMIUM", "/usr/bin/chromium"),
                                          args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(600_000)
             page.goto(url)
             page.wait_for_selector("#silhouette img")
@@ -59,19 +59,13 @@ def main() -> None:
             _wait_caption(page, f"{args.split} picture 0 ")
             _set_slider(page, "picture-index", args.index)
             _wait_caption(page, f"{args.split} picture {args.index} ")
-            # The picture as a file, for the Reconstruct tab: the gallery thumbnail is the dataset image.
-            thumb = page.locator("#gallery button.thumbnail-item img").nth(args.index).get_attribute("src")
-            picture = Path(tmp) / f"{args.split}-{args.index}.png"
-            Image.open(io.BytesIO(page.request.get(thumb).body())).convert("RGB").save(picture)
             _set_slider(page, "step-slider", args.step)
             _wait_caption(page, f"Step {args.step} of")
-            _save(page, args.out / "viewer_step.png", args.width)
+            page.wait_for_timeout(2500)  # the panes fade in after the caption
+            _save(page, args.out / "viewer_step.png", args.width, full_page=False)  # the first screen
 
             page.get_by_role("tab", name="Reconstruct").click()
-            page.locator("#recon-upload input[type='file']").set_input_files(str(picture))
-            _set_slider(page, "samples", args.samples)
-            _set_slider(page, "resolution", args.resolution)
-            page.locator("#reconstruct").click()
+            page.locator("#examples button.thumbnail-item").nth(args.example).click()
             page.wait_for_selector("#download-glb", state="visible")
             _wait_for_3d(page)
             _save(page, args.out / "viewer_reconstruct.png", args.width)
@@ -114,8 +108,8 @@ def _wait_for_3d(page) -> None:
     sys.exit("the 3-D view stayed empty")
 
 
-def _save(page, path: Path, width: int) -> None:
-    image = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+def _save(page, path: Path, width: int, full_page: bool = True) -> None:
+    image = Image.open(io.BytesIO(page.screenshot(full_page=full_page))).convert("RGB")
     height = round(image.height * width / image.width)
     image.resize((width, height), Image.Resampling.LANCZOS).save(path, optimize=True)
     print(f"wrote {path} ({path.stat().st_size // 1024} kB)")

@@ -3,7 +3,7 @@
 Run the main job first (`flowsdf reproduce --preset quick` writes runs/reproduce-quick), then:
 
     python examples/reconstruct.py                                   # a held-out shape of the dataset
-    python examples/reconstruct.py runs/reproduce-quick --image my.png  # one object, black background
+    python examples/reconstruct.py runs/reproduce-quick --image my.png  # one object on a plain background
 """
 
 import argparse

@@ -215,14 +215,14 @@ class FlowSDF:
             raise FlowSDFError(f"samples must be at least 1, got {samples}")
         prompts = [texts] if isinstance(texts, str) else list(texts)
         w = self._guidance(self.cfg.text_train.guidance if guidance is None else guidance)
-        with torch.no_grad():
-            tokens, mask = self.conditioner.encode(prompts)  # (N, L, C), (N, L); one clear error for bad prompts
+        tokens, mask = self.conditioner.encode(prompts)  # (N, L, C), (N, L); one clear error for bad prompts
         N, K = len(prompts), samples
         sampler = self.sampler(steps)
         z0 = sampler.noise([seed + k for k in range(K)] * N, self.device)  # (N*K, *latent)
         codes = sampler(tokens.repeat_interleave(K, dim=0), z0, cond_mask=mask.repeat_interleave(K, dim=0), guidance=w)
         return Result(torch.zeros(N, 0), codes.view(N, K, *self.latent_shape), seed, sampler.steps)
 
+    @torch.no_grad()
     def _sample(self, images: ImageInput | Sequence[ImageInput], samples: int, steps: int | None, seed: int,
                 trajectory: bool, prepare: bool, guidance: float) -> Result:
         batch, prepared = self.load_images(images, prepare)  # (N, 3, S, S)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from flowsdf import checkpoint, runs
-from flowsdf.flow import draw_objective_noise, flow_loss
 from flowsdf.build import build_flow, build_stage1
+from flowsdf.flow import draw_objective_noise, flow_loss
 from flowsdf.train import distributed
 from flowsdf.train.distill import DistillObjective
 from flowsdf.train.flow import train_flow

@@ -6,7 +6,13 @@ import torch
 from scipy.spatial import cKDTree
 
 from flowsdf.mesh.export import is_watertight, to_trimesh
-from flowsdf.mesh.extract import extract_mesh, extract_mesh_coarse_to_fine, mesh_from_grid, sdf_grid_coarse_to_fine
+from flowsdf.mesh.extract import (
+    extract_mesh,
+    extract_mesh_coarse_to_fine,
+    mesh_from_grid,
+    sdf_grid_coarse_to_fine,
+    sdf_grids_coarse_to_fine,
+)
 
 CENTER = torch.tensor([0.2, -0.1, 0.3])
 RADIUS = 0.4
@@ -82,3 +88,33 @@ def test_coarse_to_fine_handles_no_surface_and_bad_values():
         extract_mesh_coarse_to_fine(lambda p: torch.full((p.shape[0],), float("nan")), resolution=16)
     with pytest.raises(ValueError, match="power of 2"):
         sdf_grid_coarse_to_fine(sphere, resolution=16, coarse_stride=6)
+
+
+def test_batched_fields_give_each_fields_own_mesh_in_one_call_per_level():
+    """Several fields at once (as K decoded codes are): each grid gives the mesh the field gives
+    alone, the dense one; the fields are called once per level, all K together."""
+    fields = [sphere, torus, box, steep_sphere]
+    calls = []
+
+    def together(p: torch.Tensor) -> torch.Tensor:
+        calls.append(len(p))
+        return torch.stack([f(p) for f in fields])  # (K, P)
+
+    resolution = 48
+    voxel = 2.0 / (resolution - 1)
+    grids, evaluated = sdf_grids_coarse_to_fine(together, len(fields), resolution=resolution, chunk=1 << 20)
+    assert grids.shape == (len(fields), resolution, resolution, resolution)
+    assert len(calls) == 1 + 4  # the coarse grid, then one call per level (16 -> 8 -> 4 -> 2 -> 1)
+    assert evaluated == sum(calls) < 0.5 * resolution**3
+    for field, values in zip(fields, grids):
+        dense_v, dense_f = extract_mesh(field, resolution=resolution)
+        fast_v, fast_f = mesh_from_grid(values)
+        assert fast_v.shape == dense_v.shape and fast_f.shape == dense_f.shape
+        assert hausdorff(dense_v, fast_v) < 0.01 * voxel
+
+
+def test_one_batched_field_is_the_single_field_grid():
+    values, evaluated = sdf_grid_coarse_to_fine(torus, resolution=40)
+    grids, evaluated_batched = sdf_grids_coarse_to_fine(lambda p: torus(p)[None], 1, resolution=40)
+    np.testing.assert_array_equal(grids[0], values)
+    assert evaluated_batched == evaluated

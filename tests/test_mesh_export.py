@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from flowsdf.errors import FlowSDFError
-from flowsdf.mesh.export import export_mesh, FORMATS, is_watertight, load_mesh, to_trimesh
+from flowsdf.mesh.export import (
+    FORMATS,
+    export_mesh,
+    is_watertight,
+    load_mesh,
+    to_trimesh,
+)
 from flowsdf.mesh.extract import extract_mesh_coarse_to_fine
 
 

@@ -5,8 +5,18 @@ import math
 import pytest
 import torch
 
-from flowsdf.metrics.silhouette import silhouette_bce, silhouette_bce_per_item, silhouette_iou
-from flowsdf.metrics.surface import chamfer_l1, fscore, nearest_distances, surface_metrics, volumetric_iou
+from flowsdf.metrics.silhouette import (
+    silhouette_bce,
+    silhouette_bce_per_item,
+    silhouette_iou,
+)
+from flowsdf.metrics.surface import (
+    chamfer_l1,
+    fscore,
+    nearest_distances,
+    surface_metrics,
+    volumetric_iou,
+)
 
 
 def sphere(radius: float, center=(0.0, 0.0, 0.0)):

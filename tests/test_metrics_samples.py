@@ -5,7 +5,12 @@ import torch
 
 from flowsdf.data import dataset
 from flowsdf.fast_sampler import make_sampler
-from flowsdf.metrics.samples import best_and_mean, flow_trajectory, sample_codes, sample_diversity
+from flowsdf.metrics.samples import (
+    best_and_mean,
+    flow_trajectory,
+    sample_codes,
+    sample_diversity,
+)
 from flowsdf.pipeline import FlowSDF
 
 

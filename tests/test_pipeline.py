@@ -42,6 +42,7 @@ def test_same_seed_same_codes_other_seed_other_codes(tiny_flow_run, data):
     a, b, c = pipe(images, samples=3, seed=1).codes, pipe(images, samples=3, seed=1).codes, pipe(images, samples=3, seed=2).codes
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+    assert not a.requires_grad and a.grad_fn is None  # inference: no autograd graph kept (callers call .numpy())
     # A code depends on its picture and seed only, not on the batch it came in.
     torch.testing.assert_close(pipe(images[1:2], samples=3, seed=1).codes[0], a[1], rtol=1e-5, atol=1e-6)
 

@@ -15,6 +15,7 @@ from flowsdf import checkpoint, runs
 from flowsdf.cli import main
 from flowsdf.data import dataset
 from flowsdf.mesh.export import load_mesh
+from flowsdf.mesh.uncertainty import SCALE_MAX
 from flowsdf.pipeline import FlowSDF
 
 
@@ -63,10 +64,10 @@ def test_writes_k_meshes_preview_and_summary(capsys, shaped_run, pictures, tmp_p
                                "--samples", "2", "--resolution", "24", "--format", "ply", "--seed", "3")
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["failed"] == [] and len(summary["images"]) == 1
+    assert summary["failed"] == [] and len(summary["images"]) == 1 and summary["skipped"] == []
     entry = summary["images"][0]
     assert entry["file"] == str(pictures / "shape0.png") and entry["model"] == "flow" and entry["seed"] == 3
-    assert len(entry["meshes"]) == 2
+    assert len(entry["meshes"]) == 2 and entry["samples"] == entry["samples_requested"] == 2
     for m in entry["meshes"]:
         mesh = load_mesh(out / m["path"])
         assert m["path"].endswith(".ply") and m["vertices"] == len(mesh.vertices) > 0
@@ -74,19 +75,35 @@ def test_writes_k_meshes_preview_and_summary(capsys, shaped_run, pictures, tmp_p
     uncertain = load_mesh(out / entry["uncertainty"]["path"])
     assert uncertain.visual.kind == "vertex" and len(np.unique(uncertain.visual.vertex_colors, axis=0)) > 1
     assert Image.open(out / entry["preview"]).size[0] > 100
-    assert set(entry["timings_s"]) >= {"codes", "meshes", "uncertainty", "camera", "total", "write"}
+    assert entry["uncertainty"]["colour_scale_max"] == SCALE_MAX
+    assert set(entry["timings_s"]) >= {"codes", "mesh", "uncertainty", "camera", "total", "samples24", "write"}
+    # The picture exactly as the model saw it, the verdict and how the picture was read and prepared.
+    pipe = FlowSDF.from_run(shaped_run, "flow", "cpu")
+    seen = np.asarray(Image.open(out / entry["prepared"]), dtype=np.float32) / 255.0  # (S, S, 3)
+    np.testing.assert_allclose(seen, pipe.load_images(pictures / "shape0.png")[0][0].permute(1, 2, 0).numpy(),
+                               atol=0.5 / 255 + 1e-6)
+    assert set(entry["verdict"]) >= {"score", "fit", "silhouette_iou", "low", "warning"}
+    assert entry["preparation"]["prepared"] and entry["preparation"]["background"]["kind"] == "black"
+    assert entry["preparation"]["picture"]["format"] == "PNG"
+    assert summary["provenance"]["torch"] == torch.__version__ and "git_commit" in summary["provenance"]
 
 
-def test_cnn_and_one_sample_write_one_mesh_without_uncertainty(capsys, shaped_run, pictures, tmp_path):
+def test_a_deterministic_model_asked_for_k_samples_says_so_once_and_writes_one_mesh(capsys, shaped_run, pictures,
+                                                                                   tmp_path):
     out = tmp_path / "out"
     code, _, err = reconstruct(capsys, pictures, "--run", shaped_run, "--out", out, "--model", "cnn",
-                               "--resolution", "16", "--format", "obj")
+                               "--samples", "4", "--resolution", "16", "--format", "obj")
     assert code == 0, err
+    warnings = [ln for ln in err.splitlines() if "deterministic" in ln]
+    assert warnings == [("flowsdf: warning: the cnn model is deterministic: --samples 4 would give 4 identical "
+                         "shapes; one mesh per picture is made")]  # once for the call, not once per picture
     summary = json.loads((out / "summary.json").read_text())
     assert [e["file"] for e in summary["images"]] == [str(pictures / "shape0.png"), str(pictures / "shape1.png")]
-    assert all(len(e["meshes"]) == 1 and e["uncertainty"] is None for e in summary["images"])
+    for e in summary["images"]:
+        assert len(e["meshes"]) == 1 and e["uncertainty"] is None
+        assert e["samples"] == 1 and e["samples_requested"] == 4 and "deterministic" in e["notes"][0]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["summary.json", "shape0_sample1.obj", "shape0_preview.png", "shape1_sample1.obj", "shape1_preview.png"])
+        ["summary.json"] + [f"shape{i}_{s}" for i in (0, 1) for s in ("sample1.obj", "prepared.png", "preview.png")])
 
 
 def test_refine_fits_the_codes_the_meshes_come_from(capsys, shaped_run, pictures, tmp_path):
@@ -109,7 +126,7 @@ def test_refine_fits_the_codes_the_meshes_come_from(capsys, shaped_run, pictures
     np.testing.assert_allclose(written.vertices, refined.meshes[0].vertices, atol=1e-5)
     code, _, err = reconstruct(capsys, pictures, "--run", shaped_run, "--out", tmp_path / "bad", "--refine", "-1")
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "--refine must be at least 0" in lines[0]
+    assert code == 2 and len(lines) == 1 and "--refine must be from 0 to 100,000, got -1" in lines[0]
 
 
 def _png_bytes(size: int = 8) -> bytes:
@@ -145,10 +162,11 @@ def test_bad_inputs_each_give_one_error_and_the_rest_is_processed(capsys, shaped
     inputs = [bad / "notes.png", bad / "cut.png", bad / "empty.png", bad / "huge.png", bad / "big.png",
               tmp_path / "missing.png", tmp_path / "no_pictures", pictures / "shape0.png"]
     out = tmp_path / "out"
-    code, _, err = reconstruct(capsys, *inputs, "--run", shaped_run, "--out", out, "--resolution", "16")
+    code, _, err = reconstruct(capsys, *inputs, "--run", shaped_run, "--out", out, "--resolution", "16",
+                               "--samples", "1")
     assert code == 2
     assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("flowsdf: warning: ")]
     assert len(lines) == 7 and all(ln.startswith("flowsdf: error: ") for ln in lines), err
     for path, reason in zip(inputs[:7], ["not a picture", "truncated", "empty", "over the limit", "over the limit",
                                          "no such file", "no PNG"], strict=True):
@@ -159,7 +177,7 @@ def test_bad_inputs_each_give_one_error_and_the_rest_is_processed(capsys, shaped
     assert [e["file"] for e in summary["images"]] == [str(pictures / "shape0.png")]
     assert len(summary["failed"]) == 7
     written = {p.name for p in out.iterdir()}
-    assert written == {"summary.json", "shape0_sample1.glb", "shape0_preview.png"}
+    assert written == {"summary.json", "shape0_sample1.glb", "shape0_prepared.png", "shape0_preview.png"}
 
 
 def test_run_without_finished_model_and_unwritable_out(capsys, tiny_stage1_run, shaped_run, pictures, tmp_path):
@@ -197,23 +215,126 @@ def test_example_script_runs_on_a_trained_run(shaped_run, tmp_path):
 
 
 def test_reconstruct_image_returns_what_the_viewer_needs(shaped_run, tiny_data_dir):
-    from flowsdf.mesh.uncertainty import vertex_std
-    from flowsdf.reconstruct import reconstruct_image
+    from flowsdf.reconstruct import code_meshes, reconstruct_image, spread
 
     pipe = FlowSDF.from_run(shaped_run, "flow", "cpu")
     image = dataset.load(tiny_data_dir).heldout.input.images[0, 0]  # (3, S, S)
     rec = reconstruct_image(pipe, image, samples=3, seed=4, resolution=16)
-    S, D = pipe.image_size, pipe.latent_shape[0]
-    assert rec.image.shape == (3, S, S) and rec.codes.shape == (3, D) and rec.silhouette.shape == (S, S)
+    S, L = pipe.image_size, pipe.latent_shape
+    assert rec.image.shape == (3, S, S) and rec.codes.shape == (3, *L) and rec.silhouette.shape == (S, S)
     torch.testing.assert_close(rec.codes, pipe(image, samples=3, seed=4).codes[0])
-    assert len(rec.meshes) == 3 and all(len(m.faces) > 0 for m in rec.meshes)
     assert rec.camera[0].shape == (3, 3) and rec.camera[1].shape == (4, 4) and 0.0 <= rec.camera_iou <= 1.0
-    v = rec.mean_mesh.vertices
-    assert rec.vertex_std.shape == (len(v),) and rec.mean_mesh.visual.vertex_colors.shape == (len(v), 4)
-    np.testing.assert_allclose(rec.vertex_std, vertex_std([pipe.field(c) for c in rec.codes], v), rtol=1e-6)
-    assert rec.std_max == pytest.approx(rec.vertex_std.max())
-    assert set(rec.timings) == {"codes", "meshes", "uncertainty", "camera", "total"}
+    assert rec.prepared is None and rec.verdict.fit is None and rec.verdict.iou == rec.camera_iou
+    # The result is the mean code's mesh, coloured by the samples' spread at its vertices.
+    v = rec.mesh.vertices
+    mean = code_meshes(pipe, rec.codes.mean(0)[None], 16)[0]
+    np.testing.assert_array_equal(v, mean.vertices)
+    assert rec.mean_mesh is rec.mesh and rec.vertex_std.shape == (len(v),)
+    assert rec.mesh.visual.vertex_colors.shape == (len(v), 4)
+    np.testing.assert_allclose(rec.vertex_std, spread(pipe, rec.codes, v, 16))
+    assert rec.std_max == pytest.approx(rec.vertex_std.max()) and rec.colour_max == SCALE_MAX
+    assert set(rec.timings) == {"codes", "mesh", "uncertainty", "camera", "total"}  # no sample meshed yet
+    # Sample meshes are made when asked for, all K in one batched pass: each the code's own mesh.
+    meshes = rec.sample_meshes()
+    assert len(meshes) == 3 and all(len(m.faces) > 0 for m in meshes) and "samples16" in rec.timings
+    for code, mesh in zip(rec.codes, meshes):
+        np.testing.assert_allclose(mesh.vertices, pipe.mesh(code, resolution=16)[0], atol=1e-5)
+    assert rec.sample_mesh(1) is meshes[1] and rec.meshes[2] is meshes[2]
+    assert len(rec.preview_samples()) == 3 and len(rec.preview_mesh().faces) > 0
     again = reconstruct_image(pipe, image, samples=3, seed=4, resolution=16)
-    assert np.array_equal(again.meshes[1].vertices, rec.meshes[1].vertices)
+    assert np.array_equal(again.sample_meshes()[1].vertices, meshes[1].vertices)  # same call, same bits
     one = reconstruct_image(pipe, image, samples=1, resolution=16)
-    assert one.mean_mesh is None and one.vertex_std is None and len(one.meshes) == 1
+    assert one.mean_mesh is None and one.vertex_std is None and one.meshes == [one.mesh]
+
+
+def test_reconstruct_image_prepares_pictures_and_says_how_far_to_trust_them(shaped_run, tiny_data_dir, tmp_path):
+    """A picture on white off-centre is prepared like the render it came from; a picture unlike the
+    training pictures (a large object cut off by the border) is flagged; prepare=False keeps the
+    plain padding."""
+    from flowsdf.data.images import load_image
+    from flowsdf.reconstruct import judge, reconstruct_image
+
+    pipe = FlowSDF.from_run(shaped_run, "flow", "cpu")
+    views = dataset.load(tiny_data_dir).heldout.input
+    render = (views.images[0, 0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (S, S, 3)
+    mask = views.masks[0, 0].numpy() > 0.5
+    S = render.shape[0]
+    white = np.full((3 * S, 3 * S, 3), 245, np.uint8)
+    white[S // 2 : S // 2 + S, 2 * S - S // 3 : 3 * S - S // 3][mask] = render[mask]  # off-centre, on white
+    Image.fromarray(white).save(tmp_path / "white.png")
+    rec = reconstruct_image(pipe, tmp_path / "white.png", samples=1, resolution=16)
+    assert rec.prepared.prepared and rec.prepared.background.kind == "white"
+    found = rec.prepared.mask.numpy() > 0.5  # (S, S): the object, centred in the model's frame
+    ys, xs = np.nonzero(found)
+    assert abs((xs.min() + xs.max() + 1) / 2 - S / 2) <= 1 and abs((ys.min() + ys.max() + 1) / 2 - S / 2) <= 1
+    torch.testing.assert_close(rec.image, pipe.load_images(tmp_path / "white.png")[0][0])
+    plain = reconstruct_image(pipe, tmp_path / "white.png", samples=1, resolution=16, prepare=False)
+    torch.testing.assert_close(plain.image, load_image(tmp_path / "white.png", S))
+    assert plain.verdict.low  # the model never saw a white background
+    cut = np.full((64, 64, 3), 250, np.uint8)
+    cut[5:64, 0:50] = (40, 90, 160)  # most of the picture, cut off by two borders
+    Image.fromarray(cut).save(tmp_path / "cut.png")
+    flagged = reconstruct_image(pipe, tmp_path / "cut.png", samples=1, resolution=16)
+    assert flagged.verdict.low and flagged.verdict.fit < 0.5 and "border" in flagged.verdict.warning
+    assert judge(None, 0.9).score == pytest.approx(0.9) and not judge(None, 0.9).low
+    assert judge(None, 0.3).low and "IoU 0.30" in judge(None, 0.3).warning
+    assert "no surface" in judge(None, 0.0, empty=True).warning
+
+
+def test_outputs_never_overwrite_an_input_and_skipped_files_are_named(capsys, shaped_run, pictures, tmp_path):
+    """--out the input folder, holding x.png and x_preview.png: x's preview would be written over
+    the picture x_preview.png, so x's outputs get another name; both pictures are read, neither
+    is changed; a file that is not a picture is named in the summary."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(pictures / "shape0.png", folder / "x.png")
+    shutil.copy(pictures / "shape1.png", folder / "x_preview.png")
+    (folder / "notes.txt").write_text("not a picture")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    code, _, err = reconstruct(capsys, folder, "--run", shaped_run, "--out", folder, "--samples", "1",
+                               "--resolution", "16")
+    assert code == 0, err
+    for name, data in before.items():
+        assert (folder / name).read_bytes() == data, name
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [e["name"] for e in summary["images"]] == ["x-2", "x_preview"]
+    assert (folder / "x-2_preview.png").is_file() and (folder / "x_preview_preview.png").is_file()
+    assert summary["skipped"] == [str(folder / "notes.txt")]
+
+
+def test_reading_notes_go_to_the_summary(capsys, shaped_run, pictures, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    picture = Image.open(pictures / "shape0.png").transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored turned; EXIF says: rotate back
+    picture.save(folder / "turned.jpg", exif=exif, quality=95)
+    out = tmp_path / "out"
+    code, _, err = reconstruct(capsys, folder, "--run", shaped_run, "--out", out, "--samples", "1",
+                               "--resolution", "16", "--no-prepare")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    entry = summary["images"][0]
+    assert summary["prepare"] is False and entry["preparation"]["prepared"] is False
+    assert any("EXIF orientation (8)" in n for n in entry["preparation"]["notes"])
+    assert entry["preparation"]["picture"]["format"] == "JPEG"
+
+
+def test_guidance_reaches_the_samples_and_is_recorded(capsys, shaped_run, pictures, tmp_path):
+    """--guidance W samples with v_null + W (v_cond - v_null): W = 1 is the run's default here (its
+    flow.guidance), so it writes the same meshes as no flag; W = 4 other ones; a W out of range is
+    one error line before anything is loaded."""
+    outs = {}
+    for label, flags in (("default", []), ("one", ["--guidance", "1"]), ("four", ["--guidance", "4"])):
+        out = tmp_path / label
+        code, _, err = reconstruct(capsys, pictures / "shape0.png", "--run", shaped_run, "--out", out, "--samples", "1",
+                                   "--resolution", "16", "--format", "ply", *flags)
+        assert code == 0, err
+        entry = json.loads((out / "summary.json").read_text())["images"][0]
+        outs[label] = (entry["guidance"], np.asarray(load_mesh(out / entry["meshes"][0]["path"]).vertices))
+    assert outs["default"][0] == outs["one"][0] == 1.0 and outs["four"][0] == 4.0
+    np.testing.assert_array_equal(outs["default"][1], outs["one"][1])
+    assert outs["four"][1].shape != outs["one"][1].shape or not np.array_equal(outs["four"][1], outs["one"][1])
+    code, _, err = reconstruct(capsys, pictures / "shape0.png", "--run", shaped_run, "--out", tmp_path / "bad",
+                               "--guidance", "101")
+    assert code == 2 and err.startswith("flowsdf: error: --guidance") and not (tmp_path / "bad").exists()

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from flowsdf import checkpoint, runs
-from flowsdf.cli import main
 from flowsdf.build import build_stage1
+from flowsdf.cli import main
 from flowsdf.train.flow import train_flow
 
 

@@ -7,7 +7,13 @@ import torch
 
 from flowsdf.data import shapes
 from flowsdf.fields import bounded, code_field
-from flowsdf.metrics.shapes import evaluate_shapes, gt_field, METRIC_KEYS, shape_metrics, SPHERE_FLOOR
+from flowsdf.metrics.shapes import (
+    METRIC_KEYS,
+    SPHERE_FLOOR,
+    evaluate_shapes,
+    gt_field,
+    shape_metrics,
+)
 from flowsdf.metrics.surface import volumetric_iou
 from flowsdf.models.sdf import DecoderConfig, SDFDecoder
 

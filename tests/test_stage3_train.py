@@ -11,9 +11,9 @@ import torch
 from safetensors import safe_open
 
 from flowsdf import checkpoint, runs
+from flowsdf.build import build_stage1
 from flowsdf.cli import main
 from flowsdf.loading import load_albedo
-from flowsdf.build import build_stage1
 from flowsdf.train.stage1 import train_stage1
 
 
@@ -43,7 +43,7 @@ def test_rgb_training_checkpoints_the_albedo_head_draws_shading_and_resumes_exac
     train_stage1(cfg, tmp_path / "resumed", tiny_data_dir, resume=True, progress=False)
 
     assert all(torch.equal(a, b) for a, b in zip(_weights(tmp_path / "straight", cfg), _weights(tmp_path / "resumed", cfg)))
-    heads = [load_albedo(runs.checkpoint_path(tmp_path / r, "stage1"), cfg.decoder.latent_dim) for r in ("straight", "resumed")]
+    heads = [load_albedo(runs.checkpoint_path(tmp_path / r, "stage1"), cfg.decoder.mlp.latent_dim) for r in ("straight", "resumed")]
     assert heads[0] is not None
     assert all(torch.equal(a, b) for a, b in zip(heads[0].parameters(), heads[1].parameters()))
     rows = runs.read_metrics(tmp_path / "straight", "stage1")

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from flowsdf import checkpoint, runs
+from flowsdf.build import build_stage1
 from flowsdf.config import TrainConfig
 from flowsdf.errors import FlowSDFError
-from flowsdf.build import build_stage1
 from flowsdf.train.loop import lr_at, tau_at, warmup_factor
 from flowsdf.train.stage1 import train_stage1
 

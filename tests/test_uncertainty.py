@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 from matplotlib import colormaps
 
-from flowsdf.mesh.uncertainty import sample_std, std_colors, vertex_std
+from flowsdf.mesh.uncertainty import SCALE_MAX, band_std, sample_std, std_colors, vertex_std
 
 POINTS = np.random.default_rng(0).uniform(-1, 1, size=(500, 3)).astype(np.float32)
 
@@ -40,10 +41,52 @@ def test_sample_std_matches_numpy_and_needs_two_samples():
         sample_std(values[:1])
 
 
-def test_colours_span_the_colormap():
-    colors, vmax = std_colors(np.array([0.0, 0.5, 2.0]), cmap="viridis")
+def test_colours_are_on_one_absolute_scale():
+    colors, vmax = std_colors(np.array([0.0, 0.5, 2.0]), vmax=2.0, cmap="viridis")
     assert vmax == 2.0 and colors.dtype == np.uint8 and colors.shape == (3, 4)
     expected = (np.array(colormaps["viridis"]([0.0, 0.25, 1.0])) * 255).round().astype(np.uint8)
     assert np.array_equal(colors, expected)
-    colors, vmax = std_colors(np.zeros(4))  # all certain: the low end, no division by zero
-    assert np.array_equal(colors, np.repeat(colors[:1], 4, axis=0)) and vmax > 0
+    # The default scale is absolute (object units), not the mesh's own maximum: a tiny spread
+    # stays dark, and the same spread has the same colour on every mesh.
+    tiny, vmax = std_colors(np.array([0.0, 1e-4]))
+    assert vmax == SCALE_MAX
+    dark = (np.array(colormaps["viridis"](0.0)) * 255).round().astype(np.uint8)
+    assert np.abs(tiny.astype(int) - dark).max() <= 2
+    big, _ = std_colors(np.array([10 * SCALE_MAX]))  # saturates at the top
+    assert np.array_equal(big[0], (np.array(colormaps["viridis"](1.0)) * 255).round().astype(np.uint8))
+    with pytest.raises(ValueError):
+        std_colors(np.zeros(3), vmax=0.0)
+
+
+def together(*fields):
+    return lambda p: torch.stack([f(p) for f in fields])  # (K, P)
+
+
+SURFACE = POINTS[np.abs(np.linalg.norm(POINTS, axis=1) - 0.5) < 0.05]  # points near the sphere
+
+
+@pytest.mark.parametrize("origin", [0.0, -1.0])
+def test_band_std_is_exact_where_the_samples_differ_by_affine_fields(origin):
+    # Offset spheres differ by a constant, a tilted plane added differs by an affine function:
+    # trilinear interpolation of each field reproduces their differences exactly.
+    tilt = lambda p: ball(0.5)(p) + 0.02 * p[:, 0] - 0.01 * p[:, 2]
+    fields = [ball(0.47), ball(0.5), ball(0.53), tilt]
+    fast = band_std(together(*fields), 4, SURFACE, cell=0.06, origin=origin)
+    np.testing.assert_allclose(fast, vertex_std(fields, SURFACE), atol=1e-6)  # |p| interpolates wrongly, the same for all
+    shifted = band_std(together(ball(0.47), ball(0.53)), 2, SURFACE, cell=0.06, origin=origin)
+    np.testing.assert_allclose(shifted, 0.03, atol=1e-6)
+
+
+def test_band_std_evaluates_the_fields_together_at_cell_corners_only():
+    calls = []
+
+    def fields(p):
+        calls.append(len(p))
+        return together(ball(0.48), ball(0.52))(p)
+
+    std = band_std(fields, 2, SURFACE, cell=0.25)
+    assert len(calls) == 1 and calls[0] < 8 * len(SURFACE)  # shared corners, one call for both fields
+    np.testing.assert_allclose(std, 0.02, atol=1e-6)
+    assert band_std(fields, 2, np.zeros((0, 3)), cell=0.25).shape == (0,)
+    with pytest.raises(ValueError):
+        band_std(fields, 1, SURFACE, cell=0.25)

@@ -1,9 +1,11 @@
 """`flowsdf view` refuses what it cannot serve with one line, before it starts serving."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,67 @@ def test_a_port_in_use_is_one_error_line(tiny_flow_run, capsys):
         assert main(["view", str(tiny_flow_run), "--device", "cpu", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"flowsdf: error: cannot serve on 127.0.0.1:{port}: the port is in use; choose another --port"]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.0.10"])
+def test_a_host_other_machines_can_reach_needs_allow_remote(host, tiny_flow_run, capsys):
+    assert main(["view", str(tiny_flow_run), "--host", host]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"flowsdf: error: --host {host} lets other machines reach the viewer")
+    assert "--allow-remote" in err[0]
+
+
+def test_allow_remote_serves_with_a_warning(tiny_flow_run, capsys):
+    with socket.socket() as busy:  # the port is taken, so the command stops right after the warning
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["view", str(tiny_flow_run), "--device", "cpu", "--host", "0.0.0.0", "--allow-remote",
+                     "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("flowsdf: warning: serving on 0.0.0.0: anyone who can reach this address")
+    assert err[-1] == f"flowsdf: error: cannot serve on 0.0.0.0:{port}: the port is in use; choose another --port"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stopping_the_server_removes_its_uploads(stop, tiny_flow_run, tmp_path):
+    """Uploads and every file the server writes live in one private folder, removed on SIGTERM as
+    on Ctrl-C; the command then exits 0."""
+    import httpx
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TMPDIR": str(temp),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "flowsdf", "view", str(tiny_flow_run), "--device", "cpu",
+                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                if httpx.get(url, timeout=5, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the viewer did not serve within 180 s"
+            time.sleep(0.5)
+        reply = httpx.post(url + "gradio_api/upload", files={"files": ("mine.png", b"\x89PNG not really", "image/png")},
+                           timeout=10, trust_env=False)
+        assert reply.status_code == 200, reply.text
+        (work,) = temp.glob("flowsdf-view-*")  # the server's private folder ...
+        assert [p.name for p in work.rglob("mine.png")] == ["mine.png"]  # ... holds the upload
+        proc.send_signal(stop)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert list(temp.iterdir()) == []  # nothing left behind
+    assert "its temporary files are removed" in err and "Traceback" not in err

@@ -1,5 +1,7 @@
 """The viewer's computations without the web page: paths, panes, limits and refusals."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,9 @@ from flowsdf.data import dataset
 from flowsdf.errors import FlowSDFError
 from flowsdf.metrics.silhouette import silhouette_iou
 from flowsdf.viewer import panes
-from flowsdf.viewer.backend import Limits, MAX_SEED, Viewer
+from flowsdf.viewer.backend import MAX_SEED, Limits, Viewer
 from flowsdf.viewer.latent import fit_frame
+from flowsdf.viewer.recon import MEAN, SINGLE_COLOUR
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +102,21 @@ def test_bad_requests_are_one_clear_error_each(viewer, tmp_path):
     empty, text = empty_file(tmp_path / "empty.png"), text_file(tmp_path / "notes.png")
     with pytest.raises(FlowSDFError, match="empty"):
         viewer.upload_picture(empty)
-    with pytest.raises(FlowSDFError, match="not a picture"):
+    with pytest.raises(FlowSDFError, match="^notes.png: not a picture"):  # the server's path is not shown
         viewer.upload_picture(text)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (40, 30), (250, 250, 250)).save(blank)
+    with pytest.raises(FlowSDFError, match="^blank.png: no object found on the white background"):
+        viewer.upload_picture(blank)
     with pytest.raises(FlowSDFError, match="over the limit"):
         viewer.upload_picture(declared_png(tmp_path / "huge.png", 100_000, 100_000))
     lim = viewer.limits
     for k, res in ((0, 32), (lim.max_samples + 1, 32), (1, lim.min_resolution - 1), (1, lim.max_resolution + 1)):
         with pytest.raises(FlowSDFError, match="must be from"):
             viewer.reconstruct(text, k, res, 0, progress=lambda f, d: None)
+    for w in (0.5, 7.5):
+        with pytest.raises(FlowSDFError, match="guidance must be from"):
+            viewer.reconstruct(text, 1, 32, 0, progress=lambda f, d: None, guidance=w)
 
 
 def test_a_run_without_the_ablation_flow_refuses_scaling_off(viewer):
@@ -115,7 +125,7 @@ def test_a_run_without_the_ablation_flow_refuses_scaling_off(viewer):
         bare.step_flow(bare.dataset_picture("training", 0), False, 0)
 
 
-def test_reconstruct_writes_meshes_trimesh_reads(tiny_surface_run, tiny_data_dir, tmp_path):
+def test_reconstruct_writes_meshes_trimesh_reads_and_shows_each_sample(tiny_surface_run, tiny_data_dir, tmp_path):
     viewer = Viewer.load(tiny_surface_run, "cpu", progress=False)
     picture = tmp_path / "shape.png"
     image = dataset.load(tiny_data_dir).train.input.images[0, 0]  # (3, S, S)
@@ -128,4 +138,89 @@ def test_reconstruct_writes_meshes_trimesh_reads(tiny_surface_run, tiny_data_dir
     assert n > 0 and all(len(m.vertices) == n for m in meshes.values())
     colors = meshes["ply"].visual.vertex_colors  # K = 2: uncertainty colours on the mean mesh
     assert colors.shape == (n, 4) and len(np.unique(colors[:, :3], axis=0)) > 1
-    assert out.silhouette.shape[2] == 3 and "2 sample(s)" in out.caption
+    assert out.silhouette.shape[2] == 3 and "2 sample(s)" in out.caption and "Prepared:" in out.caption
+    assert out.choices == [MEAN, "sample 1", "sample 2"] and len(out.gallery) == 2
+    assert out.colour_bar is not None and out.colour_bar.shape[2] == 3
+    assert "silhouette IoU" in out.verdict
+    files, caption = viewer.show(out.key, "sample 2")  # meshed at full resolution now, one colour
+    sample = trimesh.load(files["ply"], force="mesh", process=False)
+    assert len(sample.faces) > 0 and (sample.visual.vertex_colors == SINGLE_COLOUR).all()
+    assert "**Shown: sample 2** of 2 sample(s)" in caption
+    with pytest.raises(FlowSDFError, match="no sample 3"):
+        viewer.show(out.key, "sample 3")
+    with pytest.raises(FlowSDFError, match="no longer kept"):
+        viewer.show("r999", "sample 1")
+    one = viewer.reconstruct(picture, 1, 32, 0, progress=lambda f, d: None)
+    assert one.choices == ["sample 1"] and one.colour_bar is None
+    single = trimesh.load(one.files["glb"], force="mesh", process=False)
+    assert (single.visual.vertex_colors == SINGLE_COLOUR).all()  # readable, not a pale default
+
+
+def test_examples_are_held_out_shapes_on_other_backgrounds(viewer):
+    examples = viewer.examples()
+    assert len(examples) == 4 and all(p.is_file() and p.parent.parent == viewer.workdir for p, _ in examples)
+    corners = [np.asarray(Image.open(p))[0, 0] for p, _ in examples]
+    assert (corners[0] == 0).all() and (corners[1] > 240).all()  # black, then white
+    assert all("held-out shape" in c for _, c in examples)
+
+
+def test_limits_read_as_the_page_counts_and_default_like_reconstruct():
+    from flowsdf.cli.reconstruct import DEFAULT_RESOLUTION, DEFAULT_SAMPLES
+
+    lim = Limits()
+    assert lim.max_upload_bytes == 10 * 1024 * 1024 and lim.upload_limit_text == "10.0 MB (10,485,760 bytes)"
+    assert Limits(max_upload_mb=0.2).upload_limit_text == "204.8 KB (209,715 bytes)"
+    assert (lim.default_samples, lim.default_resolution) == (DEFAULT_SAMPLES, DEFAULT_RESOLUTION)
+    small = Limits(max_samples=2, max_resolution=40)
+    assert (small.default_samples, small.default_resolution) == (2, 40)
+
+
+def test_an_empty_shape_is_said_in_the_caption_never_a_silent_black_pane(viewer):
+    path = viewer.step_flow(viewer.dataset_picture("training", 0), True, 0)
+    empty = dataclasses.replace(path, silhouettes=np.zeros_like(path.silhouettes))
+    caption = viewer.step_panes(empty, path.steps)[3]
+    assert "The decoded shape is empty at this step" in caption and "try another seed" in caption
+    full = dataclasses.replace(path, silhouettes=np.ones_like(path.silhouettes))
+    assert "empty" not in viewer.step_panes(full, 0)[3]
+
+
+def test_the_page_turns_every_failure_into_a_message_and_logs_it(capsys):
+    """Expected refusals: one log line; out of memory: says so; a bug: a named message, traceback
+    in the log. Never an empty message."""
+    import gradio as gr
+
+    from flowsdf.viewer.app import _shown
+
+    def fails(error):
+        @_shown
+        def handler():
+            raise error
+        return handler
+
+    for error, shown, logged in [
+        (FlowSDFError("notes.png: not a picture"), "notes.png: not a picture", "refused: notes.png: not a picture"),
+        (torch.OutOfMemoryError("CUDA out of memory"), "out of memory", "out of memory: handler"),
+        (MemoryError(), "out of memory", "out of memory: handler"),
+        (ZeroDivisionError("division by zero"), "internal error (ZeroDivisionError: division by zero)",
+         "internal error: handler: ZeroDivisionError"),
+    ]:
+        with pytest.raises(gr.Error) as caught:
+            fails(error)()
+        assert shown in caught.value.message and caught.value.message.strip()
+        assert caught.value.print_exception is False  # Gradio does not print its own traceback
+        err = capsys.readouterr().err
+        assert logged in err
+        assert ("Traceback" in err) == isinstance(error, ZeroDivisionError), err
+        if not isinstance(error, ZeroDivisionError):
+            assert len(err.strip().splitlines()) == 1
+    with pytest.raises(gr.Error, match="&lt;b&gt;"):  # a message is text, not HTML
+        fails(FlowSDFError("<b>name</b>.png: bad"))()
+
+
+def test_a_shape_without_a_surface_is_a_message_never_a_black_result(viewer, data, tmp_path):
+    """The tiny run's decoder has no surface after two epochs (conftest): the request says so."""
+    picture = tmp_path / "shape.png"
+    image = data.train.input.images[0, 0]  # (3, S, S)
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(picture)
+    with pytest.raises(FlowSDFError, match="no surface inside the bounding sphere: there is nothing to show"):
+        viewer.reconstruct(picture, 1, 32, 0, progress=lambda f, d: None)

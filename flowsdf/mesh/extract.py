@@ -6,12 +6,14 @@ wound so that normals point outwards (out of the sdf < 0 region).
 
 Two ways to fill the grid: `extract_mesh` evaluates every grid point (the reference), and
 `extract_mesh_coarse_to_fine` evaluates a coarse grid and refines only the cells that can hold
-the surface, which makes 128^3 affordable on a CPU (see `sdf_grid_coarse_to_fine`).
+the surface, which makes 128^3 affordable on a CPU (see `sdf_grid_coarse_to_fine`);
+`sdf_grids_coarse_to_fine` does it for K fields at once (K decoded codes: one call per level).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -20,6 +22,9 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from flowsdf.fields import PointField
+
+# K fields evaluated together: points (P, 3) -> values (K, P) (e.g. one decoder pass over K codes).
+MultiField = Callable[[Tensor], Tensor]
 
 
 def _empty_mesh() -> tuple[np.ndarray, np.ndarray]:
@@ -93,10 +98,12 @@ def mesh_from_grid(values: np.ndarray, bound: float = 1.0) -> tuple[np.ndarray, 
 
 
 @torch.no_grad()
-def _evaluate(field: PointField, points: Tensor, chunk: int, device: torch.device | str) -> Tensor:
-    """The field at points (P, 3) in chunks, as float32 on the CPU: (P,)."""
-    out = [field(points[s : s + chunk].to(device)).reshape(-1).float().cpu() for s in range(0, points.shape[0], chunk)]
-    return torch.cat(out) if out else torch.zeros(0)
+def _evaluate(fields: MultiField, count: int, points: Tensor, chunk: int, device: torch.device | str) -> Tensor:
+    """`count` fields at points (P, 3) in chunks of about `chunk` evaluations, as float32 on the CPU: (K, P)."""
+    step = max(1, chunk // count)
+    out = [fields(points[s : s + step].to(device)).reshape(count, -1).float().cpu()
+           for s in range(0, points.shape[0], step)]
+    return torch.cat(out, dim=1) if out else torch.zeros(count, 0)
 
 
 # The 27 offsets of a cell's points on the grid of half its size: its corners, edge midpoints,
@@ -144,38 +151,71 @@ def sdf_grid_coarse_to_fine(
         values (R, R, R) float32 as `sdf_grid` (exact where refined, same-sign fill elsewhere) and
         the number of points the field was evaluated at.
     """
+    grids, evaluated = sdf_grids_coarse_to_fine(lambda p: field(p).reshape(1, -1), 1, resolution, bound,
+                                                coarse_stride, chunk, device, slope)
+    return grids[0], evaluated
+
+
+@torch.no_grad()
+def sdf_grids_coarse_to_fine(
+    fields: MultiField,
+    count: int,
+    resolution: int = 128,
+    bound: float = 1.0,
+    coarse_stride: int = 16,
+    chunk: int = 65536,
+    device: torch.device | str = "cpu",
+    slope: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """`sdf_grid_coarse_to_fine` for `count` fields at once, evaluated together.
+
+    `fields` maps points (P, 3) to (K, P): the K fields at every point, e.g. a decoder run on K
+    codes in one batch. A cell is refined when it is marked for any of the fields (each with its
+    own slope), and every refined point is evaluated for all of them in the same call, so each
+    field's grid is exact wherever its own `sdf_grid_coarse_to_fine` would be exact (and at the
+    points marked for the others too). What it saves is calls, not evaluations: K near-identical
+    fields (flow samples) share one narrow band and one set of decoder calls per level.
+
+    Returns:
+        values (K, R, R, R) float32 and the number of points evaluated (each for all K fields).
+    """
     if resolution < 2:
         raise ValueError(f"resolution must be at least 2, got {resolution}")
     if coarse_stride < 1 or coarse_stride & (coarse_stride - 1):
         raise ValueError(f"coarse_stride must be a power of 2, got {coarse_stride}")
+    if count < 1:
+        raise ValueError(f"need at least one field, got {count}")
     h = 2.0 * bound / (resolution - 1)  # the fine voxel
     n = max(1, math.ceil((resolution - 1) / coarse_stride))  # coarse cells per axis
     # The padded fine grid has n * stride + 1 points per axis (>= resolution); cropped at the end.
     stride = coarse_stride
     axis = -bound + h * stride * torch.arange(n + 1, dtype=torch.float64)  # (n+1,)
     coarse = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).float()  # (n+1, n+1, n+1, 3)
-    values = _evaluate(field, coarse.reshape(-1, 3), chunk, device).reshape((n + 1,) * 3)  # (n+1, n+1, n+1)
-    evaluated = values.numel()
+    values = _evaluate(fields, count, coarse.reshape(-1, 3), chunk, device).reshape(count, *(n + 1,) * 3)  # (K, n+1, n+1, n+1)
+    evaluated = coarse.shape[0] ** 3
     if not torch.isfinite(values).all():
         raise ValueError("the field returned NaN or infinite values; cannot extract a mesh")
-    if slope is None:
-        steps = [values.diff(dim=d).abs().max() for d in range(3) if values.shape[d] > 1]
-        slope = max(1.0, float(max(steps)) / (h * stride)) if steps else 1.0
-    exact = torch.ones_like(values, dtype=torch.bool)  # (n+1, n+1, n+1)
+    if slope is None:  # per field: the steepest finite difference on the coarse grid, at least 1
+        steps = [values.diff(dim=d).abs().amax(dim=(1, 2, 3)) for d in range(1, 4) if values.shape[d] > 1]
+        slopes = (torch.stack(steps).amax(dim=0) / (h * stride)).clamp(min=1.0) if steps else torch.ones(count)
+    else:
+        slopes = torch.full((count,), float(slope))
+    exact = torch.ones(values.shape[1:], dtype=torch.bool)  # (n+1, n+1, n+1)
     while stride > 1:
         lo = hi = near = None
-        for a in (0, 1):  # min, max and min |.| over the 8 corners of every cell, (n, n, n) each
+        for a in (0, 1):  # min, max and min |.| over the 8 corners of every cell, (K, n, n, n) each
             for b in (0, 1):
                 for c in (0, 1):
-                    v = values[a : a + n, b : b + n, c : c + n]
+                    v = values[:, a : a + n, b : b + n, c : c + n]
                     lo = v if lo is None else torch.minimum(lo, v)
                     hi = v if hi is None else torch.maximum(hi, v)
                     near = v.abs() if near is None else torch.minimum(near, v.abs())
-        crosses = (lo <= 0) & (hi >= 0)  # (n, n, n)
+        crosses = (lo <= 0) & (hi >= 0)  # (K, n, n, n)
         if stride > 2:
-            marked = crosses | (near < slope * stride * h * math.sqrt(3.0))
+            limit = (slopes * stride * h * math.sqrt(3.0)).view(count, 1, 1, 1)  # (K, 1, 1, 1)
+            marked = (crosses | (near < limit)).any(dim=0)  # (n, n, n)
         else:  # the last level: sign changes only
-            marked = crosses
+            marked = crosses.any(dim=0)
         cells = marked.nonzero()  # (M, 3)
         # Every point of a marked cell on the grid of half the stride: (P, 3), each once.
         pts = (2 * cells[:, None, :] + _CELL_POINTS).reshape(-1, 3)  # (M*27, 3)
@@ -187,16 +227,16 @@ def sdf_grid_coarse_to_fine(
         known[even] = exact[tuple((pts[even] // 2).T)]
         pts, flat = pts[~known], flat[~known]
         stride, n = stride // 2, 2 * n
-        values = F.interpolate(values[None, None], size=(n + 1,) * 3, mode="trilinear", align_corners=True)[0, 0]
+        values = F.interpolate(values[:, None], size=(n + 1,) * 3, mode="trilinear", align_corners=True)[:, 0]
         points = (-bound + h * stride * pts.double()).float()  # (P, 3)
-        values.view(-1)[flat] = _evaluate(field, points, chunk, device)  # (P,)
+        values.view(count, -1)[:, flat] = _evaluate(fields, count, points, chunk, device)  # (K, P)
         evaluated += len(flat)
         if stride > 1:
             was_exact = exact
             exact = torch.zeros((n + 1,) * 3, dtype=torch.bool)
             exact[::2, ::2, ::2] = was_exact
             exact.view(-1)[flat] = True
-    return values[:resolution, :resolution, :resolution].contiguous().numpy(), evaluated
+    return values[:, :resolution, :resolution, :resolution].contiguous().numpy(), evaluated
 
 
 def extract_mesh_coarse_to_fine(

@@ -1,8 +1,9 @@
 """What the viewer computes, with no web code: loaded once per run, called by the page's handlers.
 
 Everything a request can ask for is bounded (`Limits`): the number of samples, the meshing
-resolution, the seed's range; pictures are checked by flowsdf.data.images before decoding. Every
-refusal is a FlowSDFError whose one-line message the page shows.
+resolution, the seed's range, the upload size and rate; pictures are checked by
+flowsdf.data.images before decoding and prepared like the training renders (flowsdf.data.prepare)
+before the model sees them. Every refusal is a FlowSDFError whose one-line message the page shows.
 
 "Step the flow" caches each computed path (picture, noise scaling, seed) so that moving the step
 slider only redraws; the cache is small and bounded.
@@ -11,6 +12,7 @@ slider only redraws; the cache is small and bounded.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,19 +24,31 @@ from torch import Tensor
 
 from flowsdf import runs
 from flowsdf.data.dataset import Dataset, Views
-from flowsdf.data.images import open_checked, to_model_input
+from flowsdf.data.prepare import Prepared, prepare_picture
 from flowsdf.device import pick_device
 from flowsdf.errors import FlowSDFError
 from flowsdf.metrics.silhouette import silhouette_iou
 from flowsdf.pipeline import FlowSDF
-from flowsdf.reconstruct import code_camera
+from flowsdf.reconstruct import DEFAULT_RESOLUTION, DEFAULT_SAMPLES, FIT_LOW, code_camera
 from flowsdf.viewer import panes
 from flowsdf.viewer.latent import LatentFrame, fit_frame
-from flowsdf.viewer.recon import MeshFolder, Progress, ReconOutput, reconstruct_upload
+from flowsdf.viewer.recon import (
+    MeshFolder,
+    Progress,
+    ReconOutput,
+    Recons,
+    caption,
+    reconstruct_upload,
+    write_examples,
+    write_shown,
+)
 
 SPLITS = ("training", "novel", "held-out")
+YOURS = "your picture"  # the step tab's source after an upload
 MAX_SEED = 2**31 - 1
+GUIDANCE = (1.0, 7.0)  # the page's range of classifier-free guidance W (1 = the plain conditional flow)
 _CACHE_SIZE = 64
+MB = 1024 * 1024  # the page counts upload sizes in binary megabytes; so do --max-upload-mb and the header
 
 
 @dataclass(frozen=True)
@@ -44,11 +58,37 @@ class Limits:
     max_samples: int = 8  # K flow samples per reconstruction
     min_resolution: int = 32  # marching-cubes grid points per axis
     max_resolution: int = 128
-    max_upload_mb: float = 10.0  # enforced by the web server before a handler runs
+    max_upload_mb: float = 10.0  # MB of 1,048,576 bytes; enforced by the web server before a handler runs
+    uploads_per_minute: int = 30  # per client address, enforced by the web server (flowsdf.viewer.app.Guard)
 
     @property
     def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1_000_000)
+        return int(self.max_upload_mb * MB)
+
+    @property
+    def upload_limit_text(self) -> str:
+        """The limit as the page's own refusal prints it (Gradio's front end: powers of 1024, one
+        decimal), with the exact number of bytes."""
+        return f"{size_text(self.max_upload_bytes)} ({self.max_upload_bytes:,} bytes)"
+
+    @property
+    def default_samples(self) -> int:
+        """`flowsdf reconstruct`'s default K, within the bounds."""
+        return min(DEFAULT_SAMPLES, self.max_samples)
+
+    @property
+    def default_resolution(self) -> int:
+        """`flowsdf reconstruct`'s default resolution, within the bounds."""
+        return max(self.min_resolution, min(DEFAULT_RESOLUTION, self.max_resolution))
+
+
+def size_text(n: int) -> str:
+    """A number of bytes as Gradio's page writes it: divided by 1024 while >= 1024, one decimal."""
+    value, units = float(n), ("bytes", "KB", "MB", "GB", "TB")
+    unit = 0
+    while value >= 1024 and unit < len(units) - 1:
+        value, unit = value / 1024, unit + 1
+    return f"{value:.1f} {units[unit]}"
 
 
 @dataclass
@@ -61,6 +101,7 @@ class Picture:
     mask: Tensor | None = None  # (S, S) ground-truth silhouette, dataset views only
     K: Tensor | None = None  # (3, 3) the view's camera, dataset views only
     c2w: Tensor | None = None  # (4, 4)
+    prepared: Prepared | None = None  # how an upload was prepared
 
 
 @dataclass
@@ -75,6 +116,7 @@ class FlowPath:
     ground_truth: np.ndarray | None  # (S, S), None for an upload
     title: str
     camera_note: str
+    prepared_note: str | None = None  # an upload: how it was prepared
 
     @property
     def steps(self) -> int:
@@ -85,18 +127,26 @@ class Viewer:
     """A run's flows, dataset and latent frame, loaded once; the page's computations."""
 
     def __init__(self, run_dir: Path, flow: FlowSDF, noscale: FlowSDF | None, data: Dataset, frame: LatentFrame,
-                 limits: Limits = Limits()):
+                 limits: Limits = Limits(), workdir: Path | None = None):
+        """`workdir`: where mesh files and example pictures go (the caller removes it); None: a
+        temporary folder this object owns."""
         self.run_dir, self.flow, self.noscale, self.data = Path(run_dir), flow, noscale, data
         self.frame, self.limits = frame, limits
         self._splits = {"training": data.train.input, "novel": data.train.novel, "held-out": data.heldout.input}
         self._cache: OrderedDict[tuple, FlowPath] = OrderedDict()
-        self._cameras: dict[tuple, tuple[Tensor, Tensor, float]] = {}
+        self._cameras: dict[tuple, tuple[Tensor, Tensor, bool, float]] = {}
         self._lock = threading.Lock()
-        self._meshes = MeshFolder()
+        if workdir is None:
+            self._own = tempfile.TemporaryDirectory(prefix="flowsdf-view-")
+            workdir = Path(self._own.name)
+        self.workdir = Path(workdir)
+        self._meshes = MeshFolder(self.workdir / "meshes")
+        self._recons = Recons()
+        self._examples: list[tuple[Path, str]] | None = None
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", data_dir: Path | None = None,
-             limits: Limits = Limits(), progress: bool = True) -> "Viewer":
+             limits: Limits = Limits(), progress: bool = True, workdir: Path | None = None) -> Viewer:
         """Load everything the page needs; any problem is one FlowSDFError, before serving."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
@@ -106,7 +156,12 @@ class Viewer:
         has_noscale = (run_dir / "phase1" / "noscale.safetensors").is_file()
         noscale = FlowSDF.from_run(run_dir, "flow-noscale", dev) if has_noscale else None
         data = runs.run_data(flow.cfg, run_dir, data_dir, progress=progress)
-        return cls(run_dir, flow, noscale, data, training_frame(run_dir, flow, data), limits)
+        return cls(run_dir, flow, noscale, data, training_frame(run_dir, flow, data), limits, workdir)
+
+    @property
+    def default_guidance(self) -> float:
+        """The run's W (flow.guidance), within the page's range."""
+        return min(max(self.flow.cfg.flow.guidance, GUIDANCE[0]), GUIDANCE[1])
 
     # --- pictures ------------------------------------------------------------------------------
 
@@ -130,11 +185,19 @@ class Viewer:
                        views.masks[shape, view], views.K[shape, view], views.c2w[shape, view])
 
     def upload_picture(self, path: str | Path) -> Picture:
-        """A user's picture file, checked (empty, not an image, damaged, too many pixels) before use."""
+        """A user's picture file, checked (empty, not an image, damaged, too many pixels) and
+        prepared like the training renders (the object found, centred, scaled, put on black)."""
         path = Path(path)
-        image = read_upload(path, self.flow.image_size)  # (3, S, S)
+        prepared = read_upload(path, self.flow.image_size)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        return Picture(image, f"uploaded picture {path.name}", ("upload", digest))
+        return Picture(prepared.image, f"your picture {path.name}", ("upload", digest), prepared=prepared)
+
+    def examples(self) -> list[tuple[Path, str]]:
+        """Example pictures to click (files and captions): held-out shapes of the run's dataset,
+        as a user might have them (made once, in the work folder)."""
+        if self._examples is None:
+            self._examples = write_examples(self._splits["held-out"], self.workdir / "examples")
+        return self._examples
 
     # --- step the flow -------------------------------------------------------------------------
 
@@ -157,8 +220,8 @@ class Viewer:
                            f"dataset-like viewpoint where the final code's silhouette best matches the picture's "
                            f"mask (IoU {iou:.2f})" if searched else
                            f"the view frame's input camera C0, known by construction (IoU {iou:.2f})")
-        latents, sils = pipe.flow_steps(picture.image[None], K[None], c2w[None], seed=seed)  # (T, 1, D), (T, 1, S, S)
-        latents = latents[:, 0].cpu().double().numpy()  # (T, D)
+        latents, sils = pipe.flow_steps(picture.image[None], K[None], c2w[None], seed=seed)  # (T, 1, *latent), (T, 1, S, S)
+        latents = latents[:, 0].flatten(1).cpu().double().numpy()  # (T, D)
         setting = f"noise scaling on (sigma = {pipe.sigma:.3f})" if scaling else "noise scaling off (sigma = 1)"
         path = FlowPath(
             latents=latents,
@@ -169,6 +232,7 @@ class Viewer:
             ground_truth=None if picture.mask is None else picture.mask.cpu().numpy(),
             title=f"{picture.label}, {setting}, seed {seed}",
             camera_note=camera_note,
+            prepared_note=None if picture.prepared is None else prepared_note(picture.prepared),
         )
         with self._lock:
             self._cache[key] = path
@@ -183,7 +247,7 @@ class Viewer:
         with self._lock:
             if key in self._cameras:
                 return self._cameras[key]
-        code = self.flow(picture.image[None], samples=1, seed=seed).codes[0, 0]  # (D,)
+        code = self.flow(picture.image[None], samples=1, seed=seed).codes[0, 0]  # (*latent)
         cam, _, iou = code_camera(self.flow, picture.image, code)  # the same rule as Reconstruct's
         camera = (cam.K, cam.c2w, cam.searched, iou)
         with self._lock:
@@ -206,33 +270,52 @@ class Viewer:
         step = int(min(max(step, 0), path.steps))
         plot = panes.latent_figure(self.frame, path.plane, path.norms, step, path.steps)
         sil = path.silhouettes[step]  # (S, S)
-        lines = [f"**Step {step} of {path.steps}** (t = {step / path.steps:.3f}): {path.title}.",
-                 f"Camera: {path.camera_note}."]
+        lines = [f"**Step {step} of {path.steps}** (t = {step / path.steps:.3f}): {path.title}."]
+        if not (sil >= 0.5).any():  # never a silent black pane
+            lines.append("**The decoded shape is empty at this step**: no surface is in view from this camera, "
+                         "so the silhouette pane is black." + (" That is the sampled shape: try another seed."
+                                                              if step == path.steps else ""))
+        lines.append(f"Camera: {path.camera_note}.")
         if path.ground_truth is not None:
             third = panes.gray_pane(path.ground_truth)
             iou = float(silhouette_iou(torch.from_numpy(sil)[None], torch.from_numpy(path.ground_truth)[None])[0])
             lines.append(f"Silhouette IoU with the ground truth at this step: {iou:.3f}.")
         else:
             third = panes.rgb_pane(path.picture)
-            lines.append("An uploaded picture has no ground truth: the right pane shows the picture as the model "
-                         "sees it.")
+            lines.append("Your picture has no ground truth: the right pane shows it as the model sees it.")
+            if path.prepared_note:
+                lines.append(path.prepared_note)
         return plot, panes.gray_pane(sil), third, "\n\n".join(lines)
 
     # --- reconstruct ---------------------------------------------------------------------------
 
-    def reconstruct(self, path: str | Path, samples: int, resolution: int, seed: int | float | None,
-                    progress: Progress) -> ReconOutput:
-        """The Reconstruct tab: K samples of an uploaded picture, meshed and written as glb/obj/ply."""
+    def reconstruct(self, path: str | Path, samples: int, resolution: int, seed: float | None,
+                    progress: Progress, guidance: float | None = None) -> ReconOutput:
+        """The Reconstruct tab: K samples of an uploaded picture (guidance W; None: the run's); the
+        result mesh written as glb/obj/ply."""
         lim = self.limits
+        if guidance is not None and not GUIDANCE[0] <= guidance <= GUIDANCE[1]:
+            raise FlowSDFError(f"guidance must be from {GUIDANCE[0]:g} to {GUIDANCE[1]:g}, got {guidance:g}")
         if not 1 <= samples <= lim.max_samples:
             raise FlowSDFError(f"samples must be from 1 to {lim.max_samples}, got {samples}")
         if not lim.min_resolution <= resolution <= lim.max_resolution:
             raise FlowSDFError(f"the mesh resolution must be from {lim.min_resolution} to {lim.max_resolution}, "
                                f"got {resolution}")
+        seed = check_seed(seed)
         progress(0.0, "reading the picture")
-        image = read_upload(Path(path), self.flow.image_size)  # (3, S, S)
-        return reconstruct_upload(self.flow, image, Path(path).stem, samples, resolution, check_seed(seed),
-                                  self._meshes.new(), progress)
+        path = Path(path)
+        try:
+            return reconstruct_upload(self.flow, path, path.stem, samples, resolution, seed, self._meshes.new(),
+                                      self._recons, progress, guidance)
+        except FlowSDFError as e:  # the web server's temporary path means nothing to the user
+            raise FlowSDFError(str(e).replace(str(path), path.name)) from e
+
+    def show(self, key: str | None, choice: str) -> tuple[dict[str, Path], str]:
+        """What the 3-D view shows for one reconstruction: the mean (K >= 2) or one sample, whose
+        full-resolution mesh is made now if it was not yet. Returns the files and the caption."""
+        session = self._recons.get(key)
+        files = write_shown(session, choice)
+        return files, caption(session.rec, choice)
 
     def _views(self, split: str) -> Views:
         if split not in self._splits:
@@ -252,21 +335,31 @@ def training_frame(run_dir: Path, flow: FlowSDF, data: Dataset) -> LatentFrame:
     else:
         codes = flow(images, seed=0).codes[:, 0]  # (M, D)
         source = "the flow's own codes of the training pictures (seed 0; the run holds no Stage-1 model)"
-    return fit_frame(codes.cpu().double().numpy(), source)
+    return fit_frame(codes.detach().flatten(1).cpu().double().numpy(), source)
 
 
-def read_upload(path: Path, size: int) -> Tensor:
-    """An uploaded picture file as model input (3, size, size), checked before decoding.
+def read_upload(path: Path, size: int) -> Prepared:
+    """An uploaded picture file prepared as model input (flowsdf.data.prepare), checked before decoding.
 
     The web server keeps uploads under its own temporary folder; a refusal names only the file.
     """
     try:
-        return to_model_input(open_checked(path), size)
+        return prepare_picture(path, size)
     except FlowSDFError as e:
         raise FlowSDFError(str(e).replace(str(path), path.name)) from e
 
 
-def check_seed(seed: float | int | None) -> int:
+def prepared_note(p: Prepared) -> str:
+    """How an upload was prepared, and its fit, in one Markdown paragraph."""
+    notes = [n[0].upper() + n[1:] + "." for n in p.info.notes + p.notes]
+    text = (f"Prepared: the object was found on a {p.background.kind} background covering {100 * p.coverage:.0f} % "
+            f"of the picture, centred and scaled like the training renders (fit {p.fit:.2f}).")
+    if p.fit < FIT_LOW:
+        text = "**Warning: the picture is unlike the training pictures.** " + text
+    return " ".join([text] + notes)
+
+
+def check_seed(seed: float | None) -> int:
     if seed is None or float(seed) != int(seed) or not 0 <= int(seed) <= MAX_SEED:
         raise FlowSDFError(f"the seed must be a whole number from 0 to {MAX_SEED}, got {seed}")
     return int(seed)

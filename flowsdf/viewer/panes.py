@@ -10,6 +10,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from flowsdf.figures.preview import colour_bar as draw_colour_bar
+from flowsdf.figures.preview import figure_array
 from flowsdf.viewer.latent import LatentFrame
 
 PANE_SIZE = 256  # pixels per side of the silhouette and ground-truth panes
@@ -30,6 +32,16 @@ def rgb_pane(image: np.ndarray, size: int = PANE_SIZE) -> np.ndarray:
     factor = max(1, size // image.shape[0])
     big = image.repeat(factor, axis=0).repeat(factor, axis=1)  # (S*f, S*f, 3)
     return (np.clip(big, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def colour_bar(vmax: float, std: np.ndarray | None) -> np.ndarray:
+    """The uncertainty colour bar, 0 .. vmax object units, with the shown mesh's median (dotted)
+    and largest (solid) spread marked: RGB uint8 (H, W, 3)."""
+    fig = Figure(figsize=(4.6, 0.95), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.04, 0.62, 0.92, 0.3))
+    draw_colour_bar(fig, ax, vmax, std, horizontal=True)
+    return figure_array(fig)
 
 
 def latent_figure(frame: LatentFrame, path: np.ndarray, norms: np.ndarray, step: int, steps: int) -> np.ndarray:
