@@ -106,3 +106,29 @@ def tiny_surface_run(tmp_path_factory, tiny_flow_run, tiny_data_dir) -> Path:
     header = checkpoint.seal(json.loads(metadata["flowsdf"]), tensors)  # a deliberate edit, not damage
     save_file(tensors, str(path), metadata={**metadata, "flowsdf": json.dumps(header)})
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_text_run(tmp_path_factory, tiny_stage1_run, tiny_data_dir) -> Path:
+    """The tiny Stage-1 run with a tiny text flow (flowsdf.train.text), its Stage-1 decoder's output
+    shifted so that generated codes have a surface (two tiny epochs leave the decoder positive
+    everywhere; tiny_surface_run does the same for the flow). Copy it before writing into it."""
+    import shutil
+
+    from flowsdf import checkpoint, overrides, runs
+    from flowsdf.pipeline import FlowSDF
+    from flowsdf.train.text import train_text
+
+    run = tmp_path_factory.mktemp("text") / "run"
+    shutil.copytree(tiny_stage1_run, run)
+    cfg = overrides.apply(config_mod.preset("tiny"), ["text_train.iterations=30", "text_train.batch_size=8",
+                                                     "text.width=32", "text.depth=1"])
+    train_text(cfg, run, run, tiny_data_dir, progress=False)
+    code = FlowSDF.from_run(run, "text", "cpu").generate("a box").codes[0, 0]
+    stage1 = FlowSDF.from_run(run, "cnn", "cpu")
+    with torch.no_grad():
+        p = torch.rand(4000, 3, generator=torch.Generator().manual_seed(0)) - 0.5  # (P, 3) near the centre
+        stage1.decoder.l5.bias -= stage1.decoder.field(code[None])(p, 0).median()
+    path = runs.checkpoint_path(run, "stage1")
+    checkpoint.save(path, {"encoder": stage1.encoder, "decoder": stage1.decoder}, meta=checkpoint.read_header(path)["meta"])
+    return run

@@ -31,7 +31,7 @@ LAYERS = [
     ["flowsdf.figures"],
     ["flowsdf.train"],
     ["flowsdf.pipeline"],
-    ["flowsdf.reconstruct"],
+    ["flowsdf.reconstruct", "flowsdf.generate"],
     ["flowsdf.speed"],
     ["flowsdf.evaluate"],
     ["flowsdf.reproduce"],

@@ -51,12 +51,20 @@ def test_round_trip_and_mask():
     assert ids[0, 5] == tok.stoi[END] and (ids[0, 6:] == tok.stoi[PAD]).all() and not mask[0, 6:].any()
 
 
-def test_unknown_and_non_ascii_words_become_unk():
+def test_unknown_and_non_ascii_words_become_unk_with_one_warning(capsys):
     tok = tiny_tokenizer()
-    ids, mask = tok.encode(["a purple cylinder", "café 🙂 日本語 ñ"])
+    ids, mask = tok.encode(["a purple cylinder", "a café 🙂 日本語 ñ box"])
     assert ids[0, 2] == tok.stoi[UNK] and ids[0, 3] == tok.stoi["cylinder"]
-    assert mask[1].sum() == 4 + 2 and (ids[1, 1:5] == tok.stoi[UNK]).all()
-    assert tok.decode(ids)[1] == " ".join([UNK] * 4)
+    assert mask[1].sum() == 6 + 2 and (ids[1, 2:6] == tok.stoi[UNK]).all() and ids[1, 6] == tok.stoi["box"]
+    assert tok.decode(ids)[1] == " ".join(["a", *[UNK] * 4, "box"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "5 word(s) the model does not know" in err and "'purple'" in err
+
+
+def test_a_prompt_without_a_known_word_is_one_error():
+    tok = tiny_tokenizer()
+    with pytest.raises(FlowSDFError, match="^prompt 1: none of its words is one the model knows"):
+        tok.encode(["a box", "café 🙂 日本語"])
 
 
 def test_long_prompt_is_cut_with_one_warning(capsys):
@@ -78,7 +86,7 @@ def test_bad_prompts_are_one_error_line(bad):
 def test_to_dict_round_trip_through_json_and_damage():
     tok = tiny_tokenizer()
     back = WordTokenizer.from_dict(json.loads(json.dumps(tok.to_dict())))
-    texts = ["a tall blue box with a hole", "an unknown word"]
+    texts = ["a tall blue box with a hole", "a box with an unknown word"]
     assert all(torch.equal(x, y) for x, y in zip(tok.encode(texts), back.encode(texts)))
     assert back.max_length == tok.max_length
     for damaged in [{"kind": "bpe"}, {**tok.to_dict(), "vocab": ["a", "b"]}, {**tok.to_dict(), "max_length": "8"}, []]:

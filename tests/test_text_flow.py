@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 import torch
 
-from flowsdf import config as config_mod
-from flowsdf import overrides
 from flowsdf.cli import main
 from flowsdf.data import captions
 from flowsdf.data import dataset as data_mod
 from flowsdf.errors import FlowSDFError
+from flowsdf.mesh.export import load_mesh
 from flowsdf.pipeline import FlowSDF
-from flowsdf.train.text import train_text, training_captions
-
-
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory, tiny_stage1_run, tiny_data_dir):
-    run = tmp_path_factory.mktemp("text") / "run"
-    shutil.copytree(tiny_stage1_run, run)
-    cfg = overrides.apply(config_mod.preset("tiny"), ["text_train.iterations=30", "text_train.batch_size=8",
-                                                     "text.width=32", "text.depth=1"])
-    train_text(cfg, run, run, tiny_data_dir, progress=False)
-    return run
+from flowsdf.train.text import training_captions
 
 
 def test_training_captions_describe_each_shape_and_never_an_unseen_pair(tiny_cfg, tiny_data_dir):
@@ -36,8 +26,8 @@ def test_training_captions_describe_each_shape_and_never_an_unseen_pair(tiny_cfg
     assert all(any(n in c for n in nouns) for cs in caps for c in cs)  # every caption names what it is
 
 
-def test_generate_samples_differ_and_guidance_one_is_the_conditional_flow(text_run):
-    pipe = FlowSDF.from_run(text_run, "text", "cpu")
+def test_generate_samples_differ_and_guidance_one_is_the_conditional_flow(tiny_text_run):
+    pipe = FlowSDF.from_run(tiny_text_run, "text", "cpu")
     r = pipe.generate(["a tall red cylinder", "a flat box"], samples=3, seed=2)
     assert r.codes.shape == (2, 3, *pipe.latent_shape)
     assert not torch.equal(r.codes[:, 0], r.codes[:, 1])  # K samples of one caption differ
@@ -46,12 +36,15 @@ def test_generate_samples_differ_and_guidance_one_is_the_conditional_flow(text_r
     assert not torch.allclose(pipe.generate("a flat box", seed=5, guidance=4.0).codes, plain)
 
 
-def test_bad_prompts_and_runs_are_one_clear_error_each(text_run, tiny_stage1_run, capsys):
-    pipe = FlowSDF.from_run(text_run, "text", "cpu")
+def test_bad_prompts_and_runs_are_one_clear_error_each(tiny_text_run, tiny_stage1_run, capsys):
+    pipe = FlowSDF.from_run(tiny_text_run, "text", "cpu")
     with pytest.raises(FlowSDFError, match="empty"):
         pipe.generate([""])
-    assert pipe.generate(["ein rotes Würfelchen ☃"]).codes.shape[0] == 1  # unknown words, no crash
-    assert pipe.generate(["word " * 10_000]).codes.shape[0] == 1  # cut to the encoder's length ...
+    with pytest.raises(FlowSDFError, match="none of its words is one the model knows"):
+        pipe.generate(["ein rotes Würfelchen ☃"])
+    assert pipe.generate(["a rotes Würfelchen box"]).codes.shape[0] == 1  # unknown words beside known ones ...
+    assert "the model does not know" in capsys.readouterr().err  # ... are named in one warning
+    assert pipe.generate(["box " * 10_000]).codes.shape[0] == 1  # cut to the encoder's length ...
     assert "cut to fit" in capsys.readouterr().err  # ... and said so
     with pytest.raises(FlowSDFError, match="no text model"):
         FlowSDF.from_run(tiny_stage1_run, "text")
@@ -69,3 +62,45 @@ def test_the_cli_trains_the_text_stage_and_refuses_foreign_settings(tmp_path, ti
     assert main([*base, "--set", "text_train.iterations=4", "--set", "text.width=16", "--set", "text.heads=2",
                  "--set", "text.depth=1"]) == 0
     assert FlowSDF.from_run(run, "text", "cpu").generate("a ball").codes.shape == (1, 1, 128)
+
+
+def test_generate_writes_k_differing_meshes_an_uncertainty_mesh_and_a_summary(tiny_text_run, tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert main(["generate", "a tall red cylinder", "a flat box", "--run", str(tiny_text_run), "--out", str(out),
+                 "--samples", "3", "--resolution", "16", "--format", "ply", "--guidance", "2", "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["prompt"] for e in summary["prompts"]] == ["a tall red cylinder", "a flat box"]
+    for entry in summary["prompts"]:
+        assert entry["guidance"] == 2.0 and entry["samples"] == 3 and len(entry["meshes"]) == 3
+        meshes = [load_mesh(out / m["path"]) for m in entry["meshes"]]
+        assert all(len(m.vertices) > 0 for m in meshes)
+        # the K samples are different shapes (they start from different noise)
+        assert any(m.vertices.shape != meshes[0].vertices.shape or not (m.vertices == meshes[0].vertices).all()
+                   for m in meshes[1:])
+        assert load_mesh(out / entry["uncertainty"]["path"]).visual.kind == "vertex"
+        assert (out / entry["preview"]).stat().st_size > 1000
+    # sample k of a prompt is sample k of the pipeline: its first mesh is the first code's
+    pipe = FlowSDF.from_run(tiny_text_run, "text", "cpu")
+    code = pipe.generate("a flat box", samples=3, guidance=2.0).codes[0, 0]
+    first = load_mesh(out / summary["prompts"][1]["meshes"][0]["path"])
+    vertices, _ = pipe.mesh(code, resolution=16)
+    assert abs(len(vertices) - len(first.vertices)) <= 0.02 * len(vertices)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["", "--samples", "1"], "prompt 0 is empty"),
+    (["日本語 ☃"], "none of its words is one the model knows"),
+    (["a box", "--guidance", "-1"], "--guidance must be from"),
+])
+def test_generate_bad_prompts_are_one_line_and_write_nothing(tiny_text_run, tmp_path, capsys, argv, message):
+    out = tmp_path / "nothing"
+    assert main(["generate", *argv, "--run", str(tiny_text_run), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flowsdf: error:") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_generate_from_a_run_without_a_text_model_is_one_line(tiny_stage1_run, tmp_path, capsys):
+    assert main(["generate", "a box", "--run", str(tiny_stage1_run), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has no text model" in err and err.count("\n") == 1

@@ -224,3 +224,29 @@ def test_a_shape_without_a_surface_is_a_message_never_a_black_result(viewer, dat
     Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(picture)
     with pytest.raises(FlowSDFError, match="no surface inside the bounding sphere: there is nothing to show"):
         viewer.reconstruct(picture, 1, 32, 0, progress=lambda f, d: None)
+
+
+def test_text_to_3d_without_a_text_model_says_how_to_train_one(viewer):
+    assert viewer.text is None
+    with pytest.raises(FlowSDFError, match="no text model: train one with `flowsdf train --stage text"):
+        viewer.generate("a box", 1, 32, 0, 1.0, progress=lambda f, d: None)
+
+
+def test_text_to_3d_writes_the_mean_mesh_and_draws_each_sample(viewer, tiny_text_run):
+    from flowsdf.pipeline import FlowSDF
+
+    text = FlowSDF.from_run(tiny_text_run, "text", "cpu")
+    page = Viewer(viewer.run_dir, viewer.flow, None, viewer.data, viewer.frame, Limits(), text=text)
+    out = page.generate("a tall red cylinder", 3, 32, 1, 2.0, progress=lambda f, d: None)
+    assert set(out.files) == {"glb", "obj", "ply"} and len(out.gallery) == 3 and out.colour_bar is not None
+    shown = trimesh.load(out.files["ply"], force="mesh")
+    assert len(shown.faces) > 0 and shown.visual.kind == "vertex"  # the mean, coloured by the spread
+    assert [label for _, label in out.gallery] == [f"sample {k} (seed {k})" for k in (1, 2, 3)]
+    assert "a tall red cylinder" in out.caption and "guidance 2" in out.caption
+    for bad, words in ((dict(prompt=""), "empty"), (dict(samples=0), "samples must be from"),
+                       (dict(guidance=9.0), "guidance must be from"), (dict(seed=-1), "seed must be"),
+                       (dict(prompt="x" * 5000), "characters long")):
+        args = {"prompt": "a box", "samples": 1, "resolution": 32, "seed": 0, "guidance": 1.0, **bad}
+        with pytest.raises(FlowSDFError, match=words):
+            page.generate(args["prompt"], args["samples"], args["resolution"], args["seed"], args["guidance"],
+                          progress=lambda f, d: None)

@@ -401,3 +401,10 @@ def test_the_server_itself_refuses_an_over_large_upload_and_unused_routes(page, 
         assert page.request.get(server + path).status == 404, path
     info = page.request.get(server + "gradio_api/info").json()
     assert info["named_endpoints"] == {}  # no event offered to API clients
+
+
+def test_the_text_tab_of_a_run_without_a_text_model_says_so_and_cannot_run(page):
+    page.get_by_role("tab", name="Text to 3-D").click()
+    expect(page.locator("#text-intro")).to_contain_text("Text to 3-D is off", timeout=TIMEOUT_MS)
+    expect(page.locator("#text-intro")).to_contain_text("flowsdf train --stage text")
+    expect(page.locator("#generate")).to_be_disabled()

@@ -12,6 +12,7 @@ from flowsdf.cli import (
     check_grads,
     data,
     eval,
+    generate,
     reconstruct,
     reproduce,
     train,
@@ -20,7 +21,7 @@ from flowsdf.cli import (
 from flowsdf.errors import FlowSDFError
 
 # One module per subcommand, each with add_parser(sub) and run(args); the order is --help's.
-COMMANDS = (data, train, check_grads, eval, reproduce, reconstruct, view, bench)
+COMMANDS = (data, train, check_grads, eval, reproduce, reconstruct, generate, view, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

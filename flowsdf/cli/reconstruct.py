@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flowsdf.cli.options import GUIDANCE, MESH_RESOLUTION, REFINE_STEPS, SAMPLES, add_device, check_range
+from flowsdf.cli.outputs import make_out_folder, mesh_entry, png_bytes
 from flowsdf.errors import FlowSDFError
 from flowsdf.mesh.export import FORMATS
 from flowsdf.reconstruct import DEFAULT_RESOLUTION, DEFAULT_SAMPLES
@@ -76,22 +77,6 @@ def _check_args(args: argparse.Namespace) -> None:
     check_range("--guidance", args.guidance, *GUIDANCE)
 
 
-def _make_out(out: Path) -> None:
-    """Create the output folder and prove it writable, before any picture is processed."""
-    if out.exists() and not out.is_dir():
-        raise FlowSDFError(f"--out {out} is a file, not a folder")
-    try:  # os.access says yes to root everywhere, so the folder is made rather than predicted
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FlowSDFError(f"cannot create --out {out}: {e.strerror or e}") from e
-    probe = out / ".flowsdf-write-test"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise FlowSDFError(f"cannot write to --out {out}: {e.strerror or e}") from e
-
-
 def output_names(name: str, samples: int, fmt: str) -> list[str]:
     """Every file a picture called `name` may write."""
     return [name + o.format(k=k, fmt=fmt) for o in OUTPUTS for k in range(1, samples + 1)
@@ -107,13 +92,6 @@ def unique_name(stem: str, taken: set[str], out: Path, inputs: set[Path], sample
         name = f"{stem}-{n}"
     taken.add(name)
     return name
-
-
-def _mesh_entry(mesh, path: Path | None, out: Path) -> dict[str, Any]:
-    from flowsdf.mesh.export import is_watertight
-
-    return {"path": str(path.relative_to(out)) if path else None, "vertices": len(mesh.vertices),
-            "faces": len(mesh.faces), "watertight": is_watertight(mesh), "empty": len(mesh.faces) == 0}
 
 
 def _write(rec, file: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -134,16 +112,16 @@ def _write(rec, file: Path, name: str, args: argparse.Namespace) -> dict[str, An
         else:
             print(f"flowsdf: warning: {file}: sample {k + 1} is an empty shape (no surface inside the "
                   f"bounding sphere); no mesh written for it", file=sys.stderr)
-        meshes.append(_mesh_entry(mesh, path, out))
+        meshes.append(mesh_entry(mesh, path, out))
     uncertainty = None
     if rec.mean_mesh is not None:
         path = export_mesh(rec.mean_mesh, out / f"{name}_uncertainty.{fmt}", fmt) if len(rec.mean_mesh.faces) else None
         std = rec.vertex_std
-        uncertainty = {**_mesh_entry(rec.mean_mesh, path, out), "std_max": rec.std_max,
+        uncertainty = {**mesh_entry(rec.mean_mesh, path, out), "std_max": rec.std_max,
                        "std_median": float(_median(std)) if len(std) else None, "colour_scale_max": rec.colour_max}
     prepared = out / f"{name}_prepared.png"
     image = (rec.image.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype("uint8")  # (S, S, 3) as the model saw it
-    buffer = _png(Image.fromarray(image))
+    buffer = png_bytes(Image.fromarray(image))
     atomic_write_bytes(prepared, buffer)
     preview = out / f"{name}_preview.png"
     reconstruction_preview(rec, preview)
@@ -166,14 +144,6 @@ def _median(values) -> float:
     return float(np.median(values))
 
 
-def _png(image) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -186,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     pipe = FlowSDF.from_run(args.run, args.model, args.device)  # a refused run leaves no output folder
     out = Path(args.out)
-    _make_out(out)
+    make_out_folder(out)
     found = list_pictures(args.inputs)
     failures = [{"file": None, "error": p} for p in found.problems]
     for p in found.problems:

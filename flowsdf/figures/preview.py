@@ -25,6 +25,7 @@ from flowsdf.mesh.uncertainty import CMAP
 
 VIEW_LIMIT = 0.9  # the renderer's bounding sphere: every predicted surface lies inside it
 GREY = (0.8, 0.8, 0.8)  # a mesh without colours
+SAMPLE_COLOUR = (86 / 255, 118 / 255, 160 / 255)  # a generated sample: the viewer's slate blue for single meshes
 
 
 def camera_angles(c2w: np.ndarray) -> tuple[float, float]:
@@ -132,6 +133,33 @@ def preview_figure(rec, views: int = 3, max_samples: int = 5) -> Figure:
 def reconstruction_preview(rec, path: Path, views: int = 3) -> None:
     """Write `preview_figure(rec)` as a PNG at `path`."""
     save_figure(preview_figure(rec, views), path, dpi=90)
+
+
+def generation_figure(prompt: str, meshes: list[trimesh.Trimesh], mean: trimesh.Trimesh | None,
+                      colour_max: float | None, std: np.ndarray | None, subtitle: str, max_samples: int = 6,
+                      azimuth: float = 35.0, elevation: float = 20.0) -> Figure:
+    """The preview of one prompt's samples (flowsdf.generate): the mean code's mesh coloured by the
+    samples' spread with its colour bar (K >= 2), then up to `max_samples` samples, all from one
+    viewpoint; the prompt as the title."""
+    shown = meshes[:max_samples]
+    cols = len(shown) + (2 if mean is not None else 0)
+    fig = Figure(figsize=(1.7 * cols + 0.2, 2.2))
+    FigureCanvasAgg(fig)
+    ratios = ([1, 0.25] if mean is not None else []) + [1] * len(shown)
+    grid = fig.add_gridspec(1, cols, width_ratios=ratios)
+    col = 0
+    if mean is not None:
+        ax = fig.add_subplot(grid[0, 0], projection="3d")
+        draw_mesh(ax, mean, azimuth, elevation)
+        ax.set_title(f"mean of {len(meshes)}", fontsize=7)
+        colour_bar(fig, fig.add_subplot(grid[0, 1]), colour_max, std)
+        col = 2
+    for k, mesh in enumerate(shown):
+        ax = fig.add_subplot(grid[0, col + k], projection="3d")
+        draw_mesh(ax, mesh, azimuth, elevation, SAMPLE_COLOUR)
+        ax.set_title(f"sample {k + 1}", fontsize=7)
+    fig.suptitle(f'"{prompt}"  ({subtitle})', fontsize=8)
+    return fig
 
 
 def mesh_image(mesh: trimesh.Trimesh, azimuth: float, elevation: float, size: int = 160,

@@ -3,7 +3,9 @@
 Text is lower-cased and split into words (runs of letters, digits and underscores, in any
 script) and single punctuation marks, so "A tall, red cylinder!" reads as
     <start> a tall , red cylinder ! <end> <pad> <pad> ...
-Words outside the vocabulary — typos, other languages, emoji — become <unk>; nothing crashes.
+Words outside the vocabulary — typos, other languages, emoji — become <unk>, with one warning per
+call that names them; a prompt with no known word at all is a FlowSDFError (it would condition on
+nothing but <unk>).
 
 Prompts are checked the same way for every text encoder (`check_prompts`): an empty or blank
 prompt is a FlowSDFError, since it says nothing to condition on. A prompt longer than the
@@ -49,6 +51,11 @@ def check_prompts(texts: Sequence[str]) -> list[str]:
     return list(texts)
 
 
+def _shown(words: Sequence[str], at_most: int = 5) -> str:
+    head = ", ".join(repr(w[:20]) for w in words[:at_most])
+    return head + (f" and {len(words) - at_most} more" if len(words) > at_most else "")
+
+
 def warn_truncated(n_long: int, n_total: int, window: int) -> None:
     warn(f"{n_long} of {n_total} prompts were longer than the text encoder's {window} tokens and were cut to fit")
 
@@ -83,17 +90,25 @@ class WordTokenizer:
         B, L = len(texts), self.max_length
         ids = torch.full((B, L), self.pad_id, dtype=torch.long)  # (B, L)
         mask = torch.zeros(B, L, dtype=torch.bool)  # (B, L)
-        n_long = 0
+        n_long, unknown = 0, []
         for i, text in enumerate(texts):
             words = split_words(text)
             if len(words) > L - 2:
                 n_long += 1
                 words = words[: L - 2]
+            missing = [w for w in words if w not in self.stoi]
+            if words and len(missing) == len(words):
+                raise FlowSDFError(f"prompt {i}: none of its words is one the model knows ({_shown(missing)}); it "
+                                   f"knows {len(self.itos) - len(SPECIALS)} English words of shapes, e.g. "
+                                   "'a tall red cylinder', 'a flat box', 'a small torus'")
+            unknown += [w for w in missing if w not in unknown]
             row = [self.start_id] + [self.stoi.get(w, self.unk_id) for w in words] + [self.end_id]
             ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = True
         if n_long:
             warn_truncated(n_long, B, L)
+        if unknown:  # said once per call: the model reads them as <unk>, which carries no meaning
+            warn(f"{len(unknown)} word(s) the model does not know were read as unknown: {_shown(unknown)}")
         return ids, mask
 
     def decode(self, ids: Tensor) -> list[str]:

@@ -46,7 +46,15 @@ import gradio as gr  # noqa: E402  (after the environment is set)
 import torch  # noqa: E402
 
 from flowsdf.errors import FlowSDFError  # noqa: E402
-from flowsdf.viewer.backend import GUIDANCE, MAX_SEED, SPLITS, YOURS, FlowPath, Viewer  # noqa: E402
+from flowsdf.viewer.backend import (  # noqa: E402
+    GUIDANCE,
+    MAX_PROMPT_CHARACTERS,
+    MAX_SEED,
+    SPLITS,
+    YOURS,
+    FlowPath,
+    Viewer,
+)
 
 QUEUE_SIZE = 16
 _PRIVATE = {"api_visibility": "private"}  # the page's events only; nothing for API clients
@@ -74,6 +82,14 @@ sees it*), the flow draws K codes from K seeds, and the 3-D view shows the mean 
 by how much the K samples disagree (fixed scale in object units, colour bar below; dark = they
 agree). Each sample is in the gallery; click one to turn it in 3-D and download it. A verdict above
 the 3-D view says whether the picture is like what the model knows and the shape explains it."""
+
+
+TEXT_INTRO = """\
+Describe a shape in words the training captions use: a family (sphere, box, cylinder, cone, torus,
+capsule, ellipsoid, octahedron), proportions (tall, flat, long, thin ...), size, colour, or two
+parts ("a box with a round hole", "a sphere joined to a cone"). The text flow draws K codes from K
+seeds; the 3-D view shows the mean code's mesh coloured by how much the samples disagree — they
+differ where the words leave the shape open. Guidance W > 1 follows the words more closely."""
 
 
 def _log(kind: str, message: str) -> None:
@@ -120,6 +136,8 @@ def build_app(viewer: Viewer) -> gr.Blocks:
                 _step_tab(app, viewer)
             with gr.Tab("Reconstruct", id="reconstruct", elem_id="tab-reconstruct"):
                 _reconstruct_tab(viewer)
+            with gr.Tab("Text to 3-D", id="text", elem_id="tab-text"):
+                _text_tab(viewer)
     return app.queue(max_size=QUEUE_SIZE)
 
 
@@ -309,6 +327,55 @@ def _reconstruct_tab(viewer: Viewer) -> None:
     shown.input(show, [key, shown], shown_outputs, **on_model, **_RUN)
     sample_gallery.select(pick_sample, None, shown, **_QUICK).then(show, [key, shown], shown_outputs, **on_model,
                                                                    **_RUN)
+
+
+def _text_tab(viewer: Viewer) -> None:
+    """A prompt -> K sampled shapes: the mean coloured by their spread in 3-D, the samples in a gallery."""
+    limits = viewer.limits
+    gr.Markdown(TEXT_INTRO if viewer.text is not None else f"**Text to 3-D is off:** {html.escape(viewer.text_note)}",
+                elem_id="text-intro")
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            prompt = gr.Textbox(label="Prompt", placeholder="a tall red cylinder", lines=2, max_lines=4,
+                                max_length=MAX_PROMPT_CHARACTERS, elem_id="prompt")
+            samples = gr.Slider(1, limits.max_samples, value=limits.default_samples, step=1,
+                                label=f"Samples K (1-{limits.max_samples})", elem_id="text-samples")
+            resolution = gr.Slider(limits.min_resolution, limits.max_resolution, step=8,
+                                   value=limits.default_resolution,
+                                   label="Mesh resolution (grid points per axis)", elem_id="text-resolution")
+            guidance = gr.Slider(GUIDANCE[0], GUIDANCE[1], step=0.5, value=viewer.default_text_guidance,
+                                 label="Guidance W (1 = the plain conditional flow)", elem_id="text-guidance")
+            seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="text-seed")
+            go = gr.Button("Generate", variant="primary", elem_id="generate", interactive=viewer.text is not None)
+        with gr.Column(scale=2):
+            model = gr.Model3D(label="3-D shape (drag to turn)", height=400, clear_color=BACKGROUND_3D,
+                               elem_id="text-model3d")
+            colour_bar = gr.Image(label="Uncertainty colour scale", type="numpy", format="png", interactive=False,
+                                  buttons=[], visible=False, height=110, elem_id="text-colour-bar")
+            with gr.Row():
+                downloads = [gr.DownloadButton(f"Download .{fmt}", visible=False, elem_id=f"text-download-{fmt}")
+                             for fmt in ("glb", "obj", "ply")]
+            gallery = gr.Gallery(label="The K samples", columns=8, height=170, object_fit="contain",
+                                 allow_preview=False, elem_id="text-gallery")
+            caption = gr.Markdown(elem_id="text-caption")
+    result = [model, caption, gallery, colour_bar, *downloads]
+
+    def clear():
+        hidden = gr.update(value=None, visible=False)
+        return (None, "", [], hidden, *([hidden] * len(downloads)))
+
+    @_shown
+    def generate(text: str, k: float, res: float, w: float, seed_value: float | None,
+                 progress: gr.Progress = gr.Progress()):
+        out = viewer.generate(text or "", int(k), int(res), seed_value, float(w),
+                              progress=lambda f, d: progress(f, desc=d))
+        files = [gr.update(value=str(out.files[fmt]), visible=True) for fmt in ("glb", "obj", "ply")]
+        bar = gr.update(value=out.colour_bar, visible=out.colour_bar is not None)
+        return (str(out.files["glb"]), out.caption, out.gallery, bar, *files)
+
+    inputs = [prompt, samples, resolution, guidance, seed]
+    go.click(clear, None, result, **_QUICK).then(generate, inputs, result, show_progress_on=[model], **_RUN)
+    prompt.submit(clear, None, result, **_QUICK).then(generate, inputs, result, show_progress_on=[model], **_RUN)
 
 
 # --- serving ------------------------------------------------------------------------------------

@@ -42,11 +42,15 @@ from flowsdf.viewer.recon import (
     write_examples,
     write_shown,
 )
+from flowsdf.viewer.text import TextOutput, generate_prompt
 
 SPLITS = ("training", "novel", "held-out")
 YOURS = "your picture"  # the step tab's source after an upload
 MAX_SEED = 2**31 - 1
 GUIDANCE = (1.0, 7.0)  # the page's range of classifier-free guidance W (1 = the plain conditional flow)
+MAX_PROMPT_CHARACTERS = 2000  # a prompt box's text (the text encoder reads its first words anyway)
+NO_TEXT_MODEL = ("this run has no text model: train one with `flowsdf train --stage text --init RUN --out RUN`, "
+                 "then restart the viewer")
 _CACHE_SIZE = 64
 MB = 1024 * 1024  # the page counts upload sizes in binary megabytes; so do --max-upload-mb and the header
 
@@ -127,10 +131,13 @@ class Viewer:
     """A run's flows, dataset and latent frame, loaded once; the page's computations."""
 
     def __init__(self, run_dir: Path, flow: FlowSDF, noscale: FlowSDF | None, data: Dataset, frame: LatentFrame,
-                 limits: Limits = Limits(), workdir: Path | None = None):
+                 limits: Limits = Limits(), workdir: Path | None = None, text: FlowSDF | None = None,
+                 text_note: str = NO_TEXT_MODEL):
         """`workdir`: where mesh files and example pictures go (the caller removes it); None: a
-        temporary folder this object owns."""
+        temporary folder this object owns. `text`: the run's text model, if it has a finished one;
+        `text_note` says why not, on the Text-to-3-D tab."""
         self.run_dir, self.flow, self.noscale, self.data = Path(run_dir), flow, noscale, data
+        self.text, self.text_note = text, text_note
         self.frame, self.limits = frame, limits
         self._splits = {"training": data.train.input, "novel": data.train.novel, "held-out": data.heldout.input}
         self._cache: OrderedDict[tuple, FlowPath] = OrderedDict()
@@ -156,7 +163,19 @@ class Viewer:
         has_noscale = (run_dir / "phase1" / "noscale.safetensors").is_file()
         noscale = FlowSDF.from_run(run_dir, "flow-noscale", dev) if has_noscale else None
         data = runs.run_data(flow.cfg, run_dir, data_dir, progress=progress)
-        return cls(run_dir, flow, noscale, data, training_frame(run_dir, flow, data), limits, workdir)
+        text, note = None, NO_TEXT_MODEL
+        if runs.checkpoint_path(run_dir, "text").is_file():
+            try:  # an unfinished text model leaves the other tabs working; its tab says why it is off
+                text = FlowSDF.from_run(run_dir, "text", dev)
+            except FlowSDFError as e:
+                note = str(e)
+        return cls(run_dir, flow, noscale, data, training_frame(run_dir, flow, data), limits, workdir, text, note)
+
+    @property
+    def default_text_guidance(self) -> float:
+        """The text model's W (text_train.guidance), within the page's range (1 without a text model)."""
+        w = self.text.cfg.text_train.guidance if self.text is not None else 1.0
+        return min(max(w, GUIDANCE[0]), GUIDANCE[1])
 
     @property
     def default_guidance(self) -> float:
@@ -310,6 +329,24 @@ class Viewer:
         except FlowSDFError as e:  # the web server's temporary path means nothing to the user
             raise FlowSDFError(str(e).replace(str(path), path.name)) from e
 
+
+    def generate(self, prompt: str, samples: int, resolution: int, seed: float | None, guidance: float,
+                 progress: Progress) -> TextOutput:
+        """The Text-to-3-D tab: K shapes for a prompt; the result mesh written as glb/obj/ply."""
+        if self.text is None:
+            raise FlowSDFError(self.text_note)
+        lim = self.limits
+        if not 1 <= samples <= lim.max_samples:
+            raise FlowSDFError(f"samples must be from 1 to {lim.max_samples}, got {samples}")
+        if not lim.min_resolution <= resolution <= lim.max_resolution:
+            raise FlowSDFError(f"the mesh resolution must be from {lim.min_resolution} to {lim.max_resolution}, "
+                               f"got {resolution}")
+        if not GUIDANCE[0] <= guidance <= GUIDANCE[1]:
+            raise FlowSDFError(f"guidance must be from {GUIDANCE[0]:g} to {GUIDANCE[1]:g}, got {guidance:g}")
+        if len(prompt) > MAX_PROMPT_CHARACTERS:
+            raise FlowSDFError(f"the prompt is {len(prompt):,} characters long; at most {MAX_PROMPT_CHARACTERS:,}")
+        return generate_prompt(self.text, prompt, samples, resolution, check_seed(seed), guidance, self._meshes.new(),
+                               progress)
     def show(self, key: str | None, choice: str) -> tuple[dict[str, Path], str]:
         """What the 3-D view shows for one reconstruction: the mean (K >= 2) or one sample, whose
         full-resolution mesh is made now if it was not yet. Returns the files and the caption."""
