@@ -437,10 +437,58 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# Runs written before the configuration kinds (decoder.kind, ...) kept each section's one kind's
+# settings at its top level; these moved into the kind's own subsection, unchanged in meaning.
+_LEGACY_MOVES = {
+    "encoder": ("cnn", ("channels", "fc_hidden")),
+    "decoder": ("mlp", ("hidden", "latent_dim")),
+    "conditioner": ("cnn", ("channels", "embed_dim", "group_norm", "norm_groups")),
+    "velocity": ("mlp", ("depth", "hidden", "mlp_ratio", "time_embed_dim")),
+}
+_LEGACY_DERIVED = {"encoder": ("image_size", "latent_dim"), "conditioner": ("image_size",),
+                   "velocity": ("cond_dim", "latent_dim")}  # now derived from other sections
+_LEGACY_SDFSRN = ("eikonal_weight", "eikonal_points", "bg_bound_weight", "bg_bound_rays", "bg_bound_depths")
+_LEGACY_RENAMED = {"render": {"refine_margin": "fine_margin", "refine_tau": "fine_tau"}}
+
+
+def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict in the layout of older runs, in today's layout (a copy; today's unchanged).
+    Only exact moves and renames: a setting this version no longer has (Fourier xyz features of
+    the decoder) is one FlowSDFError, never dropped silently."""
+    d = json.loads(json.dumps(d))  # a deep copy of plain JSON values
+    for section, (kind, keys) in _LEGACY_MOVES.items():
+        part = d.get(section)
+        if not isinstance(part, dict) or not any(k in part for k in keys):
+            continue
+        sub = part.setdefault(kind, {})
+        for key in keys:
+            if key in part:
+                sub[key] = part.pop(key)
+        for key in _LEGACY_DERIVED.get(section, ()):
+            part.pop(key, None)
+    if d.get("decoder", {}).pop("xyz_frequencies", 0):
+        raise FlowSDFError("config: this run's decoder uses Fourier xyz features (decoder.xyz_frequencies > 0), "
+                           "which this version of flowsdf no longer has; retrain it")
+    for phase in ("stage1", "phase2"):
+        part = d.get(phase)
+        if isinstance(part, dict) and any(k in part for k in _LEGACY_SDFSRN):
+            terms = part.setdefault("sdfsrn", {})
+            for key in _LEGACY_SDFSRN:
+                if key in part:
+                    terms[key] = part.pop(key)
+    for section, names in _LEGACY_RENAMED.items():
+        part = d.get(section)
+        for old, new in names.items():
+            if isinstance(part, dict) and old in part:
+                part[new] = part.pop(old)
+    return d
+
+
 def from_dict(d: dict[str, Any]) -> Config:
-    """A checked Config from plain JSON values: every field's type and range, then the agreements
-    between sections; a problem is one FlowSDFError line naming the field."""
-    cfg = build(Config, d)
+    """A checked Config from plain JSON values (older runs' layout upgraded first: upgrade_legacy):
+    every field's type and range, then the agreements between sections; a problem is one
+    FlowSDFError line naming the field."""
+    cfg = build(Config, upgrade_legacy(d))
     problems = _fits(cfg)
     if problems:
         raise FlowSDFError(f"config: {problems[0]}")

@@ -88,3 +88,30 @@ def test_a_run_with_a_bad_value_is_refused_by_the_cli(capsys, tmp_path, tiny_cfg
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err == "flowsdf: error: config: render.n_samples must be an integer from 1 to 512, got -5\n"
+
+
+def test_an_older_runs_config_layout_reads_as_the_same_config():
+    """Runs written before the configuration kinds kept each section's settings at its top level
+    (and the SDF-SRN terms in the phase, render.refine_*): they read as today's config, exactly."""
+    cfg = config_mod.preset("quick")
+    d = config_mod.to_dict(cfg)
+    legacy = json.loads(json.dumps(d))
+    for section, kind in (("encoder", "cnn"), ("decoder", "mlp"), ("conditioner", "cnn"), ("velocity", "mlp")):
+        legacy[section].update(legacy[section].pop(kind))
+        for other in [k for k in legacy[section] if isinstance(legacy[section][k], dict)]:
+            legacy[section].pop(other)
+        legacy[section].pop("kind")
+    legacy["encoder"].pop("table_init_std")
+    legacy["conditioner"].pop("weights")
+    legacy["encoder"]["image_size"] = legacy["conditioner"]["image_size"] = 32  # derived today
+    legacy["velocity"].update(cond_dim=256, latent_dim=128)
+    legacy["decoder"]["xyz_frequencies"] = 0
+    for phase in ("stage1", "phase2"):
+        legacy[phase].update(legacy[phase].pop("sdfsrn"))
+    legacy["render"]["refine_margin"] = legacy["render"].pop("fine_margin")
+    legacy["render"]["refine_tau"] = legacy["render"].pop("fine_tau")
+    assert "cnn" not in legacy["encoder"] and "eikonal_weight" in legacy["stage1"]
+    assert config_mod.from_dict(legacy) == cfg
+    legacy["decoder"]["xyz_frequencies"] = 6
+    with pytest.raises(FlowSDFError, match="Fourier xyz features"):
+        config_mod.from_dict(legacy)
