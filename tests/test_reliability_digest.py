@@ -4,34 +4,18 @@ with one warning, and a checkpoint that does not fit its model names the tensor 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from flowsdf import checkpoint, runs
 from flowsdf.cli import main
 from flowsdf.errors import FlowSDFError
+from run_helpers import rewrite
 
 
-def rewrite(path: Path, edit_tensors=None, edit_header=None, reseal: bool = True) -> None:
-    """Rewrite a checkpoint with edited tensors and/or header; `reseal` gives it a valid digest
-    (a deliberate edit); without, the digests stored when it was saved stay."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-    tensors = load_file(str(path))
-    header = json.loads(metadata["flowsdf"])
-    if edit_tensors:
-        edit_tensors(tensors)
-    if edit_header:
-        edit_header(header)
-    if reseal:
-        header = checkpoint.seal(header, tensors)
-    save_file(tensors, str(path), metadata={"flowsdf": json.dumps(header)})
 
 
 def _saved(tmp_path: Path) -> Path:

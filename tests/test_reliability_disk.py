@@ -18,22 +18,14 @@ import pytest
 
 from flowsdf import checkpoint, runs
 from flowsdf.build import build_stage1
-from flowsdf.cli import main
 from flowsdf.errors import FlowSDFError
+from run_helpers import assert_one_error_line, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def assert_one_error_line(code, err, *needles):
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("flowsdf: warning:")]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("flowsdf: error: "), err
-    assert all(n in lines[0] for n in needles), (needles, lines[0])
 
 
 def temporaries(folder: Path) -> list[Path]:

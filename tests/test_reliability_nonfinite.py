@@ -17,24 +17,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from flowsdf import checkpoint, runs
 from flowsdf.cli import main
 from flowsdf.data import dataset
+from run_helpers import assert_one_error_line, rewrite, run_cli
 
 
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def assert_one_error_line(code, err, *needles):
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("flowsdf: warning:")]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("flowsdf: error: "), err
-    assert all(n in lines[0] for n in needles), (needles, lines[0])
 
 
 def temporaries(folder: Path) -> list[Path]:
@@ -51,20 +42,6 @@ def assert_consistent(run: Path, stage: str, epochs: int) -> None:
     assert temporaries(run) == []
 
 
-def rewrite(path: Path, edit_tensors=None, edit_header=None, reseal: bool = True) -> None:
-    """Rewrite a checkpoint with edited tensors and/or header; `reseal` gives it a valid digest
-    (a deliberate edit that the digest cannot catch); without, the old digest stays."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-    tensors = load_file(str(path))
-    header = json.loads(metadata["flowsdf"])
-    if edit_tensors:
-        edit_tensors(tensors)
-    if edit_header:
-        edit_header(header)
-    if reseal:
-        header = checkpoint.seal(header, tensors)
-    save_file(tensors, str(path), metadata={"flowsdf": json.dumps(header)})
 
 
 def nan_in_first_weight(tensors) -> None:
