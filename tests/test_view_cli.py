@@ -28,7 +28,7 @@ def test_runs_it_cannot_load_are_one_error_line(case, message, tmp_path, tiny_st
 
 
 @pytest.mark.parametrize("flag, value", [("--port", "70000"), ("--max-upload-mb", "0"), ("--max-samples", "0"),
-                                         ("--max-resolution", "8")])
+                                         ("--max-resolution", "8"), ("--guidance", "9")])
 def test_bad_limits_are_one_error_line(flag, value, tiny_flow_run, capsys):
     assert main(["view", str(tiny_flow_run), flag, value]) == 2
     err = capsys.readouterr().err.strip().splitlines()

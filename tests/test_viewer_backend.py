@@ -250,3 +250,9 @@ def test_text_to_3d_writes_the_mean_mesh_and_draws_each_sample(viewer, tiny_text
         with pytest.raises(FlowSDFError, match=words):
             page.generate(args["prompt"], args["samples"], args["resolution"], args["seed"], args["guidance"],
                           progress=lambda f, d: None)
+
+
+def test_the_reconstruct_tabs_starting_guidance_is_the_runs_unless_the_command_says(tiny_flow_run):
+    v = Viewer.load(tiny_flow_run, "cpu", progress=False)
+    assert v.default_guidance == max(1.0, v.flow.cfg.flow.guidance)
+    assert Viewer.load(tiny_flow_run, "cpu", progress=False, guidance=3.5).default_guidance == 3.5

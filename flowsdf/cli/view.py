@@ -43,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--max-samples", type=int, default=8, help="largest K per reconstruction (default 8)")
     v.add_argument("--max-resolution", type=int, default=128,
                    help="largest marching-cubes grid per axis (default 128)")
+    v.add_argument("--guidance", type=float, metavar="W",
+                   help="the Reconstruct tab's starting classifier-free guidance, 1 to 7 (1 = none; default: the "
+                        "run's flow.guidance); the page's slider changes it per request")
     v.set_defaults(func=run)
 
 
@@ -65,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise FlowSDFError("--uploads-per-minute must be at least 1")
     if args.max_samples < 1:
         raise FlowSDFError("--max-samples must be at least 1")
+    if args.guidance is not None and not 1 <= args.guidance <= 7:
+        raise FlowSDFError(f"--guidance must be from 1 to 7 (the page's range), got {args.guidance:g}")
     if not is_loopback(args.host):
         if not args.allow_remote:
             raise FlowSDFError(f"--host {args.host} lets other machines reach the viewer, which has no login; "
@@ -85,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         from flowsdf.viewer.app import Stopped, build_app, serve
         from flowsdf.viewer.backend import Viewer
 
-        viewer = Viewer.load(args.run, args.device, args.data, limits, workdir=workdir)
+        viewer = Viewer.load(args.run, args.device, args.data, limits, workdir=workdir, guidance=args.guidance)
         try:
             serve(build_app(viewer), limits.max_upload_bytes, limits.uploads_per_minute, args.host, args.port)
         except (KeyboardInterrupt, Stopped) as e:

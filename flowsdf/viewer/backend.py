@@ -138,6 +138,7 @@ class Viewer:
         `text_note` says why not, on the Text-to-3-D tab."""
         self.run_dir, self.flow, self.noscale, self.data = Path(run_dir), flow, noscale, data
         self.text, self.text_note = text, text_note
+        self.start_guidance: float | None = None  # the Reconstruct tab's starting W (None: the run's)
         self.frame, self.limits = frame, limits
         self._splits = {"training": data.train.input, "novel": data.train.novel, "held-out": data.heldout.input}
         self._cache: OrderedDict[tuple, FlowPath] = OrderedDict()
@@ -153,8 +154,10 @@ class Viewer:
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", data_dir: Path | None = None,
-             limits: Limits = Limits(), progress: bool = True, workdir: Path | None = None) -> Viewer:
-        """Load everything the page needs; any problem is one FlowSDFError, before serving."""
+             limits: Limits = Limits(), progress: bool = True, workdir: Path | None = None,
+             guidance: float | None = None) -> Viewer:
+        """Load everything the page needs; any problem is one FlowSDFError, before serving.
+        `guidance`: the Reconstruct tab's starting W (None: the run's flow.guidance)."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise FlowSDFError(f"{run_dir} is not a folder")
@@ -169,7 +172,9 @@ class Viewer:
                 text = FlowSDF.from_run(run_dir, "text", dev)
             except FlowSDFError as e:
                 note = str(e)
-        return cls(run_dir, flow, noscale, data, training_frame(run_dir, flow, data), limits, workdir, text, note)
+        viewer = cls(run_dir, flow, noscale, data, training_frame(run_dir, flow, data), limits, workdir, text, note)
+        viewer.start_guidance = guidance
+        return viewer
 
     @property
     def default_text_guidance(self) -> float:
@@ -179,8 +184,10 @@ class Viewer:
 
     @property
     def default_guidance(self) -> float:
-        """The run's W (flow.guidance), within the page's range."""
-        return min(max(self.flow.cfg.flow.guidance, GUIDANCE[0]), GUIDANCE[1])
+        """The Reconstruct tab's starting W: `flowsdf view --guidance`, else the run's flow.guidance,
+        within the page's range."""
+        w = self.flow.cfg.flow.guidance if self.start_guidance is None else self.start_guidance
+        return min(max(w, GUIDANCE[0]), GUIDANCE[1])
 
     # --- pictures ------------------------------------------------------------------------------
 
