@@ -455,6 +455,8 @@ def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:
     """A config dict in the layout of older runs, in today's layout (a copy; today's unchanged).
     Only exact moves and renames: a setting this version no longer has (Fourier xyz features of
     the decoder) is one FlowSDFError, never dropped silently."""
+    if not isinstance(d, dict):
+        raise FlowSDFError(f"config must be a JSON object, got {type(d).__name__}")
     d = json.loads(json.dumps(d))  # a deep copy of plain JSON values
     for section, (kind, keys) in _LEGACY_MOVES.items():
         part = d.get(section)
@@ -466,7 +468,8 @@ def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:
                 sub[key] = part.pop(key)
         for key in _LEGACY_DERIVED.get(section, ()):
             part.pop(key, None)
-    if d.get("decoder", {}).pop("xyz_frequencies", 0):
+    decoder = d.get("decoder")
+    if isinstance(decoder, dict) and decoder.pop("xyz_frequencies", 0):
         raise FlowSDFError("config: this run's decoder uses Fourier xyz features (decoder.xyz_frequencies > 0), "
                            "which this version of flowsdf no longer has; retrain it")
     for phase in ("stage1", "phase2"):

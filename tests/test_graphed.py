@@ -80,8 +80,8 @@ def test_a_run_with_the_captured_step_is_the_run_without_it(tmp_path, tiny_cfg, 
 ])
 def test_a_step_that_cannot_be_captured_is_refused_with_the_reason(tiny_cfg, change, words):
     cfg = dataclasses.replace(tiny_cfg, stage1=dataclasses.replace(tiny_cfg.stage1, graph=True))
-    for path, value in change.items():
+    for path, value in change.items():  # replace, never setattr: the sections are the shared fixture's
         section, key = path.split(".")
-        setattr(getattr(cfg, section), key, value)
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{key: value})})
     with pytest.raises(FlowSDFError, match=words):
         from_dict(to_dict(cfg))

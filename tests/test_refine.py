@@ -86,4 +86,4 @@ def test_eval_command_takes_refine_steps(view_run, tiny_data_dir, tmp_path, caps
                  "--mesh-resolution", "16", "--out", str(out), "--quiet"])
     assert code == 0 and json.loads(out.read_text())["refine_steps"] == 3
     assert main(["eval", str(view_run), "--refine", "-1"]) == 2
-    assert "--refine must be at least 0" in capsys.readouterr().err
+    assert "--refine must be from 0 to 100,000, got -1" in capsys.readouterr().err
