@@ -36,6 +36,20 @@ def test_encoder_output_has_the_decoders_latent_shape(size):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
 
 
+@pytest.mark.parametrize("size", [32, 64])
+def test_fresh_encoder_codes_depend_on_the_picture(size):
+    """At initialisation the codes of different pictures must differ by a sizeable share of their
+    size: the deep U-Net without normalisation let the picture's signal shrink layer by layer to
+    1e-5 of the codes (then training moved only biases and every shape became one sphere)."""
+    torch.manual_seed(0)
+    enc = TriplaneEncoder(TriplaneEncoderConfig(), image_size=size)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    centres = [(size * 0.3, size * 0.5), (size * 0.7, size * 0.5), (size * 0.5, size * 0.3), (size * 0.5, size * 0.7)]
+    discs = torch.stack([((xx - cx) ** 2 + (yy - cy) ** 2 < (size / 6) ** 2).float() for cx, cy in centres])  # (4, S, S)
+    codes = enc(discs[:, None].expand(-1, 3, -1, -1) * 0.8)  # (4, *latent) a lit disc on black, in four places
+    assert (codes.std(dim=0).mean() / codes.abs().mean()).item() > 0.05
+
+
 def test_image_size_must_allow_the_downsamplings():
     with pytest.raises(ValueError, match="multiple of 8"):
         TriplaneEncoder(TriplaneEncoderConfig(), image_size=36)
