@@ -33,8 +33,8 @@ A point (0, y, z) of the plane x = 0 appears at pixel u = c + f y / d, v = c - f
    the whole picture (a shape's kind and pose).
 
 Parameters at the defaults (64 px, channels 32/64/128/128, features 32, lift 256, latent 8 x 16^2):
-1,944,712: the U-Net ~1.55 M (GroupNorm after every convolution), the two lifting MLPs 197,248 each. At 32 px 2,090,504 (the output
-level is one finer, so one more up block).
+1,944,712: the U-Net ~1.55 M (GroupNorm after every convolution), the two lifting MLPs 197,248
+each. At 32 px 2,090,504 (the output level is one finer, so one more up block).
 """
 
 from __future__ import annotations
