@@ -52,6 +52,9 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "views-triplane-c16": ("views", TRIPLANE + ["decoder.triplane.channels=16", "decoder.triplane.upsampler_channels=16",
                                                 "stage1.epochs=16"],
                            "triplane with 16-channel 64^2 planes, 16 epochs (about the MLP's time)"),
+    "views-triplane-c16-e8": ("views", TRIPLANE + ["decoder.triplane.channels=16", "decoder.triplane.upsampler_channels=16",
+                                                   "stage1.epochs=8"],
+                              "the same at half the epochs: a point of the time curve"),
     # The quick preset's world frame, for the seed's protocol (one view per shape).
     "world-50": ("quick", [], "quick Stage 1 as it is (world frame)"),
     "world-1000": ("quick", ["data.n_train_shapes=1000", "stage1.epochs=12"], "world frame, 1000 shapes x 12 epochs"),

@@ -405,6 +405,34 @@ def views_preset() -> Config:
     return cfg
 
 
+def triplane_preset() -> Config:
+    """The best recipe measured so far (docs/scaling.md): the `views` data and frame with the
+    triplane decoder (16-channel 64^2 feature planes), its U-Net encoder, and a DiT over the
+    triplane's patches for the flow. At equal CPU time it beats the `views` preset's global code on
+    every held-out figure (Stage 1, 16 epochs, 20 min on a shared 2-core CPU: 3-D IoU 0.716 against
+    0.703 in 33 min, input-view IoU 0.982 against 0.889). Use it for `reconstruct` and `view`."""
+    cfg = views_preset()
+    cfg.preset = "triplane"
+    cfg.decoder.kind = "triplane"
+    cfg.decoder.triplane = TriplaneConfig(channels=16, upsampler_channels=16)
+    cfg.velocity.kind = "dit"
+    cfg.stage1 = TrainConfig(epochs=16, batch_size=8, lr=1e-3, figure_every=4, all_views=True)
+    return cfg
+
+
+def triplane_gpu_preset() -> Config:
+    """`triplane` sized for one GPU (not yet run on one): ten times the shapes, the default 32-channel
+    planes, batch 32, and the GPU training path (the static search in TF32; docs/speed.md)."""
+    cfg = triplane_preset()
+    cfg.preset = "triplane-gpu"
+    cfg.data.n_train_shapes = 10_000
+    cfg.decoder.triplane = TriplaneConfig()
+    cfg.render.search, cfg.render.search_dtype = "static", "tf32"
+    cfg.stage1 = TrainConfig(epochs=16, batch_size=32, lr=1e-3, figure_every=4, all_views=True)
+    cfg.phase2 = dataclasses.replace(cfg.phase2, batch_size=32)
+    return cfg
+
+
 def tiny_preset() -> Config:
     """Seconds on a CPU, for tests: a handful of small shapes, 16x16, 12 samples."""
     cfg = Config(preset="tiny")
@@ -421,7 +449,8 @@ def tiny_preset() -> Config:
     return cfg
 
 
-PRESETS = {"seed": seed_preset, "quick": quick_preset, "shapes": shapes_preset, "views": views_preset, "tiny": tiny_preset}
+PRESETS = {"seed": seed_preset, "quick": quick_preset, "shapes": shapes_preset, "views": views_preset,
+           "triplane": triplane_preset, "triplane-gpu": triplane_gpu_preset, "tiny": tiny_preset}
 
 
 def preset(name: str) -> Config:
