@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from flowsdf import config as config_mod
-from flowsdf import overrides
+from flowsdf import overrides, runs
 from flowsdf.cli import main
 from flowsdf.errors import FlowSDFError
 
@@ -94,3 +95,16 @@ def test_flow_stage_refuses_stage1_sections(capsys, tmp_path):
     code, _, err = _cli(capsys, "train", "--stage", "flow", "--init", str(tmp_path / "s1"), "--preset", "tiny",
                         "--out", str(tmp_path / "r"), "--set", "data.n_train_shapes=9")
     assert code == 2 and "data.n_train_shapes" in err and "Stage-1 run" in err
+
+
+def test_flow_stage_without_a_preset_continues_the_stage1_runs_settings(capsys, tmp_path, tiny_stage1_run, tiny_data_dir):
+    """`--stage flow --init RUN` without --preset takes Phase 1 and Phase 2 from what RUN recorded
+    (here the tiny preset's 40 iterations and 2 epochs), not from `quick` (300 and 30)."""
+    run = tmp_path / "r"
+    shutil.copytree(tiny_stage1_run, run)
+    code, _, err = _cli(capsys, "train", "--stage", "flow", "--init", str(run), "--out", str(run), "--data",
+                        str(tiny_data_dir), "--quiet", "--until-epoch", "1", "--set", "phase1.iterations=3")
+    assert code == 0, err
+    cfg = runs.read_config(run)
+    assert (cfg.phase1.iterations, cfg.phase2.epochs, cfg.phase2.batch_size) == (3, 2, 1)
+    assert cfg.phase2 == config_mod.preset("tiny").phase2

@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "text = a text-conditioned flow over the Stage-1 codes (text to 3-D, `flowsdf generate`)")
     t.add_argument("--init", type=Path, metavar="STAGE1_RUN_DIR",
                    help="with --stage flow or text: the finished Stage-1 run to start from (may equal --out)")
-    t.add_argument("--preset", default="quick", help=f"config preset ({presets}); default quick; ignored with --resume")
+    t.add_argument("--preset", help=f"config preset ({presets}); default quick, and with --stage flow or text the "
+                                    "Stage-1 run's own settings; ignored with --resume")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--data", type=Path, help="dataset folder (default: the preset's cached dataset, made if missing)")
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     args.overrides = alias_overrides(args) + args.overrides
-    cfg = set_overrides(config_mod.preset(args.preset), args)  # checked like a config file
+    cfg = set_overrides(base_config(args), args)  # checked like a config file
     stage = "stage1" if args.stage == "cnn" else "phase2"
     before = runs.checkpoint_epoch(Path(args.out), stage) if args.resume else None
     if args.stage == "text":
@@ -127,6 +128,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"train views: BCE {summary['train_views']['bce']:.5f}  IoU {summary['train_views']['iou']:.3f} | "
           f"novel views: BCE {summary['novel_views']['bce']:.5f}  IoU {summary['novel_views']['iou']:.3f}")
     return 0
+
+
+def base_config(args: argparse.Namespace) -> config_mod.Config:
+    """What `--set` applies to: the named preset; without one, Stage 2 and the text flow continue
+    the Stage-1 run with the settings it recorded (its preset's Phase 2, e.g. all_views for
+    `views`), and Stage 1 starts from `quick`."""
+    if args.preset is not None:
+        return config_mod.preset(args.preset)
+    if args.stage in ("flow", "text") and args.init is not None and not args.resume:
+        return runs.read_config(Path(args.init))
+    return config_mod.preset("quick")
 
 
 def set_overrides(cfg: config_mod.Config, args: argparse.Namespace) -> config_mod.Config:
