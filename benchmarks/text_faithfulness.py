@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flowsdf import checkpoint
+from flowsdf import checkpoint, runs
 from flowsdf.checkpoint import write_json
 from flowsdf.data import shapes
 from flowsdf.data.captions import (
@@ -68,6 +68,7 @@ from flowsdf.metrics.faithfulness import (
     FamilyViews,
     accuracy_by_family,
     elongation_statistic,
+    family_label,
     family_renders,
     pair_order_rate,
     specs_field,
@@ -182,6 +183,23 @@ def gt_reference(prompts: dict[str, list[Prompt]], classifier: FamilyClassifier,
     return out
 
 
+@torch.no_grad()
+def stage1_reference(run: Path, classifier: FamilyClassifier, views: FamilyViews, n: int, progress: bool) -> dict:
+    """What the run's own shapes can show: the family accuracy of the Stage-1 reconstructions of its
+    first n training shapes (the encoder's code of each shape's input picture, decoded). Text
+    generation samples the same code space, so it cannot be more faithful than this, however good
+    the text model is (the "source shapes" row measures the classifier, not the decoder)."""
+    stage1 = FlowSDF.from_run(run, "cnn", device="cpu")
+    split = runs.run_data(stage1.cfg, run, None, progress=False).train
+    n = min(n, len(split))
+    codes = stage1.encoder(split.input.images[:n, 0])  # (n, *latent)
+    renders = family_renders(stage1.decoder.field(codes), n, views, progress=progress)  # (n, M, S, S)
+    pred = torch.where(renders.flatten(1).amax(1) == 0, -1, classifier.predict(renders))  # (n,)
+    labels = torch.tensor([FAMILIES.index(family_label(spec)) for spec in split.shapes[:n]])
+    score = accuracy_by_family(pred, labels)
+    return {"shapes": n, "family_accuracy": score["accuracy"], "family_accuracy_merged_boxes": score["merged_boxes"]}
+
+
 def diversity(codes: torch.Tensor, renders: torch.Tensor) -> dict:
     """How the K samples of one prompt differ, averaged over prompts: codes (N, K, *latent) -> their mean
     pairwise distance over their mean norm; renders (N, K, M, S, S) -> mean pairwise 1 - IoU of the
@@ -247,6 +265,10 @@ def table(rows: list[dict], gt: dict) -> str:
     lines = [header, "|---|---|---|---|---|---|---|---|"]
     lines.append(f"| source shapes | {fmt(gt['family_accuracy_heldout_templates'])} | {fmt(gt['family_accuracy_unseen'])} | "
                  f"{fmt(gt['proportion']['long_above_flat'])} | | | | |")
+    if "stage1_reconstructions" in gt:
+        r = gt["stage1_reconstructions"]
+        lines.append(f"| Stage-1 reconstructions of {r['shapes']} training shapes (all phrasings) | "
+                     f"{fmt(r['family_accuracy'])} | | | | | | |")
     for r in rows:
         lines.append(f"| {r['guidance']:g} | {fmt(r['family_accuracy_heldout_templates'])} | "
                      f"{fmt(r['family_accuracy_unseen'])} | {fmt(r['proportion']['long_above_flat'])} | "
@@ -270,13 +292,15 @@ def main() -> None:
                    help="random shapes rendered for the family classifier (1/8 held out for its accuracy)")
     p.add_argument("--classifier-epochs", type=int, default=ClassifierConfig.epochs)
     p.add_argument("--classifier-seed", type=int, default=ClassifierConfig.seed)
+    p.add_argument("--stage1-reference", type=int, default=200, metavar="N",
+                   help="training shapes whose Stage-1 reconstructions give the code space's ceiling (0 = skip)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.samples < 1 or args.prompts_per_split < 2:
         raise SystemExit("error: --samples must be >= 1 and --prompts-per-split >= 2")
-    weights = [float(x) for x in args.guidance.split(",")]
+    weights = [float(x) for x in args.guidance.split(",") if x.strip()]  # "" = the reference rows only
     progress = not args.quiet
     views = FamilyViews()
     t0 = time.perf_counter()
@@ -289,6 +313,8 @@ def main() -> None:
               f"random shapes ({len(FAMILIES)} families)")
         prompts = build_prompts(args.prompts_per_split, args.seed)
         gt = gt_reference(prompts, classifier, views)
+        if args.stage1_reference:
+            gt["stage1_reconstructions"] = stage1_reference(args.run, classifier, views, args.stage1_reference, progress)
         rows = []
         for w in tqdm(weights, desc="guidance", leave=False, disable=not progress):
             rows.append(measure(pipe, prompts, classifier, views, w, args, progress))
