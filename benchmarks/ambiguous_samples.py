@@ -21,7 +21,6 @@ samples' spread, without the rest of the evaluation; --shapes limits the held-ou
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from flowsdf import runs
+from flowsdf.checkpoint import write_json
 from flowsdf.data.dataset import ShapeSplit, Views
 from flowsdf.data.shapes import family
 from flowsdf.figures.plots import save_figure
@@ -119,6 +119,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="PNG (and a JSON beside it)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     pipe = FlowSDF.from_run(args.run, "flow", "cpu")
     split = runs.run_data(pipe.cfg, args.run, None, progress=False).heldout
     if args.sweep:
@@ -140,7 +141,7 @@ def main() -> None:
             print(f"W {w:g}, {n} held-out shapes: 3-D IoU best-of-{pt['k']} {pt['best_of_k']:.3f}, mean-of-{pt['k']} "
                   f"{pt['mean_of_k']:.3f}, mean code {pt['mean_code']:.3f}; spread {pt['code_spread']:.3f}; samples "
                   f"within 90 % of the mean's input IoU {pt['samples_within_90pct_of_mean_input_iou']:.2f}", flush=True)
-            args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+            write_json(args.out.with_suffix(".json"), result)
         save_figure(guidance_curve(points), args.out)
         print(f"wrote {args.out}")
         return
@@ -157,9 +158,8 @@ def main() -> None:
                  f"{n} held-out pictures", fontsize=8)
     save_figure(fig, args.out)
     chosen = [{"index": int(i), "kind": family(split.shapes[i]), "spread": spreads[i]} for i in order]
-    args.out.with_suffix(".json").write_text(json.dumps({"guidance": w, "samples": args.samples,
-                                                         "median_spread": float(np.median(spreads)), "rows": chosen},
-                                                        indent=1))
+    write_json(args.out.with_suffix(".json"), {"guidance": w, "samples": args.samples,
+                                               "median_spread": float(np.median(spreads)), "rows": chosen})
     print(f"median spread {np.median(spreads):.3f} over {n} pictures; drawn: "
           + ", ".join(f"{c['kind']} {c['spread']:.2f}" for c in chosen))
     print(f"wrote {args.out}")

@@ -96,6 +96,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("outputs/benchmarks/uncertainty.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # before the work: a missing folder must not lose it
     pipe = FlowSDF.from_run(args.run, "flow", "cpu", finished=not args.unfinished)
     data = runs.run_data(pipe.cfg, args.run, None, progress=False)
     split = data.heldout
