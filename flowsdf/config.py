@@ -406,25 +406,29 @@ def views_preset() -> Config:
 
 
 def triplane_preset() -> Config:
-    """The best recipe measured so far (docs/scaling.md): the `views` data and frame with the
-    triplane decoder (16-channel 64^2 feature planes), its U-Net encoder, and a DiT over the
-    triplane's patches for the flow. At equal CPU time it beats the `views` preset's global code on
-    every held-out figure (Stage 1, 16 epochs, 20 min on a shared 2-core CPU: 3-D IoU 0.716 against
-    0.703 in 33 min, input-view IoU 0.982 against 0.889). Use it for `reconstruct` and `view`."""
+    """The best Stage 1 measured so far (docs/scaling.md): the `views` data and frame with the
+    triplane decoder (16-channel 64^2 feature planes) and its U-Net encoder. At equal CPU time it
+    beats the `views` preset's global code on every held-out figure (16 epochs, 20 min on a shared
+    2-core CPU: 3-D IoU 0.716 against 0.703 in 33 min, input-view IoU 0.982 against 0.889). Its
+    flow keeps the MLP velocity net: on this CPU a DiT over the planes' patches ran 15 Phase-1
+    iterations in 7 min, and even the MLP needs far more than the preset's Phase 1 to learn the
+    6,144-number latent, so use this run's encoder (`--model cnn`) for `reconstruct` and `view`."""
     cfg = views_preset()
     cfg.preset = "triplane"
     cfg.decoder.kind = "triplane"
     cfg.decoder.triplane = TriplaneConfig(channels=16, upsampler_channels=16)
-    cfg.velocity.kind = "dit"
     cfg.stage1 = TrainConfig(epochs=16, batch_size=8, lr=1e-3, figure_every=4, all_views=True)
     return cfg
 
 
 def triplane_gpu_preset() -> Config:
     """`triplane` sized for one GPU (not yet run on one): ten times the shapes, the default 32-channel
-    planes, batch 32, and the GPU training path (the static search in TF32; docs/speed.md)."""
+    planes, batch 32, the GPU training path (the static search in TF32; docs/speed.md), and a DiT
+    over the planes' patches with ten times the Phase-1 iterations for the flow."""
     cfg = triplane_preset()
     cfg.preset = "triplane-gpu"
+    cfg.velocity.kind = "dit"
+    cfg.phase1 = dataclasses.replace(cfg.phase1, iterations=3000)
     cfg.data.n_train_shapes = 10_000
     cfg.decoder.triplane = TriplaneConfig()
     cfg.render.search, cfg.render.search_dtype = "static", "tf32"
