@@ -412,7 +412,7 @@ def triplane_preset() -> Config:
     2-core CPU: 3-D IoU 0.716 against 0.703 in 33 min, input-view IoU 0.982 against 0.889). Its
     flow keeps the MLP velocity net: on this CPU a DiT over the planes' patches ran 15 Phase-1
     iterations in 7 min, and even the MLP needs far more than the preset's Phase 1 to learn the
-    6,144-number latent, so use this run's encoder (`--model cnn`) for `reconstruct` and `view`."""
+    6,144-number latent, so use this run's encoder for `reconstruct` (`--model cnn`)."""
     cfg = views_preset()
     cfg.preset = "triplane"
     cfg.decoder.kind = "triplane"

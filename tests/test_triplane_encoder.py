@@ -95,3 +95,10 @@ def test_a_single_feature_pixel_lights_the_texel_its_ray_crosses():
         y, z = hit[row, col, 1], hit[row, col, 2]
         assert abs(float(c[j] - y)) <= BOUND / R and abs(float(c[i] - z)) <= BOUND / R
         assert (z > 0) == (row < 8) and (y > 0) == (col >= 8)  # picture up = +z, picture right = +y
+
+
+def test_widths_that_are_not_multiples_of_eight_still_build_and_encode():
+    """GroupNorm needs a group count that divides the width: any configured width must work."""
+    enc = TriplaneEncoder(TriplaneEncoderConfig(channels=(12, 20, 36, 36), features=10), image_size=32)
+    codes = enc(torch.rand(2, 3, 32, 32))
+    assert codes.shape == (2, *enc.latent_shape) and torch.isfinite(codes).all()

@@ -84,7 +84,7 @@ def image_to_yz(feats: Tensor, grid: Tensor) -> Tensor:
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, channels), channels)
+    return nn.GroupNorm(math.gcd(8, channels), channels)  # up to 8 groups, always a divisor of the width
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
