@@ -61,6 +61,7 @@ from flowsdf.data.captions import (
 )
 from flowsdf.errors import FlowSDFError
 from flowsdf.fields import code_field
+from flowsdf.loading import load_model
 from flowsdf.metrics.faithfulness import (
     FAMILIES,
     ClassifierConfig,
@@ -189,7 +190,7 @@ def stage1_reference(run: Path, classifier: FamilyClassifier, views: FamilyViews
     first n training shapes (the encoder's code of each shape's input picture, decoded). Text
     generation samples the same code space, so it cannot be more faithful than this, however good
     the text model is (the "source shapes" row measures the classifier, not the decoder)."""
-    stage1 = FlowSDF.from_run(run, "cnn", device="cpu")
+    stage1 = load_model(run, "cnn", "cpu")  # an encoder, or a code table (it answers its own training pictures)
     split = runs.run_data(stage1.cfg, run, None, progress=False).train
     n = min(n, len(split))
     codes = stage1.encoder(split.input.images[:n, 0])  # (n, *latent)
