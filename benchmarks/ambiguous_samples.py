@@ -36,7 +36,7 @@ from flowsdf.figures.plots import save_figure
 from flowsdf.figures.preview import SAMPLE_COLOUR, draw_mesh
 from flowsdf.mesh.export import to_trimesh
 from flowsdf.mesh.extract import extract_mesh
-from flowsdf.metrics.samples import heldout_samples_3d
+from flowsdf.metrics.samples import heldout_samples_3d, pairwise_distance
 from flowsdf.metrics.shapes import gt_field
 from flowsdf.metrics.views import predict_codes
 from flowsdf.pipeline import FlowSDF
@@ -46,9 +46,7 @@ AZIMUTH, ELEVATION = 60.0, 25.0  # oblique to the view frame's input camera (+x 
 
 def code_spread(codes: torch.Tensor) -> float:
     """Mean pairwise L2 distance of K codes (K, *latent), over their mean norm (0 = one shape)."""
-    flat = codes.flatten(1)  # (K, D)
-    k = len(flat)
-    return float(torch.cdist(flat, flat).sum() / (k * (k - 1)) / flat.norm(dim=1).mean())
+    return float(pairwise_distance(codes[None])[0] / codes.flatten(1).norm(dim=1).mean())
 
 
 def ambiguous_figure(pipe: FlowSDF, images: torch.Tensor, specs: list, codes: list[torch.Tensor], spreads: list[float],

@@ -75,6 +75,7 @@ from flowsdf.metrics.faithfulness import (
     specs_field,
     train_family_classifier,
 )
+from flowsdf.metrics.samples import pairwise_distance
 from flowsdf.metrics.silhouette import silhouette_iou
 from flowsdf.pipeline import FlowSDF
 from flowsdf.provenance import provenance
@@ -210,7 +211,7 @@ def diversity(codes: torch.Tensor, renders: torch.Tensor) -> dict:
         return {"code_spread": None, "silhouette_distance": None}
     pair = ~torch.eye(K, dtype=torch.bool)  # off-diagonal (i, j)
     flat = codes.reshape(N, K, -1).float().cpu()  # (N, K, D)
-    spread = torch.cdist(flat, flat)[:, pair].mean(1) / flat.norm(dim=-1).mean(1).clamp(min=1e-12)  # (N,)
+    spread = pairwise_distance(flat) / flat.norm(dim=-1).mean(1).clamp(min=1e-12)  # (N,)
     masks = renders.reshape(N, K, -1).bool()  # (N, K, M*S*S)
     a = masks[:, :, None].expand(-1, K, K, -1)[:, pair]  # (N, K*(K-1), M*S*S) sample i of each pair
     b = masks[:, None].expand(-1, K, K, -1)[:, pair]  # sample j

@@ -29,6 +29,7 @@ from flowsdf.checkpoint import write_json
 from flowsdf.device import device_name
 from flowsdf.mesh.extract import extract_mesh_coarse_to_fine
 from flowsdf.mesh.uncertainty import field_values, vertex_std
+from flowsdf.metrics.samples import pairwise_distance
 from flowsdf.metrics.shapes import gt_field
 from flowsdf.pipeline import FlowSDF
 
@@ -61,8 +62,7 @@ def shape_row(pipe: FlowSDF, image: torch.Tensor, spec, samples: int, guidance: 
     codes = sample_codes(pipe, image, samples, guidance)  # (K, *latent)
     flat = codes.flatten(1)  # (K, D)
     vertices, _ = extract_mesh_coarse_to_fine(pipe.field(codes.mean(dim=0)), resolution=resolution)
-    pair = torch.cdist(flat, flat)  # (K, K)
-    row = {"code_pairwise_l2": float(pair.sum() / (samples * (samples - 1))), "code_norm": float(flat.norm(dim=1).mean()),
+    row = {"code_pairwise_l2": float(pairwise_distance(codes[None])[0]), "code_norm": float(flat.norm(dim=1).mean()),
            "vertices": len(vertices)}
     empty = np.zeros(0)
     if len(vertices) == 0:

@@ -8,6 +8,7 @@ from flowsdf.fast_sampler import make_sampler
 from flowsdf.metrics.samples import (
     best_and_mean,
     flow_trajectory,
+    pairwise_distance,
     sample_codes,
     sample_diversity,
 )
@@ -55,3 +56,10 @@ def test_flow_trajectory_starts_at_the_noise_and_ends_at_the_sample(tiny_flow_ru
     torch.testing.assert_close(latents[0], pipe.sampler().noise([7, 7], "cpu"))  # state 0 is the noise
     torch.testing.assert_close(latents[-1], pipe(images, seed=7).codes[:, 0])  # the last is the sample
     torch.testing.assert_close(sils[-1], pipe.silhouettes(latents[-1], K, c2w))
+
+
+def test_pairwise_distance_is_the_mean_over_distinct_pairs():
+    # Item 0: three samples on a line at 0, 3 and 4 -> pairs 3, 4, 1 -> mean 8/3; item 1: identical samples -> 0.
+    codes = torch.tensor([[[0.0, 0.0], [3.0, 0.0], [4.0, 0.0]], [[1.0, 2.0]] * 3])  # (2, 3, 2)
+    got = pairwise_distance(codes)
+    assert torch.allclose(got, torch.tensor([8.0 / 3.0, 0.0]), atol=1e-6)

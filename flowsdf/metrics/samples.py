@@ -36,6 +36,14 @@ def sample_codes(conditioner: nn.Module, sampler: ReferenceSampler, images: Tens
     return codes.view(n, k, *codes.shape[1:])
 
 
+def pairwise_distance(codes: Tensor) -> Tensor:
+    """Mean L2 distance between the K >= 2 samples of each item: codes (N, K, *latent) -> (N,)."""
+    flat = codes.reshape(*codes.shape[:2], -1).float()  # (N, K, D)
+    k = flat.shape[1]
+    pair = ~torch.eye(k, dtype=torch.bool, device=flat.device)  # off-diagonal pairs
+    return torch.cdist(flat, flat)[:, pair].mean(1)  # (N,)
+
+
 @torch.no_grad()
 def sample_diversity(conditioner: nn.Module, sampler: ReferenceSampler, decoder: nn.Module, split: ShapeSplit,
                      render_cfg: RenderConfig, tau: float, k: int = 4, n_shapes: int = 8, seed: int = 0) -> dict:
@@ -49,12 +57,11 @@ def sample_diversity(conditioner: nn.Module, sampler: ReferenceSampler, decoder:
     sils = silhouettes(decoder.field(codes.flatten(0, 1)), K, c2w, size, render_cfg, tau)  # (n*k, S, S)
     flat, sils = codes.reshape(n, k, -1), sils.view(n, k, -1)
     pair = ~torch.eye(k, dtype=torch.bool, device=flat.device)  # off-diagonal pairs
-    code_d = torch.cdist(flat, flat)[:, pair]  # (n, k*(k-1))
     sil_d = (sils[:, :, None] - sils[:, None]).abs().mean(-1)[:, pair]
     return {
         "k": k,
         "shapes": n,
-        "code_pairwise_l2": code_d.mean().item(),
+        "code_pairwise_l2": pairwise_distance(codes).mean().item(),
         "code_norm": flat.norm(dim=-1).mean().item(),
         "silhouette_pairwise_l1": sil_d.mean().item(),
     }
