@@ -50,32 +50,6 @@ def model_frame_mask(mask: np.ndarray, crop_box: tuple[float, float, float, floa
     return _resampled(planes, left, top, right - left, size)[0] >= 0.5  # (S, S)
 
 
-def keep_place(crop_square, offset: float):
-    """prepare.crop_square, but an object whose size it keeps stays where it is (the plain padded
-    square) when its box centre is within `offset` of the side from the frame's centre."""
-
-    def crop(mask: np.ndarray) -> tuple[float, float, float]:
-        left, top, side = crop_square(mask)
-        h, w = mask.shape
-        frame = max(h, w)
-        if side == frame and float(np.hypot(*preparation.framing_of(mask).box_offset)) <= offset:
-            return float(-((frame - w) // 2)), float(-((frame - h) // 2)), float(frame)
-        return left, top, side
-
-    return crop
-
-
-def soft_reframe(rgb: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """prepare.reframe with soft edges: the object's pixels times the mask, area-averaged onto black
-    (what a picture on black gives when resized), the mask still hard (>= 0.5)."""
-    left, top, side = preparation.crop_square(mask)
-    m = mask.astype(np.float32)
-    planes = np.concatenate([(rgb * m[..., None]).transpose(2, 0, 1), m[None]])  # (4, H, W) premultiplied
-    out = _resampled(planes, left, top, side, size)  # (4, S, S)
-    image = np.clip(out[:3], 0.0, 1.0).transpose(1, 2, 0)  # (S, S, 3)
-    return image.astype(np.float32), out[3] >= 0.5, (left, top, side)
-
-
 def measure(pipe: FlowSDF, picture: Path, true_mask: np.ndarray, prepare: bool, args) -> dict:
     start = time.perf_counter()
     rec = reconstruct_image(pipe, picture, samples=args.samples, seed=args.seed, resolution=args.resolution,
@@ -105,33 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--limit", type=int, help="only the first N pictures (a quick look)")
     p.add_argument("--variants", nargs="+", help="only these variants (e.g. small_white centred_black)")
-    p.add_argument("--extent-low", type=float,
-                   help="an experiment: the smallest extent preparation keeps (flowsdf.data.prepare.EXTENT_LOW, "
-                        f"{preparation.EXTENT_LOW}); smaller objects are framed at it")
-    p.add_argument("--extent-high", type=float,
-                   help="an experiment: the largest extent preparation keeps (flowsdf.data.prepare.EXTENT_HIGH, "
-                        f"{preparation.EXTENT_HIGH}); larger objects are framed at it. Both at the median (0.531): "
-                        "every object framed at the median size")
-    p.add_argument("--keep-place", type=float, metavar="OFFSET",
-                   help="an experiment: leave an object whose size is in the training range where it is (no "
-                        "re-centring) when its box centre is within OFFSET of the side from the frame centre "
-                        "(0.095: the training renders' 95th percentile)")
-    p.add_argument("--soft-edges", action="store_true",
-                   help="an experiment: the prepared object keeps its anti-aliased edge on black (the picture times "
-                        "its mask, area-averaged) instead of hard edges in the object's own colours")
     p.add_argument("--prepared-only", action="store_true", help="skip the pictures as they are (experiments)")
     p.add_argument("--out", type=Path, default=Path("outputs/benchmarks/picture_accuracy.json"))
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.extent_low is not None:  # module constants, read by prepare.crop_square at each call
-        preparation.EXTENT_LOW = args.extent_low
-    if args.extent_high is not None:
-        preparation.EXTENT_HIGH = args.extent_high
-    if args.keep_place is not None:
-        preparation.crop_square = keep_place(preparation.crop_square, args.keep_place)
-    if args.soft_edges:
-        preparation.reframe = soft_reframe
     listing = json.loads((args.pictures / "pictures.json").read_text())
     entries = [e for e in listing["pictures"] if not args.variants or e["variant"] in args.variants][: args.limit]
     pipe = FlowSDF.from_run(args.run, args.model, "cpu")
@@ -148,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(score {row['prepared']['score']:.2f}), raw {raw}", file=sys.stderr)
     summary = summarise(rows, args.tolerance)
     record = {"run": str(args.run), "model": args.model, "samples": args.samples, "seed": args.seed,
-              "keep_place": args.keep_place, "soft_edges": args.soft_edges,
-              "extent_low": preparation.EXTENT_LOW, "extent_high": preparation.EXTENT_HIGH,
+              "extent_median": preparation.EXTENT_MEDIAN,
               "resolution": args.resolution, "pictures": str(args.pictures), "tolerance": args.tolerance,
               "device": device_name("cpu"), "provenance": provenance("cpu"), "command": " ".join(sys.argv),
               **summary, "rows": rows}
