@@ -67,6 +67,34 @@ def hausdorff(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(cKDTree(a).query(b)[0].max(), cKDTree(b).query(a)[0].max()))
 
 
+def slope_check(field, vertices: np.ndarray, resolution: int, radius: float, points: int = 20000,
+                seed: int = 0) -> dict:
+    """The slope the coarse-to-fine mesher assumes (the steepest finite difference on its 16-voxel
+    coarse grid, at least 1) against the steepest gradient near the surface (central differences
+    at points within 2 coarse cells of the mesh's vertices). The band test (a cell is refined when
+    a corner's |sdf| is under slope x its diagonal, twice what the nearest corner can be from a
+    surface inside) is sound where the gradient stays under twice the assumed slope.
+
+    Points within a voxel of the bounding sphere (`radius`, flowsdf.fields.bounded) are left out:
+    there the field steps down from the decoder's value to the distance to the sphere, never
+    changing sign, and a value that is smaller than the slope allows only marks more cells."""
+    h = 2.0 / (resolution - 1)
+    axis = torch.linspace(-1.0, 1.0, (resolution - 1) // 16 + 2)  # (n,) about the mesher's coarse grid
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    values = field(grid).reshape((len(axis),) * 3)
+    step = float(axis[1] - axis[0])
+    assumed = max(1.0, max(float(values.diff(dim=d).abs().max()) / step for d in range(3)))
+    rng = np.random.default_rng(seed)
+    near = vertices[rng.integers(len(vertices), size=points)] + rng.uniform(-32 * h, 32 * h, (points, 3))
+    near = near[np.abs(np.linalg.norm(near, axis=1) - radius) > h]
+    p = torch.from_numpy(near.astype(np.float32))  # (N, 3)
+    e = 0.25 * h
+    grad = torch.stack([(field(p + e * d) - field(p - e * d)).reshape(-1) / (2 * e) for d in torch.eye(3)], dim=-1)  # (N, 3)
+    norm = grad.norm(dim=-1)
+    return {"assumed_slope": assumed, "gradient_max_near_surface": float(norm.max()),
+            "gradient_p99_near_surface": float(norm.quantile(0.99))}
+
+
 def clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
@@ -151,6 +179,7 @@ def main() -> None:
                                "watertight": bool(to_trimesh(v_fast, f_fast).is_watertight),
                                "hausdorff_voxels": hausdorff(v_fast, v_dense) / voxel,
                                "same_vertex_count": len(v_fast) == len(v_dense)}
+        row["slope"] = slope_check(field, v_fast, args.resolutions[-1], pipe.cfg.render.bound_radius)
         mesh = to_trimesh(*mesh_from_grid(sdf_grid_coarse_to_fine(field, 64)[0]))
         mask = (image.amax(0) > 0.02).float()  # (S, S)
         row["camera_search_s"], _ = timed(lambda: pipe.input_camera(code, mask, mesh), args.repeats, "camera")  # noqa: B023
@@ -193,6 +222,7 @@ def main() -> None:
         "mesh": {r: {k: float(np.median([row[f"mesh{r}"][k] for row in rows]))
                      for k in ("coarse_to_fine_s", "marching_cubes_s", "dense_s", "evaluated", "hausdorff_voxels")}
                  for r in args.resolutions},
+        "band_test_sound": all(r["slope"]["gradient_max_near_surface"] <= 2 * r["slope"]["assumed_slope"] for r in rows),
         "cpu_s_median": {k: float(np.median(v)) for k, v in CPU_TIMES.items()},
         "threads": torch.get_num_threads(), "end_to_end_resolution": args.e2e_resolution, "end_to_end": e2e,
         "all_same_vertex_count": all(row[f"mesh{r}"]["same_vertex_count"] for row in rows for r in args.resolutions),
@@ -210,6 +240,10 @@ def main() -> None:
     if torch.get_num_threads() == 1:
         print("  CPU seconds (1 thread): flow {:.3f}, ".format(cpu["flow"]) + ", ".join(
             f"mesh {r}^3 {cpu[f'grid{r}'] + cpu[f'mc{r}']:.3f}" for r in args.resolutions))
+    slopes = [(r["slope"]["gradient_max_near_surface"], r["slope"]["assumed_slope"]) for r in rows]
+    print("  slope (steepest gradient near the surface / the mesher's assumed slope, sound under 2): "
+          + ", ".join(f"{g:.2f}/{a:.2f}" for g, a in slopes)
+          + ("" if summary["band_test_sound"] else "  ** the band test's margin is exceeded **"))
     print(f"  input-camera search (projected mesh points): {summary['camera_search_s']:.3f} s")
     for k, e in e2e.items():
         print(f"  end to end, K = {k} at {args.e2e_resolution}^3: reconstruct + preview {e['total_wall_s']:.2f} s wall "
