@@ -2,7 +2,7 @@
 
 One row per held-out picture: the input, the ground-truth shape (analytic SDF, never seen in
 training), K = --samples flow samples' meshes from the input camera's direction, and the mean
-code's mesh coloured by per-vertex uncertainty (std of the samples' SDFs) on the absolute scale
+code's mesh coloured by per-vertex uncertainty (the samples' surface spread) on the absolute scale
 of flowsdf.mesh.uncertainty (0 .. SCALE_MAX object units), with its colour bar.
 
     python benchmarks/reconstruct_figure.py --run runs/reproduce-quick --out docs/images/reconstruct.png
@@ -60,7 +60,7 @@ def main() -> None:
         bar = plt.cm.ScalarMappable(norm=Normalize(0.0, rec.colour_max), cmap=colormaps[CMAP])
         cb = fig.colorbar(bar, ax=fig.axes[-1], fraction=0.05, pad=0.0, extend="max")
         cb.ax.tick_params(labelsize=6)
-    fig.suptitle("flowsdf reconstruct: held-out pictures -> meshes (std of the samples' SDF as colour)", fontsize=8)
+    fig.suptitle("flowsdf reconstruct: held-out pictures -> meshes (the samples' spread as colour)", fontsize=8)
     save_figure(fig, args.out, dpi=72)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB)")
 

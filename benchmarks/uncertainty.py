@@ -3,7 +3,8 @@
 For each held-out picture of a run's dataset (in the run's frame: flowsdf.data.frames, so the
 true shapes are where the model's codes put them): K flow samples (pipe(picture, samples=K,
 guidance=W), seeds 0..K-1), the mesh of their mean code (coarse-to-fine, --resolution), the
-per-vertex std of the K decoded fields at its vertices (flowsdf.mesh.uncertainty), and the vertex's
+per-vertex spread of the K decoded surfaces at its vertices (flowsdf.mesh.uncertainty.vertex_std: the
+std of the K fields over the mean field's slope), and the vertex's
 error: its distance to the true surface, |analytic sdf| at the vertex. Reported per shape and as a
 mean: the Spearman rank correlation between std and error; the AUROC of std for "error > 2 voxels"
 (over all vertices of all shapes, and per shape); as a trivial baseline, the same for the vertex's

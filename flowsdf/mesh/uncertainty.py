@@ -1,17 +1,23 @@
 """Uncertainty from samples: how much K sampled shapes disagree, per vertex of one mesh.
 
 With K codes sampled for one picture, the decoded fields f_1 .. f_K are evaluated at the vertices
-of the mean code's mesh. The per-vertex standard deviation over the K values (population std,
-ddof 0: two samples at +d and -d give d) says where the samples disagree about the surface: a
-vertex where every sample's surface passes through it has std 0. It is in the field's units
-(object units for a distance field). Pure functions: fields in, numbers and colours out.
+of the mean code's mesh. Where the K surfaces pass near a vertex v, sample k's surface lies at a
+signed distance of about -f_k(v) / |grad f(v)| along the normal, f the mean of the K fields. The
+spread is the standard deviation (population, ddof 0: two surfaces at +d and -d give d) of those
+positions: std_k f_k(v) / |grad f(v)|, in object units. For exact distance fields |grad f| = 1 and
+it is the plain std of the values; our decoders' fields are steeper or flatter than 1 per unit
+(silhouette training does not ask for a distance), and dividing by the slope keeps a steep field's
+small disagreement from looking certain (on held-out shapes it moved the rank correlation with the
+true error from -0.07 to +0.17 pooled over shapes, benchmarks/uncertainty.py). Pure functions:
+fields in, numbers and colours out.
 
-`vertex_std` evaluates every field at every vertex (the reference). `band_std` is what
-reconstruction uses: the K fields are evaluated together (one `MultiField` call) only at the
-corners of the grid cells the mesh passes through - the mean shape's narrow band on a grid a few
-voxels coarse - and each field is interpolated trilinearly to the vertices before the std is
-taken. That is exact where the fields differ by an affine function of position (a shift, a
-thickening) and costs a few thousand points instead of one per vertex for each of the K fields.
+`vertex_std` evaluates every field at every vertex, and the mean field's gradient by central
+differences (the reference). `band_std` is what reconstruction uses: the K fields are evaluated
+together (one `MultiField` call) only at the corners of the grid cells the mesh passes through -
+the mean shape's narrow band on a grid a few voxels coarse - and each field and the mean's
+gradient are interpolated trilinearly to the vertices. That is exact where the fields are affine
+over a cell (planes, tilts) and costs a few thousand points instead of seven per vertex for each
+of the K fields.
 
 Colours are on one absolute scale, in object units (`SCALE_MAX`), so meshes can be compared and
 a spread that is tiny everywhere stays dark instead of being stretched to fill the colour map.
@@ -39,6 +45,11 @@ SCALE_MAX = 0.05
 # input pixel at the object, where the spread of a trained decoder's samples is close to linear
 # (measured against `vertex_std` by benchmarks/reconstruct_latency.py).
 BAND_CELL = 0.06
+# A field flatter than this per unit length says little about where its surface is; the spread's
+# divisor never goes below it (a flat spot would otherwise turn any disagreement into a huge one).
+SLOPE_FLOOR = 0.1
+# The central-difference step of `vertex_std`'s gradient, object units (a 20th of a 128^3 voxel).
+GRADIENT_STEP = 1e-3
 
 
 @torch.no_grad()
@@ -60,20 +71,36 @@ def sample_std(values: np.ndarray) -> np.ndarray:
     return values.std(axis=0)
 
 
+def surface_spread(values: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """The spread of K surfaces at V points, object units: values (K, V) of the K fields, gradient
+    (V, 3) of their mean -> (V,) std over K of the values / max(|gradient|, SLOPE_FLOOR)."""
+    slope = np.maximum(np.linalg.norm(np.asarray(gradient, dtype=np.float64), axis=-1), SLOPE_FLOOR)  # (V,)
+    return sample_std(values) / slope
+
+
 def vertex_std(fields: Sequence[PointField], vertices: np.ndarray) -> np.ndarray:
-    """Per-vertex std (V,) of K >= 2 fields at the vertices (V, 3) of a mesh."""
-    return sample_std(field_values(fields, vertices))
+    """Per-vertex spread (V,) of K >= 2 fields' surfaces at the vertices (V, 3) of a mesh (the
+    reference: every field at every vertex, the mean's gradient by central differences)."""
+    v = np.asarray(vertices, dtype=np.float32)
+    values = field_values(fields, v)  # (K, V)
+    if len(v) == 0:
+        return sample_std(values)
+    steps = np.eye(3, dtype=np.float32) * GRADIENT_STEP  # (3, 3)
+    ahead = field_values(fields, (v[None] + steps[:, None]).reshape(-1, 3)).mean(axis=0).reshape(3, -1)  # (3, V)
+    behind = field_values(fields, (v[None] - steps[:, None]).reshape(-1, 3)).mean(axis=0).reshape(3, -1)  # (3, V)
+    return surface_spread(values, ((ahead - behind) / (2 * GRADIENT_STEP)).T)
 
 
 def band_std(fields: MultiField, count: int, vertices: np.ndarray, cell: float, origin: float = 0.0,
              chunk: int = 65536) -> np.ndarray:
-    """Per-vertex std (V,) of `count` >= 2 fields, interpolated from the corners of the cells of
-    side `cell` (a grid with a point at (origin, origin, origin)) that hold the vertices (V, 3).
+    """Per-vertex spread (V,) of `count` >= 2 fields' surfaces (as `vertex_std`), interpolated from
+    the corners of the cells of side `cell` (a grid with a point at (origin, origin, origin)) that
+    hold the vertices (V, 3).
 
-    `fields` maps points (P, 3) to (K, P). Each field is interpolated trilinearly to the vertices
-    and the std taken over the K interpolated values: exact when the fields differ by affine
-    functions of position (tests/test_uncertainty.py); otherwise within the fields' curvature
-    over one cell (measured on a trained decoder by benchmarks/reconstruct_latency.py).
+    `fields` maps points (P, 3) to (K, P). Each field is interpolated trilinearly to the vertices,
+    and the mean field's gradient is that of its trilinear interpolant: exact when the fields are
+    affine over each cell (tests/test_uncertainty.py); otherwise within the fields' curvature over
+    one cell (measured on a trained decoder by benchmarks/reconstruct_latency.py).
     """
     if count < 2:
         raise ValueError(f"need K >= 2 fields for a spread, got {count}")
@@ -90,9 +117,15 @@ def band_std(fields: MultiField, count: int, vertices: np.ndarray, cell: float, 
         step = max(1, chunk // count)
         values = torch.cat([fields(points[s : s + step]).reshape(count, -1).double().cpu()
                             for s in range(0, len(points), step)], dim=1).numpy()  # (K, C)
-    weights = np.prod(np.where(offsets[None] == 1, frac[:, None, :], 1.0 - frac[:, None, :]), axis=-1)  # (V, 8)
+    along = np.where(offsets[None] == 1, frac[:, None, :], 1.0 - frac[:, None, :])  # (V, 8, 3) per-axis weights
+    weights = np.prod(along, axis=-1)  # (V, 8)
     at_corners = values[:, index.reshape(-1)].reshape(count, len(v), 8)  # (K, V, 8)
-    return sample_std((at_corners * weights[None]).sum(axis=-1))  # (V,)
+    # d(weight)/d(axis a): the other two axes' weights times +-1/cell along a.
+    sign = np.where(offsets == 1, 1.0, -1.0) / cell  # (8, 3)
+    d_weights = np.stack([sign[None, :, a] * np.prod(np.delete(along, a, axis=-1), axis=-1) for a in range(3)],
+                         axis=-1)  # (V, 8, 3)
+    gradient = (at_corners.mean(axis=0)[..., None] * d_weights).sum(axis=1)  # (V, 3) of the mean field
+    return surface_spread((at_corners * weights[None]).sum(axis=-1), gradient)  # (V,)
 
 
 def std_colors(std: np.ndarray, vmax: float = SCALE_MAX, cmap: str = CMAP) -> tuple[np.ndarray, float]:
