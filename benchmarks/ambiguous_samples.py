@@ -13,6 +13,8 @@ Part 2 (--sweep W ...): the guidance curve on the same run: for each W, the held
 mean-of-K and of the mean code; each sample's input-view IoU against the mean code's) and the
 samples' spread, without the rest of the evaluation; --shapes limits the held-out shapes;
 --reference RUN scores that run's deterministic encoder on the same shapes by the same measure.
+--temperature T (an experiment; the product always samples at 1) starts every sample from the
+source noise scaled by T: wider samples, for the price of accuracy.
 
     python benchmarks/ambiguous_samples.py --run runs/views-gen --out outputs/figures/ambiguous.png
     python benchmarks/ambiguous_samples.py --run runs/views-gen --sweep 1 1.5 2 3 5 --out outputs/figures/guidance.png
@@ -32,6 +34,7 @@ from flowsdf import runs
 from flowsdf.checkpoint import write_json
 from flowsdf.data.dataset import ShapeSplit, Views
 from flowsdf.data.shapes import family
+from flowsdf.fast_sampler import make_sampler, sampler_predictor
 from flowsdf.figures.plots import save_figure
 from flowsdf.figures.preview import SAMPLE_COLOUR, draw_mesh
 from flowsdf.mesh.export import to_trimesh
@@ -71,13 +74,17 @@ def ambiguous_figure(pipe: FlowSDF, images: torch.Tensor, specs: list, codes: li
     return fig
 
 
-def sweep_point(pipe: FlowSDF, split, guidance: float, samples: int) -> dict:
-    """The held-out sampling figures of `flowsdf eval --k samples --guidance W`, and the spread."""
-    predict = pipe.predictor(guidance=guidance)
+def sweep_point(pipe: FlowSDF, split, guidance: float, samples: int, temperature: float = 1.0) -> dict:
+    """The held-out sampling figures of `flowsdf eval --k samples --guidance W`, and the spread; the
+    source noise scaled by `temperature`."""
+    f = pipe.cfg.flow
+    sampler = make_sampler(pipe.velocity, pipe.sigma * temperature, f.steps, pipe.latent_shape, f.time_shift,
+                           f.guidance_until)
+    predict = sampler_predictor(pipe.conditioner, sampler, guidance)
     h = heldout_samples_3d(predict, pipe.decoder, split, pipe.cfg.render, pipe.tau, samples)
     codes = torch.stack([predict_codes(predict, split, seed) for seed in range(samples)], dim=1)  # (N, K, *latent)
     spreads = [code_spread(c) for c in codes]
-    return {"guidance": guidance, "k": samples, "shapes": len(split), "best_of_k": h["best_of_k"],
+    return {"guidance": guidance, "temperature": temperature, "k": samples, "shapes": len(split), "best_of_k": h["best_of_k"],
             "mean_of_k": h["mean_of_k"], "mean_code": h["mean_code_3d_iou"], "code_spread": float(np.mean(spreads)),
             "input_iou_mean_of_k": h["input_iou_mean_of_k"],
             "samples_within_90pct_of_mean_input_iou": h["samples_within_90pct_of_mean_input_iou"]}
@@ -107,6 +114,8 @@ def main() -> None:
     p.add_argument("--shapes", type=int, help="--sweep: at most this many held-out shapes (default all)")
     p.add_argument("--reference", type=Path, help="--sweep: a run whose deterministic encoder (its 'cnn' model) is "
                                                    "scored on the same shapes by the same measure, K = 1")
+    p.add_argument("--temperature", type=float, default=1.0, help="--sweep: source-noise scale (an experiment)")
+    p.add_argument("--unfinished", action="store_true", help="accept the run's latest, unfinished flow (e.g. Phase 1 alone)")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--guidance", type=float, help="W for part 1 (default: the run's flow.guidance)")
     p.add_argument("--candidates", type=int, default=40, help="held-out pictures scanned for spread")
@@ -118,7 +127,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pipe = FlowSDF.from_run(args.run, "flow", "cpu")
+    pipe = FlowSDF.from_run(args.run, "flow", "cpu", finished=not args.unfinished)
     split = runs.run_data(pipe.cfg, args.run, None, progress=False).heldout
     if args.sweep:
         n = min(len(split), args.shapes or len(split))
@@ -134,7 +143,7 @@ def main() -> None:
                   f"{h['input_iou_mean_of_k']:.3f}", flush=True)
         points = result["points"]
         for w in args.sweep:
-            points.append(sweep_point(pipe, split, w, args.samples))
+            points.append(sweep_point(pipe, split, w, args.samples, args.temperature))
             pt = points[-1]
             print(f"W {w:g}, {n} held-out shapes: 3-D IoU best-of-{pt['k']} {pt['best_of_k']:.3f}, mean-of-{pt['k']} "
                   f"{pt['mean_of_k']:.3f}, mean code {pt['mean_code']:.3f}; spread {pt['code_spread']:.3f}; samples "
