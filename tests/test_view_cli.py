@@ -119,3 +119,24 @@ def test_stopping_the_server_removes_its_uploads(stop, tiny_flow_run, tmp_path):
     assert proc.returncode == 0, err
     assert list(temp.iterdir()) == []  # nothing left behind
     assert "its temporary files are removed" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("sig, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, "Stopped")])
+def test_a_signal_uvicorn_caught_ends_serving_however_it_resurfaces(monkeypatch, sig, raised):
+    """uvicorn takes the signal, shuts down and raises it again; whether that second signal comes
+    out of its run() depends on asyncio's timing. Serving ends the same way either way."""
+    import gradio as gr
+    import uvicorn
+
+    from flowsdf.viewer import app
+
+    def run(self, sockets=None):
+        self.handle_exit(sig, None)  # what uvicorn's signal capture calls
+        # ... and the re-raised signal is lost on the way out
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    expected = app.Stopped if raised == "Stopped" else raised
+    with pytest.raises(expected) as caught:
+        app.serve(gr.Blocks(), 1 << 20, 10, "127.0.0.1", 0)
+    if expected is app.Stopped:
+        assert str(caught.value) == "SIGTERM"

@@ -26,6 +26,7 @@ mounted on a small FastAPI app of our own and run by uvicorn in this process (no
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import html
@@ -481,12 +482,29 @@ def serve(blocks, max_upload_bytes: int, uploads_per_minute: int, host: str, por
                         enable_monitoring=False, ssr_mode=False)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
+    # uvicorn catches SIGINT / SIGTERM while it serves, shuts down, then raises the signal again. How
+    # that second signal surfaces depends on what asyncio is doing at that instant (a SIGINT can end
+    # as a cancelled task, or not at all), so the signal is remembered when uvicorn first sees it and
+    # decides what this call raises.
+    asked: list[str] = []
+    uvicorn_exit = server.handle_exit
+
+    def handle_exit(sig: int, frame) -> None:
+        asked.append(signal.Signals(sig).name)
+        uvicorn_exit(sig, frame)
+
+    server.handle_exit = handle_exit
     shown = "[" + host + "]" if ":" in host else host
     print(f"flowsdf view: serving http://{shown}:{port}/ (Ctrl-C or SIGTERM to stop)", file=sys.stderr, flush=True)
     previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
     try:
-        server.run(sockets=[sock])  # uvicorn re-raises a caught SIGTERM / SIGINT after shutting down
+        server.run(sockets=[sock])
+    except (KeyboardInterrupt, Stopped, asyncio.CancelledError):
+        if not asked:  # not uvicorn's: e.g. Ctrl-C before it started listening for signals
+            raise
     finally:
         sock.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if asked:
+        raise KeyboardInterrupt if asked[0] == "SIGINT" else Stopped(asked[0])
