@@ -116,7 +116,7 @@ class Reconstruction:
     image: Tensor  # (3, S, S) the picture as the model saw it (prepared)
     codes: Tensor  # (K, *latent) one code per sample
     mesh: trimesh.Trimesh  # the result, object units: K >= 2 the mean code's (uncertainty colours), K = 1 the code's
-    vertex_std: np.ndarray | None  # (V,) spread of the K fields at mesh's vertices (K >= 2)
+    vertex_std: np.ndarray | None  # (V,) spread of the K fields' surfaces at mesh's vertices, object units (K >= 2)
     std_max: float | None  # the largest spread on the mesh (K >= 2)
     colour_max: float | None  # the spread at the top of the colour scale, object units (K >= 2)
     silhouette: Tensor  # (S, S) predicted silhouette of the mesh's code from the input camera

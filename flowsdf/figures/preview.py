@@ -73,7 +73,7 @@ def colour_bar(fig: Figure, ax, vmax: float, std: np.ndarray | None = None, hori
     mappable = ScalarMappable(norm=Normalize(0.0, vmax), cmap=colormaps[CMAP])
     cb = fig.colorbar(mappable, cax=ax, orientation="horizontal" if horizontal else "vertical",
                       extend="max")
-    cb.set_label("spread of the samples' SDF (object units)", fontsize=7)
+    cb.set_label("spread of the samples' surfaces (object units)", fontsize=7)
     cb.ax.tick_params(labelsize=6)
     if std is not None and len(std):
         for value, style in ((float(np.median(std)), ":"), (float(std.max()), "-")):

@@ -187,7 +187,7 @@ def caption(rec: Reconstruction, choice: str) -> str:
     lines = [(f"**Shown: {choice}** of {rec.samples} sample(s), seed {rec.seed}, {rec.steps} Euler steps, mesh at "
               f"{rec.resolution}^3: {len(mesh.vertices):,} vertices, {len(mesh.faces):,} faces.")]
     if rec.samples >= 2 and choice == MEAN:
-        lines.append(f"Colour: the spread (std) of the {rec.samples} samples' SDFs at each vertex, on a fixed scale "
+        lines.append(f"Colour: the spread (std) of the {rec.samples} samples' surfaces at each vertex, on a fixed scale "
                      f"0-{rec.colour_max:g} object units (colour bar; dotted: this mesh's median "
                      f"{float(np.median(rec.vertex_std)):.4f}, solid: its largest {rec.std_max:.4f}).")
     elif rec.samples == 1:
