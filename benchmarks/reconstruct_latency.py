@@ -84,6 +84,8 @@ def slope_check(field, vertices: np.ndarray, resolution: int, radius: float, poi
     values = field(grid).reshape((len(axis),) * 3)
     step = float(axis[1] - axis[0])
     assumed = max(1.0, max(float(values.diff(dim=d).abs().max()) / step for d in range(3)))
+    if len(vertices) == 0:  # no surface: nothing to check
+        return {"assumed_slope": assumed, "gradient_max_near_surface": 0.0, "gradient_p99_near_surface": 0.0}
     rng = np.random.default_rng(seed)
     near = vertices[rng.integers(len(vertices), size=points)] + rng.uniform(-32 * h, 32 * h, (points, 3))
     near = near[np.abs(np.linalg.norm(near, axis=1) - radius) > h]
