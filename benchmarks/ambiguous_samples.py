@@ -13,11 +13,14 @@ Part 2 (--sweep W ...): the guidance curve on the same run: for each W, the held
 mean-of-K and of the mean code; each sample's input-view IoU against the mean code's) and the
 samples' spread, without the rest of the evaluation; --shapes limits the held-out shapes;
 --reference RUN scores that run's deterministic encoder on the same shapes by the same measure.
---temperature T (an experiment; the product always samples at 1) starts every sample from the
-source noise scaled by T: wider samples, for the price of accuracy.
+--temperature T (default: the run's flow.temperature) starts every sample from the source noise
+scaled by T (both parts): wider samples, for the price of accuracy. --heldout-seed S scores fresh shapes instead
+of the run's held-out split: --shapes of them, drawn by the run's data recipe from data seed S
+(flowsdf.runs.fresh_heldout), to confirm a choice made by looking at the run's own held-out shapes.
 
     python benchmarks/ambiguous_samples.py --run runs/views-gen --out outputs/figures/ambiguous.png
     python benchmarks/ambiguous_samples.py --run runs/views-gen --sweep 1 1.5 2 3 5 --out outputs/figures/guidance.png
+    python benchmarks/ambiguous_samples.py --run runs/views-gen --sweep 1 --heldout-seed 1 --shapes 40 --out outputs/fresh.png
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from flowsdf import runs
 from flowsdf.checkpoint import write_json
 from flowsdf.data.dataset import ShapeSplit, Views
 from flowsdf.data.shapes import family
-from flowsdf.fast_sampler import make_sampler, sampler_predictor
+from flowsdf.fast_sampler import sampler_predictor
 from flowsdf.figures.plots import save_figure
 from flowsdf.figures.preview import SAMPLE_COLOUR, draw_mesh
 from flowsdf.mesh.export import to_trimesh
@@ -74,17 +77,14 @@ def ambiguous_figure(pipe: FlowSDF, images: torch.Tensor, specs: list, codes: li
     return fig
 
 
-def sweep_point(pipe: FlowSDF, split, guidance: float, samples: int, temperature: float = 1.0) -> dict:
-    """The held-out sampling figures of `flowsdf eval --k samples --guidance W`, and the spread; the
-    source noise scaled by `temperature`."""
-    f = pipe.cfg.flow
-    sampler = make_sampler(pipe.velocity, pipe.sigma * temperature, f.steps, pipe.latent_shape, f.time_shift,
-                           f.guidance_until)
-    predict = sampler_predictor(pipe.conditioner, sampler, guidance)
+def sweep_point(pipe: FlowSDF, split, guidance: float, samples: int) -> dict:
+    """The held-out sampling figures of `flowsdf eval --k samples --guidance W`, and the spread, at
+    the pipe's flow.temperature."""
+    predict = sampler_predictor(pipe.conditioner, pipe.sampler(), guidance)
     h = heldout_samples_3d(predict, pipe.decoder, split, pipe.cfg.render, pipe.tau, samples)
     codes = torch.stack([predict_codes(predict, split, seed) for seed in range(samples)], dim=1)  # (N, K, *latent)
     spreads = [code_spread(c) for c in codes]
-    return {"guidance": guidance, "temperature": temperature, "k": samples, "shapes": len(split), "best_of_k": h["best_of_k"],
+    return {"guidance": guidance, "temperature": pipe.cfg.flow.temperature, "k": samples, "shapes": len(split), "best_of_k": h["best_of_k"],
             "mean_of_k": h["mean_of_k"], "mean_code": h["mean_code_3d_iou"], "code_spread": float(np.mean(spreads)),
             "input_iou_mean_of_k": h["input_iou_mean_of_k"],
             "samples_within_90pct_of_mean_input_iou": h["samples_within_90pct_of_mean_input_iou"]}
@@ -114,7 +114,9 @@ def main() -> None:
     p.add_argument("--shapes", type=int, help="--sweep: at most this many held-out shapes (default all)")
     p.add_argument("--reference", type=Path, help="--sweep: a run whose deterministic encoder (its 'cnn' model) is "
                                                    "scored on the same shapes by the same measure, K = 1")
-    p.add_argument("--temperature", type=float, default=1.0, help="--sweep: source-noise scale (an experiment)")
+    p.add_argument("--temperature", type=float, help="source-noise scale (default: the run's flow.temperature)")
+    p.add_argument("--heldout-seed", type=int, help="--sweep: fresh shapes (--shapes of them, default 40) drawn by the run's "
+                                                    "data recipe from this data seed, instead of its held-out split")
     p.add_argument("--unfinished", action="store_true", help="accept the run's latest, unfinished flow (e.g. Phase 1 alone)")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--guidance", type=float, help="W for part 1 (default: the run's flow.guidance)")
@@ -128,12 +130,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pipe = FlowSDF.from_run(args.run, "flow", "cpu", finished=not args.unfinished)
-    split = runs.run_data(pipe.cfg, args.run, None, progress=False).heldout
+    if args.temperature is not None:
+        pipe.cfg.flow.temperature = args.temperature  # before the first sample builds the sampler
+    if args.heldout_seed is not None:
+        split = runs.fresh_heldout(pipe.cfg, args.heldout_seed, args.shapes or 40)
+    else:
+        split = runs.run_data(pipe.cfg, args.run, None, progress=False).heldout
     if args.sweep:
         n = min(len(split), args.shapes or len(split))
         first = lambda v: Views(*(x[:n] for x in (v.images, v.masks, v.K, v.c2w, v.light)))  # noqa: E731
         split = ShapeSplit(split.shapes[:n], split.albedo[:n], first(split.input), first(split.novel))
-        result: dict = {"run": str(args.run), "points": []}
+        result: dict = {"run": str(args.run), "heldout_seed": args.heldout_seed, "points": []}
         if args.reference:
             encoder = FlowSDF.from_run(args.reference, "cnn", "cpu")
             h = heldout_samples_3d(encoder.predictor(), encoder.decoder, split, encoder.cfg.render, encoder.tau, 1)
@@ -143,7 +150,7 @@ def main() -> None:
                   f"{h['input_iou_mean_of_k']:.3f}", flush=True)
         points = result["points"]
         for w in args.sweep:
-            points.append(sweep_point(pipe, split, w, args.samples, args.temperature))
+            points.append(sweep_point(pipe, split, w, args.samples))
             pt = points[-1]
             print(f"W {w:g}, {n} held-out shapes: 3-D IoU best-of-{pt['k']} {pt['best_of_k']:.3f}, mean-of-{pt['k']} "
                   f"{pt['mean_of_k']:.3f}, mean code {pt['mean_code']:.3f}; spread {pt['code_spread']:.3f}; samples "

@@ -11,7 +11,9 @@ mean: the Spearman rank correlation between std and error; the AUROC of std for 
 distance from the origin (an uncertainty that only says "far out is harder" would match it); the
 spread of the samples (mean pairwise code distance vs mean code norm) and the std in voxels.
 
---guidance sets W (default: the run's flow.guidance), several values for a curve.
+--guidance sets W (default: the run's flow.guidance), several values for a curve. --heldout-seed S
+scores fresh shapes (--shapes of them, default 40, drawn by the run's data recipe from data seed
+S: flowsdf.runs.fresh_heldout) instead of the run's held-out split.
 
     python benchmarks/uncertainty.py --run runs/views-gen [--samples 8] [--guidance 1 2] [--out FILE.json]
 """
@@ -92,6 +94,9 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--guidance", type=float, nargs="+", help="W values (default: the run's flow.guidance)")
     p.add_argument("--shapes", type=int, help="at most this many held-out shapes (default all)")
+    p.add_argument("--temperature", type=float, help="source-noise scale (default: the run's flow.temperature)")
+    p.add_argument("--heldout-seed", type=int, help="fresh shapes (--shapes of them, default 40) drawn by the run's data "
+                                                    "recipe from this data seed, instead of its held-out split")
     p.add_argument("--unfinished", action="store_true", help="accept the run's latest, unfinished flow")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("outputs/benchmarks/uncertainty.json"))
@@ -99,11 +104,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)  # before the work: a missing folder must not lose it
     pipe = FlowSDF.from_run(args.run, "flow", "cpu", finished=not args.unfinished)
-    data = runs.run_data(pipe.cfg, args.run, None, progress=False)
-    split = data.heldout
+    if args.temperature is not None:
+        pipe.cfg.flow.temperature = args.temperature  # before the first sample builds the sampler
+    if args.heldout_seed is not None:
+        split = runs.fresh_heldout(pipe.cfg, args.heldout_seed, args.shapes or 40)
+    else:
+        split = runs.run_data(pipe.cfg, args.run, None, progress=False).heldout
     n = min(len(split), args.shapes or len(split))
-    result = {"run": str(args.run), "stages": list(pipe.stages), "samples": args.samples, "resolution": args.resolution,
-              "frame": pipe.cfg.frame, "device": device_name("cpu"), "sigma": pipe.sigma, "runs": []}
+    result = {"run": str(args.run), "heldout_seed": args.heldout_seed, "stages": list(pipe.stages), "samples": args.samples, "resolution": args.resolution,
+              "frame": pipe.cfg.frame, "temperature": pipe.cfg.flow.temperature, "device": device_name("cpu"), "sigma": pipe.sigma, "runs": []}
     for w in args.guidance or [pipe.cfg.flow.guidance]:
         rows, pooled = [], []
         for i in range(n):

@@ -52,6 +52,9 @@ class FlowConfig:
         noise, as TRELLIS's mean 1 does in its convention, where t = 1 is noise).
     time_shift: the sampler's grid t_i = u / (s - (s - 1) u) at u = i / steps: s > 1 takes
         smaller steps near the noise (TRELLIS samples with s = 3); 1 = uniform steps (the seed).
+    temperature: sampling only: the source noise is drawn at sigma x temperature. 1 = the noise the
+        flow was trained from (the seed); above 1 the samples of one picture spread wider, for some
+        mean accuracy (docs/scaling.md measures the trade). Training never reads it.
     """
 
     steps: int = 8
@@ -65,12 +68,14 @@ class FlowConfig:
     logit_mean: float = -1.0
     logit_std: float = 1.0
     time_shift: float = 1.0
+    temperature: float = 1.0
 
     RULES = {"steps": int_range(1, 1000), "noise_scaling": ANY_BOOL, "velocity_weight": NON_NEGATIVE,
              "sampling_weight": NON_NEGATIVE, "cond_dropout": FRACTION, "guidance": NON_NEGATIVE,
              "guidance_until": FRACTION, "time_sampling": one_of("uniform", "logit_normal"),
              "logit_mean": Rule("a number", lambda v: True), "logit_std": POSITIVE,
-             "time_shift": Rule("a number >= 1", lambda v: v >= 1)}
+             "time_shift": Rule("a number >= 1", lambda v: v >= 1),
+             "temperature": Rule("a number from 0.1 to 10", lambda v: 0.1 <= v <= 10)}
 
 
 def _expand_t(t: Tensor | float, like: Tensor) -> Tensor:

@@ -132,8 +132,8 @@ class FlowSDF:
             raise FlowSDFError(f"steps must be at least 1, got {steps}")
         if steps not in self._samplers:
             f = self.cfg.flow
-            self._samplers[steps] = make_sampler(self.velocity, self.sigma, steps, self.latent_shape, f.time_shift,
-                                                 f.guidance_until)
+            self._samplers[steps] = make_sampler(self.velocity, self.sigma * f.temperature, steps, self.latent_shape,
+                                                 f.time_shift, f.guidance_until)
         return self._samplers[steps]
 
     def predictor(self, steps: int | None = None, guidance: float | None = None) -> Predictor:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from flowsdf import config as config_mod
 from flowsdf.checkpoint import TEMPORARY, atomic_write_text, strict_json, write_json
 from flowsdf.config import Config
 from flowsdf.data import dataset as data_mod
-from flowsdf.data.dataset import Dataset
+from flowsdf.data.dataset import Dataset, ShapeSplit
 from flowsdf.data.frames import apply_frame
 from flowsdf.errors import FlowSDFError, warn
 
@@ -282,3 +283,14 @@ def run_data(
     if data.config != cfg.data:
         raise FlowSDFError(f"the dataset at {data.root} is not the one {run_dir} was trained on (different config)")
     return data
+
+
+def fresh_heldout(cfg: Config, seed: int, n: int, base: Path = Path("data_cache"), progress: bool = True) -> ShapeSplit:
+    """`n` held-out shapes drawn and rendered by the run's own data recipe from another data seed,
+    in the run's frame: shapes nobody has looked at, to confirm a choice that was made by looking at
+    the run's own held-out shapes. Cached like any dataset (one training shape, which is not used)."""
+    if seed == cfg.data.seed:
+        raise FlowSDFError(f"data seed {seed} is the run's own: its held-out shapes are not fresh; choose another seed")
+    data_cfg = dataclasses.replace(cfg.data, seed=seed, n_train_shapes=1, n_heldout_shapes=n)
+    data = data_mod.ensure(data_cfg, data_mod.default_root(data_cfg, base), progress)
+    return apply_frame(data, cfg.frame).heldout

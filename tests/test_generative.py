@@ -125,3 +125,12 @@ def test_a_table_needs_several_supervising_views():
         overrides.apply(config_mod.preset("tiny"), ["phase2.best_of=4"])
     base = config_mod.preset("tiny")
     assert dataclasses.replace(base.flow).cond_dropout == 0 and base.flow.guidance == 1  # the seed's flow is unchanged
+
+
+def test_the_views_gen_preset_is_views_with_the_generative_recipe():
+    views, gen = config_mod.preset("views"), config_mod.preset("views-gen")
+    same = ("frame", "data", "decoder", "render", "conditioner", "velocity", "eval")
+    assert all(getattr(gen, name) == getattr(views, name) for name in same)  # same data and models: comparable
+    assert gen.encoder.kind == "table" and views.encoder.kind == "picture"
+    assert gen.flow.sampling_weight == 0 and gen.flow.cond_dropout > 0 and gen.phase2.best_of > 1
+    assert gen.flow.temperature > 1 and views.flow.temperature == 1  # only the generative preset samples hotter

@@ -61,6 +61,23 @@ def test_zero_velocity_returns_exactly_the_scaled_noise(tiny_flow_run, data):
     assert torch.equal(result.trajectory[0], result.codes)  # nothing moves without a velocity
 
 
+def test_temperature_scales_the_source_noise_and_nothing_else(tiny_flow_run, data):
+    still, hot = FlowSDF.from_run(tiny_flow_run, "flow", "cpu"), FlowSDF.from_run(tiny_flow_run, "flow", "cpu")
+    hot.cfg.flow.temperature = 1.5
+    for pipe in (still, hot):
+        with torch.no_grad():
+            for p in pipe.velocity.parameters():
+                p.zero_()
+    image = data.train.input.images[:1, 0]
+    # No velocity: the sample is its source noise, drawn at sigma x temperature.
+    torch.testing.assert_close(hot(image, samples=2, seed=3).codes, 1.5 * still(image, samples=2, seed=3).codes,
+                               rtol=1e-6, atol=0)
+    trained, warm = FlowSDF.from_run(tiny_flow_run, "flow", "cpu"), FlowSDF.from_run(tiny_flow_run, "flow", "cpu")
+    warm.cfg.flow.temperature = 1.5
+    assert trained.cfg.flow.temperature == 1.0  # the default: the noise the flow was trained from
+    assert not torch.allclose(warm(image, seed=3).codes, trained(image, seed=3).codes)
+
+
 def test_cnn_model_gives_the_encoder_codes_for_every_sample(tiny_flow_run, tiny_cfg, data):
     enc, dec = build_stage1(tiny_cfg)
     checkpoint.load(runs.checkpoint_path(tiny_flow_run, "stage1"), {"encoder": enc, "decoder": dec})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from flowsdf import checkpoint, runs
@@ -97,3 +98,18 @@ def test_a_run_moved_with_its_dataset_finds_it(capsys, tmp_path, tiny_data_dir, 
     assert not (tmp_path / "data_cache").exists()
     assert runs.recorded_data(tmp_path / "moved" / "run", runs.read_config(tmp_path / "moved" / "run").data.hash()) \
         .resolve() == (tmp_path / "moved" / "data").resolve()
+
+
+def test_fresh_heldout_shapes_are_new_reproducible_and_never_the_runs_own(tmp_path, tiny_cfg, tiny_data_dir):
+    from flowsdf.data import dataset
+    from flowsdf.errors import FlowSDFError
+
+    fresh = runs.fresh_heldout(tiny_cfg, seed=5, n=3, base=tmp_path, progress=False)
+    again = runs.fresh_heldout(tiny_cfg, seed=5, n=3, base=tmp_path / "elsewhere", progress=False)
+    own = dataset.load(tiny_data_dir)
+    assert len(fresh) == 3 and fresh.input.images.shape[1:] == own.heldout.input.images.shape[1:]
+    assert fresh.shapes == again.shapes and torch.equal(fresh.input.images, again.input.images)
+    seen = [*own.train.shapes, *own.heldout.shapes]
+    assert not any(shape in seen for shape in fresh.shapes)
+    with pytest.raises(FlowSDFError, match="not fresh"):
+        runs.fresh_heldout(tiny_cfg, seed=tiny_cfg.data.seed, n=3, base=tmp_path, progress=False)
