@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -134,3 +135,15 @@ def test_the_views_gen_preset_is_views_with_the_generative_recipe():
     assert gen.encoder.kind == "table" and views.encoder.kind == "picture"
     assert gen.flow.sampling_weight == 0 and gen.flow.cond_dropout > 0 and gen.phase2.best_of > 1
     assert gen.flow.temperature > 1 and views.flow.temperature == 1  # only the generative preset samples hotter
+
+
+def test_the_viewer_opens_a_generative_run_and_plots_its_tables_codes(generative_run):
+    from flowsdf.loading import load_model
+    from flowsdf.viewer.backend import Viewer
+
+    viewer = Viewer.load(generative_run, "cpu", progress=False)  # its Stage 1 has no picture encoder to ask
+    table = load_model(generative_run, "cnn", "cpu").encoder.codes.detach().flatten(1).double().numpy()  # (N, D)
+    frame = viewer.frame
+    assert "table" in frame.source
+    np.testing.assert_allclose(frame.mean, table.mean(axis=0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(frame.project(table), frame.points, rtol=1e-6, atol=1e-9)

@@ -27,6 +27,7 @@ from flowsdf.data.dataset import Dataset, Views
 from flowsdf.data.prepare import Prepared, prepare_picture
 from flowsdf.device import pick_device
 from flowsdf.errors import FlowSDFError
+from flowsdf.loading import load_model
 from flowsdf.metrics.silhouette import silhouette_iou
 from flowsdf.pipeline import FlowSDF
 from flowsdf.reconstruct import DEFAULT_RESOLUTION, DEFAULT_SAMPLES, FIT_LOW, code_camera
@@ -368,18 +369,21 @@ class Viewer:
 
 
 def training_frame(run_dir: Path, flow: FlowSDF, data: Dataset) -> LatentFrame:
-    """The latent plot's frame: the principal axes of the Stage-1 encoder's codes of the training
-    pictures (the codes both flows were distilled towards). A flow run whose Stage-1 model lives
-    in another folder uses the flow's own codes of the training pictures instead; the page says so."""
+    """The latent plot's frame: the principal axes of the Stage-1 codes of the training shapes (the
+    codes the flows learnt): the encoder's codes of the training pictures, or, for the generative
+    recipe, the table's fitted codes. A flow run whose Stage-1 model lives in another folder uses
+    the flow's own codes of the training pictures instead; the page says so."""
     images = data.train.input.images.flatten(0, 1)  # (M, 3, S, S)
-    if runs.checkpoint_path(run_dir, "stage1").is_file():
-        cnn = FlowSDF.from_run(run_dir, "cnn", flow.device)
-        codes = cnn(images).codes[:, 0]  # (M, D)
-        source = "the Stage-1 encoder's codes of the training pictures"
-    else:
-        codes = flow(images, seed=0).codes[:, 0]  # (M, D)
+    if not runs.checkpoint_path(run_dir, "stage1").is_file():
+        codes = flow(images, seed=0).codes[:, 0]  # (M, *latent)
         source = "the flow's own codes of the training pictures (seed 0; the run holds no Stage-1 model)"
-    return fit_frame(codes.detach().flatten(1).cpu().double().numpy(), source)
+    elif flow.cfg.encoder.kind == "table":  # no picture encoder: its rows are the training shapes' codes
+        codes = load_model(run_dir, "cnn", flow.device).encoder.codes.detach()  # (N, *latent)
+        source = "the Stage-1 table's codes of the training shapes, each fitted to all of its views"
+    else:
+        codes = FlowSDF.from_run(run_dir, "cnn", flow.device)(images).codes[:, 0]  # (M, *latent)
+        source = "the Stage-1 encoder's codes of the training pictures"
+    return fit_frame(codes.flatten(1).cpu().double().numpy(), source)
 
 
 def read_upload(path: Path, size: int) -> Prepared:
