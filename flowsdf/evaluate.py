@@ -150,6 +150,7 @@ def evaluate_run(
                                               cfg.render, tau, k=k, seed=cfg.seed),
                 "heldout_3d": heldout_samples_3d(predict, model.decoder, data.heldout, cfg.render, tau, k),
                 "guidance": model._guidance(guidance),
+                "temperature": model.cfg.flow.temperature,
             }
         r["latency"] = inference_latency(model, mesh_resolution=mesh_resolution, repeats=timing_repeats)
         result["models"][name] = r

@@ -69,6 +69,7 @@ def test_generate_writes_k_differing_meshes_an_uncertainty_mesh_and_a_summary(ti
     assert main(["generate", "a tall red cylinder", "a flat box", "--run", str(tiny_text_run), "--out", str(out),
                  "--samples", "3", "--resolution", "16", "--format", "ply", "--guidance", "2", "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["temperature"] == 1.0  # the sampling noise, recorded for reproduction
     assert [e["prompt"] for e in summary["prompts"]] == ["a tall red cylinder", "a flat box"]
     for entry in summary["prompts"]:
         assert entry["guidance"] == 2.0 and entry["samples"] == 3 and len(entry["meshes"]) == 3

@@ -185,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"flowsdf: warning: {file}: {rec.verdict.warning}", file=sys.stderr)
             warnings.append(str(file))
     summary = {"run": str(args.run), "model": args.model, "device": str(pipe.device), "prepare": args.prepare,
-               "samples_requested": args.samples, "images": entries, "failed": failures,
+               "samples_requested": args.samples, "temperature": pipe.cfg.flow.temperature if pipe.is_flow else None,
+               "images": entries, "failed": failures,
                "low_confidence": warnings, "skipped": [str(p) for p in found.skipped],
                "provenance": provenance(pipe.device)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
