@@ -59,6 +59,7 @@ from flowsdf.data.captions import (
     describe,
     words,
 )
+from flowsdf.device import pick_device
 from flowsdf.errors import FlowSDFError
 from flowsdf.fields import code_field
 from flowsdf.loading import load_model
@@ -307,7 +308,9 @@ def main() -> None:
     views = FamilyViews()
     t0 = time.perf_counter()
     try:
-        pipe = FlowSDF.from_run(args.run, "text", device=args.device)
+        # The reference rows alone (no --guidance) need no text model: a Stage-1 run is enough.
+        pipe = FlowSDF.from_run(args.run, "text", device=args.device) if weights else None
+        run_cfg, device = (pipe.cfg, pipe.device) if pipe else (runs.read_config(args.run), pick_device(args.device))
         cfg = ClassifierConfig(n_shapes=args.classifier_shapes, seed=args.classifier_seed, epochs=args.classifier_epochs)
         cache = args.out.with_name(args.out.stem + ".classifier.safetensors")
         classifier, report = family_classifier(cfg, views, cache, progress)
@@ -323,12 +326,12 @@ def main() -> None:
     except FlowSDFError as e:
         raise SystemExit(f"error: {e}") from e
     result = {
-        "run": str(args.run), "frame": pipe.cfg.frame, "samples": args.samples, "seed": args.seed,
-        "steps": args.steps or pipe.cfg.flow.steps, "views": dataclasses.asdict(views), "classifier": report,
+        "run": str(args.run), "frame": run_cfg.frame, "samples": args.samples, "seed": args.seed,
+        "steps": args.steps or run_cfg.flow.steps, "views": dataclasses.asdict(views), "classifier": report,
         "prompts": {name: [{"caption": q.caption, "family": q.family, "proportion": q.proportion} for q in ps]
                     for name, ps in prompts.items()},
         "source_shapes": gt, "rows": rows,
-        "provenance": provenance(pipe.device, seconds={"total": time.perf_counter() - t0}),
+        "provenance": provenance(device, seconds={"total": time.perf_counter() - t0}),
     }
     write_json(args.out, result)
     print(table(rows, gt))
