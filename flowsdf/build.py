@@ -64,14 +64,15 @@ def build_velocity(cfg: Config) -> nn.Module:
 
 def build_text_flow(cfg: Config, tokenizer: WordTokenizer | None) -> tuple[nn.Module, nn.Module]:
     """The text encoder of `text.kind` (with `tokenizer` for the small one) and a velocity net of
-    `velocity.kind` reading its tokens, initialised from cfg.seed (not the image flow's: seed + 3)."""
+    `text_velocity.kind` reading its tokens, initialised from cfg.seed (not the image flow's: seed + 3)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 3)
         text = build_text_encoder(cfg.text, tokenizer)
         shape, width = cfg.decoder.latent_shape, text.width
-        if cfg.velocity.kind == "mlp":
-            return text, VelocityNet(cfg.velocity.mlp, shape, width)
-        return text, DiTVelocity(cfg.velocity.dit, shape, width)
+        kinds = cfg.text_velocity
+        if kinds.kind == "mlp":
+            return text, VelocityNet(kinds.mlp, shape, width)
+        return text, DiTVelocity(kinds.dit, shape, width)
 
 
 def build_stage1(cfg: Config) -> tuple[nn.Module, nn.Module]:

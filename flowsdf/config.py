@@ -7,6 +7,7 @@ between `tiny`, `quick` and `seed` read as a diff.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -267,6 +268,7 @@ class Config:
     # Text to 3-D: the text encoder (small: trained here; clip: frozen, from a local folder) and
     # the training of the text-conditioned flow over the Stage-1 codes.
     text: TextConfig = field(default_factory=TextConfig)
+    text_velocity: VelocityKinds = field(default_factory=VelocityKinds)  # the text flow's own velocity net
     text_train: TextTrainConfig = field(default_factory=TextTrainConfig)
 
     RULES = {"preset": Rule("a preset name", lambda v: v in PRESETS), "seed": COUNT, "frame": one_of(*FRAMES)}
@@ -319,15 +321,18 @@ def _fits(cfg: Config) -> list[str]:
         if tri.resolution % tri.latent_resolution or ratio & (ratio - 1):
             problems.append(f"decoder.triplane.resolution ({tri.resolution}) must be latent_resolution "
                             f"({tri.latent_resolution}) times a power of 2")
-    if cfg.velocity.kind == "dit":
-        dit, shape = cfg.velocity.dit, cfg.decoder.latent_shape
+    for name in ("velocity", "text_velocity"):
+        kinds = getattr(cfg, name)
+        if kinds.kind != "dit":
+            continue
+        dit, shape = kinds.dit, cfg.decoder.latent_shape
         if len(shape) == 1 and shape[0] % dit.tokens:
-            problems.append(f"velocity.dit.tokens ({dit.tokens}) must divide the code's width ({shape[0]})")
+            problems.append(f"{name}.dit.tokens ({dit.tokens}) must divide the code's width ({shape[0]})")
         if len(shape) == 4 and shape[2] % dit.patch_size:
-            problems.append(f"velocity.dit.patch_size ({dit.patch_size}) must divide the triplane's latent "
+            problems.append(f"{name}.dit.patch_size ({dit.patch_size}) must divide the triplane's latent "
                             f"resolution ({shape[2]})")
         if dit.hidden % dit.heads:
-            problems.append(f"velocity.dit.hidden ({dit.hidden}) must be divisible by velocity.dit.heads ({dit.heads})")
+            problems.append(f"{name}.dit.hidden ({dit.hidden}) must be divisible by {name}.dit.heads ({dit.heads})")
     return problems
 
 
@@ -447,7 +452,7 @@ def triplane_gpu_preset() -> Config:
     over the planes' patches with ten times the Phase-1 iterations for the flow."""
     cfg = triplane_preset()
     cfg.preset = "triplane-gpu"
-    cfg.velocity.kind = "dit"
+    cfg.velocity.kind = cfg.text_velocity.kind = "dit"
     cfg.phase1 = dataclasses.replace(cfg.phase1, iterations=3000)
     cfg.data.n_train_shapes = 10_000
     cfg.decoder.triplane = TriplaneConfig()
@@ -467,6 +472,7 @@ def tiny_preset() -> Config:
     cfg.stage1 = TrainConfig(epochs=2, batch_size=1, lr=1e-3, tau_start=0.05, tau_end=0.05, figure_every=1, figure_shapes=2)
     cfg.conditioner.cnn = ConditionerConfig(channels=(16, 32, 32, 64), embed_dim=64)
     cfg.velocity.mlp = VelocityConfig(hidden=128, depth=6, mlp_ratio=2, time_embed_dim=64)
+    cfg.text_velocity = copy.deepcopy(cfg.velocity)
     cfg.phase1 = DistillConfig(iterations=40, batch_size=4, lr=1e-3)
     cfg.phase2 = TrainConfig(epochs=2, batch_size=1, lr=1e-4, tau_start=0.05, tau_end=0.05, figure_every=1, figure_shapes=2)
     cfg.eval = EvalConfig(mesh_resolution=16)
@@ -537,6 +543,8 @@ def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:
         for old, new in names.items():
             if isinstance(part, dict) and old in part:
                 part[new] = part.pop(old)
+    if "velocity" in d and "text_velocity" not in d:  # text flows once shared the image flow's velocity section
+        d["text_velocity"] = json.loads(json.dumps(d["velocity"]))
     return d
 
 

@@ -99,7 +99,7 @@ def prepare(run_dir: Path, cfg: Config, stage: str, resume: bool) -> tuple[Confi
 # Config fields that only Stage 2 reads: a Stage-2 run may set them in a Stage-1 run folder.
 STAGE2_FIELDS = ("conditioner", "velocity", "flow", "phase1", "phase2")
 # ... and those only the text flow reads (flowsdf.train.text).
-TEXT_FIELDS = ("text", "text_train")
+TEXT_FIELDS = ("text", "text_velocity", "text_train")
 
 
 def _without(cfg: Config, names: tuple[str, ...]) -> dict:

@@ -58,10 +58,26 @@ def test_the_cli_trains_the_text_stage_and_refuses_foreign_settings(tmp_path, ti
     base = ["train", "--stage", "text", "--preset", "tiny", "--init", str(run), "--out", str(run), "--data",
             str(tiny_data_dir), "--quiet"]
     assert main([*base, "--set", "decoder.mlp.hidden=200"]) == 2
-    assert "only text, text_train can be set" in capsys.readouterr().err
+    assert "only text, text_velocity, text_train can be set" in capsys.readouterr().err
+    assert main([*base, "--set", "velocity.kind=dit"]) == 2  # the image flow's net is the Stage-1 run's
     assert main([*base, "--set", "text_train.iterations=4", "--set", "text.width=16", "--set", "text.heads=2",
-                 "--set", "text.depth=1"]) == 0
-    assert FlowSDF.from_run(run, "text", "cpu").generate("a ball").codes.shape == (1, 1, 128)
+                 "--set", "text.depth=1", "--set", "text_velocity.kind=dit", "--set", "text_velocity.dit.hidden=32",
+                 "--set", "text_velocity.dit.heads=2", "--set", "text_velocity.dit.depth=1"]) == 0
+    pipe = FlowSDF.from_run(run, "text", "cpu")
+    assert type(pipe.velocity).__name__ == "DiTVelocity" and pipe.cfg.velocity.kind == "mlp"  # its own net
+    assert pipe.generate("a ball").codes.shape == (1, 1, 128)
+
+
+def test_a_text_flow_of_an_older_run_keeps_the_velocity_section_it_was_built_with(tiny_cfg):
+    from flowsdf import config as config_mod
+
+    old = config_mod.to_dict(tiny_cfg)
+    del old["text_velocity"]  # runs from before the text flow had a velocity section of its own
+    old["velocity"]["kind"] = "dit"
+    assert config_mod.from_dict(old).text_velocity == config_mod.from_dict(old).velocity
+    new = config_mod.to_dict(tiny_cfg)
+    new["velocity"]["kind"] = "dit"
+    assert config_mod.from_dict(new).text_velocity.kind == "mlp"  # today's runs: independent sections
 
 
 def test_generate_writes_k_differing_meshes_an_uncertainty_mesh_and_a_summary(tiny_text_run, tmp_path, capsys):

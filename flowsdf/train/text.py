@@ -4,7 +4,7 @@ Every training shape is described in words by flowsdf.data.captions (its family,
 size, colour, composition: varied templates, some attribute pairs kept out as unseen
 combinations). The Stage-1 run's codes of the training shapes are the latent dataset: the code
 the encoder gives each shape's input picture (or a code table's fitted code). A text encoder and
-a velocity net of the run's velocity kind learn p(code | caption) by conditional flow matching,
+a velocity net of the run's text_velocity kind learn p(code | caption) by conditional flow matching,
 with condition dropout for classifier-free guidance; the Stage-1 decoder turns a sampled code into
 a shape. No 3-D data and no rendering: the codes were learnt from silhouettes.
 
