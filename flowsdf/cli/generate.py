@@ -108,9 +108,8 @@ def run(args: argparse.Namespace) -> int:
     entries = []
     for i in tqdm(range(len(prompts)), desc="generate", unit="prompt", disable=args.quiet):
         entries.append(_write(mesh_prompt(pipe, sampled, i, args.resolution), i + 1, out, args.format))
-    summary = {"run": str(args.run), "model": "text", "device": str(pipe.device), "temperature": pipe.cfg.flow.temperature,
-               "prompts": entries,
-               "provenance": provenance(pipe.device)}
+    summary = {"run": str(args.run), "model": "text", "device": str(pipe.device),
+               "temperature": pipe.cfg.flow.temperature, "prompts": entries, "provenance": provenance(pipe.device)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if not args.quiet:
         print(f"{len(entries)} prompt(s), {sum(len(e['meshes']) for e in entries)} mesh(es) -> {out}")
