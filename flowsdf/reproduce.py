@@ -79,25 +79,32 @@ def reproduce(
         resume = p2 == "partial" or runs.checkpoint_path(out, "phase1").exists()
         train_flow(cfg, out, out, data_root, resume=resume, progress=progress, device=device)
 
-    s3_dir = train_stage3(cfg, out, data_root, device, progress)
+    s3_dir = train_stage3(cfg, out, data_root, device, progress) if has_stage3(cfg) else None
 
     eval_json = out / "eval" / "eval.json"
     if not eval_json.exists():
         result = evaluate_run(out, data_root, device, progress=progress)
         write(result, eval_json)
-    s3_json = out / "eval" / "stage3.json"
-    if not s3_json.exists():
-        s3 = evaluate_run(s3_dir, data_root, device, progress=progress)
-        write(s3, s3_json)
     result = json.loads(eval_json.read_text())
-    result["models"]["flow_rgb"] = json.loads(s3_json.read_text())["models"]["flow"]
     figures = make_figures(out, data_root, device, cfg.eval.mesh_resolution)
-    figures.update(stage3_figure(s3_dir, data_root, device, out / "report_figures" / "stage3_shading.png"))
+    if s3_dir is not None:
+        s3_json = out / "eval" / "stage3.json"
+        if not s3_json.exists():
+            s3 = evaluate_run(s3_dir, data_root, device, progress=progress)
+            write(s3, s3_json)
+        result["models"]["flow_rgb"] = json.loads(s3_json.read_text())["models"]["flow"]
+        figures.update(stage3_figure(s3_dir, data_root, device, out / "report_figures" / "stage3_shading.png"))
     report = out / "report.md"
     record = provenance(pick_device(device), seconds={"wall": time.perf_counter() - t0,
                                                       **_training_seconds(result)})
     atomic_write_text(report, render_report(cfg, out, result, figures, time.perf_counter() - t0, record))
     return report
+
+
+def has_stage3(cfg) -> bool:
+    """Stage 3 is Phase 2 again with shaded RGB for one sample per shape; a best-of-K Phase 2 (the
+    generative recipe) scores its K samples on silhouettes only, so its protocol has no Stage 3."""
+    return cfg.phase2.best_of == 1
 
 
 def train_stage3(cfg, out: Path, data_root: Path, device: str, progress: bool) -> Path:
@@ -258,13 +265,18 @@ def render_report(cfg, out: Path, result: dict, figures: dict[str, str], seconds
     for stage, title in (("stage1", "Stage 1 predictions"), ("phase2", "Stage 2 (Phase 2) predictions")):
         lines += [f"### {title} per epoch (training view, two novel views; IoU in orange)", ""]
         lines += [f"![{title} {Path(f).stem}]({f})" for f in _epoch_figures(out, stage)] + [""]
-    s3_cfg = runs.read_config(out / "stage3")
-    lines += ["### Stage 3 (flow + RGB): shading and normals", "",
-              f"Phase 2 again from the same Stage 1 and Phase 1, with loss = BCE + {s3_cfg.phase2.rgb_weight:g} x "
-              "RGB L1 inside the mask (train/rgb.py). Per view: ground-truth image, predicted shading, predicted "
-              "normals, analytic normals (camera frame).", "",
-              f"![stage 3 shading]({figures['stage3_shading']})", ""]
-    lines += [f"![stage 3 {Path(f).stem}]({f})" for f in _shading_figures(out)] + [""]
+    if has_stage3(cfg):
+        s3_cfg = runs.read_config(out / "stage3")
+        lines += ["### Stage 3 (flow + RGB): shading and normals", "",
+                  f"Phase 2 again from the same Stage 1 and Phase 1, with loss = BCE + {s3_cfg.phase2.rgb_weight:g} x "
+                  "RGB L1 inside the mask (train/rgb.py). Per view: ground-truth image, predicted shading, predicted "
+                  "normals, analytic normals (camera frame).", "",
+                  f"![stage 3 shading]({figures['stage3_shading']})", ""]
+        lines += [f"![stage 3 {Path(f).stem}]({f})" for f in _shading_figures(out)] + [""]
+    else:
+        lines += ["### Stage 3 (flow + RGB)", "",
+                  f"Not run: this preset's Phase 2 keeps the best of {cfg.phase2.best_of} samples per shape, scored on "
+                  "silhouettes only; Stage 3's RGB loss is defined for one sample per shape.", ""]
     lines += ["### The 8-step flow strip", "", "![flow strip](phase2/figures/flow_strip.png)", "",
               "### Sample diversity", "", f"![flow samples]({figures['flow_samples']})", "",
               "### Extracted meshes (prediction vs ground truth, three angles)", "", f"![meshes]({figures['meshes']})", "",

@@ -147,3 +147,14 @@ def test_the_viewer_opens_a_generative_run_and_plots_its_tables_codes(generative
     assert "table" in frame.source
     np.testing.assert_allclose(frame.mean, table.mean(axis=0), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(frame.project(table), frame.points, rtol=1e-6, atol=1e-9)
+
+
+def test_reproducing_the_generative_recipe_reports_without_a_stage3(tmp_path):
+    from flowsdf.reproduce import reproduce
+
+    # Stage 3 (RGB for one sample per shape) does not apply to a best-of-K Phase 2: it once failed
+    # there, after the whole of Stages 1-2 had trained.
+    report = reproduce("tiny", tmp_path / "run", "cpu", progress=False, set_items=GENERATIVE).read_text()
+    assert "Not run: this preset's Phase 2 keeps the best of 2 samples" in report
+    assert not (tmp_path / "run" / "stage3").exists()
+    assert "| Rectified flow (Stage 2, Flow-SDF) |" in report
