@@ -131,11 +131,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pipe = FlowSDF.from_run(args.run, "flow", "cpu", finished=not args.unfinished)
     if args.temperature is not None:
-        pipe.cfg.flow.temperature = args.temperature  # before the first sample builds the sampler
-    if args.heldout_seed is not None:
-        split = runs.fresh_heldout(pipe.cfg, args.heldout_seed, args.shapes or 40)
-    else:
-        split = runs.run_data(pipe.cfg, args.run, None, progress=False).heldout
+        pipe.cfg.flow.temperature = args.temperature
+    split = runs.heldout_split(pipe.cfg, args.run, args.heldout_seed, args.shapes)
     if args.sweep:
         n = min(len(split), args.shapes or len(split))
         first = lambda v: Views(*(x[:n] for x in (v.images, v.masks, v.K, v.c2w, v.light)))  # noqa: E731

@@ -105,11 +105,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)  # before the work: a missing folder must not lose it
     pipe = FlowSDF.from_run(args.run, "flow", "cpu", finished=not args.unfinished)
     if args.temperature is not None:
-        pipe.cfg.flow.temperature = args.temperature  # before the first sample builds the sampler
-    if args.heldout_seed is not None:
-        split = runs.fresh_heldout(pipe.cfg, args.heldout_seed, args.shapes or 40)
-    else:
-        split = runs.run_data(pipe.cfg, args.run, None, progress=False).heldout
+        pipe.cfg.flow.temperature = args.temperature
+    split = runs.heldout_split(pipe.cfg, args.run, args.heldout_seed, args.shapes)
     n = min(len(split), args.shapes or len(split))
     result = {"run": str(args.run), "heldout_seed": args.heldout_seed, "stages": list(pipe.stages), "samples": args.samples, "resolution": args.resolution,
               "frame": pipe.cfg.frame, "temperature": pipe.cfg.flow.temperature, "device": device_name("cpu"), "sigma": pipe.sigma, "runs": []}

@@ -90,7 +90,7 @@ class FlowSDF:
         self.cfg, self.model, self.decoder = trained.cfg, trained.model, trained.decoder
         self.encoder, self.conditioner, self.velocity = trained.encoder, trained.conditioner, trained.velocity
         self.sigma, self.tau, self.run_dir, self.stages = trained.sigma, trained.tau, trained.run_dir, trained.stages
-        self._samplers: dict[int, ReferenceSampler] = {}
+        self._samplers: dict[tuple, ReferenceSampler] = {}  # by (steps, the flow settings they were built from)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, model: str = "flow", device: str | torch.device = "auto",
@@ -130,11 +130,12 @@ class FlowSDF:
         steps = self.cfg.flow.steps if steps is None else steps
         if steps < 1:
             raise FlowSDFError(f"steps must be at least 1, got {steps}")
-        if steps not in self._samplers:
-            f = self.cfg.flow
-            self._samplers[steps] = make_sampler(self.velocity, self.sigma * f.temperature, steps, self.latent_shape,
-                                                 f.time_shift, f.guidance_until)
-        return self._samplers[steps]
+        f = self.cfg.flow
+        key = (steps, f.temperature, f.time_shift, f.guidance_until)  # a changed setting gets a new sampler
+        if key not in self._samplers:
+            self._samplers[key] = make_sampler(self.velocity, self.sigma * f.temperature, steps, self.latent_shape,
+                                               f.time_shift, f.guidance_until)
+        return self._samplers[key]
 
     def predictor(self, steps: int | None = None, guidance: float | None = None) -> Predictor:
         """images, generator -> codes, as evaluation calls a model: the encoder, or the flow with the

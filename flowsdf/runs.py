@@ -285,6 +285,14 @@ def run_data(
     return data
 
 
+def heldout_split(cfg: Config, run_dir: Path, fresh_seed: int | None = None, n: int | None = None) -> ShapeSplit:
+    """The held-out shapes a benchmark scores: the run's own held-out split, or with `fresh_seed`
+    `n` fresh ones (default 40) drawn by fresh_heldout."""
+    if fresh_seed is None:
+        return run_data(cfg, run_dir, None, progress=False).heldout
+    return fresh_heldout(cfg, fresh_seed, n or 40)
+
+
 def fresh_heldout(cfg: Config, seed: int, n: int, base: Path = Path("data_cache"), progress: bool = True) -> ShapeSplit:
     """`n` held-out shapes drawn and rendered by the run's own data recipe from another data seed,
     in the run's frame: shapes nobody has looked at, to confirm a choice that was made by looking at

@@ -72,6 +72,8 @@ def test_temperature_scales_the_source_noise_and_nothing_else(tiny_flow_run, dat
     # No velocity: the sample is its source noise, drawn at sigma x temperature.
     torch.testing.assert_close(hot(image, samples=2, seed=3).codes, 1.5 * still(image, samples=2, seed=3).codes,
                                rtol=1e-6, atol=0)
+    still.cfg.flow.temperature = 1.5  # changed after sampling: the next samples use it, not a cached sampler
+    torch.testing.assert_close(still(image, samples=2, seed=3).codes, hot(image, samples=2, seed=3).codes, rtol=0, atol=0)
     trained, warm = FlowSDF.from_run(tiny_flow_run, "flow", "cpu"), FlowSDF.from_run(tiny_flow_run, "flow", "cpu")
     warm.cfg.flow.temperature = 1.5
     assert trained.cfg.flow.temperature == 1.0  # the default: the noise the flow was trained from
