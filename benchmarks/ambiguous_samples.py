@@ -14,7 +14,9 @@ mean-of-K and of the mean code; each sample's input-view IoU against the mean co
 samples' spread, without the rest of the evaluation; --shapes limits the held-out shapes;
 --reference RUN scores that run's deterministic encoder on the same shapes by the same measure.
 --temperature T (default: the run's flow.temperature) starts every sample from the source noise
-scaled by T (both parts): wider samples, for the price of accuracy. --heldout-seed S scores fresh shapes instead
+scaled by T (both parts): wider samples, for the price of accuracy. --consistency C redraws a sample
+whose input-view silhouette falls below C x the noiseless sample's (flowsdf.consistency). --repeats R
+scores R disjoint sets of K samples per point: one set's best - mean moves by about 0.01 with the draw. --heldout-seed S scores fresh shapes instead
 of the run's held-out split: --shapes of them, drawn by the run's data recipe from data seed S
 (flowsdf.runs.fresh_heldout), to confirm a choice made by looking at the run's own held-out shapes.
 
@@ -37,7 +39,6 @@ from flowsdf import runs
 from flowsdf.checkpoint import write_json
 from flowsdf.data.dataset import ShapeSplit, Views
 from flowsdf.data.shapes import family
-from flowsdf.fast_sampler import sampler_predictor
 from flowsdf.figures.plots import save_figure
 from flowsdf.figures.preview import SAMPLE_COLOUR, draw_mesh
 from flowsdf.mesh.export import to_trimesh
@@ -77,17 +78,32 @@ def ambiguous_figure(pipe: FlowSDF, images: torch.Tensor, specs: list, codes: li
     return fig
 
 
-def sweep_point(pipe: FlowSDF, split, guidance: float, samples: int) -> dict:
+POINT_KEYS = ("best_of_k", "mean_of_k", "best_minus_mean", "mean_code", "code_spread", "input_iou_mean_of_k",
+              "samples_within_90pct_of_mean_input_iou", "lowest_input_iou_ratio")
+
+
+def sweep_point(pipe: FlowSDF, split, guidance: float, samples: int, repeats: int = 1) -> dict:
     """The held-out sampling figures of `flowsdf eval --k samples --guidance W`, and the spread, at
-    the pipe's flow.temperature."""
-    predict = sampler_predictor(pipe.conditioner, pipe.sampler(), guidance)
-    h = heldout_samples_3d(predict, pipe.decoder, split, pipe.cfg.render, pipe.tau, samples)
-    codes = torch.stack([predict_codes(predict, split, seed) for seed in range(samples)], dim=1)  # (N, K, *latent)
-    spreads = [code_spread(c) for c in codes]
-    return {"guidance": guidance, "temperature": pipe.cfg.flow.temperature, "k": samples, "shapes": len(split), "best_of_k": h["best_of_k"],
-            "mean_of_k": h["mean_of_k"], "mean_code": h["mean_code_3d_iou"], "code_spread": float(np.mean(spreads)),
-            "input_iou_mean_of_k": h["input_iou_mean_of_k"],
-            "samples_within_90pct_of_mean_input_iou": h["samples_within_90pct_of_mean_input_iou"]}
+    the pipe's flow settings (temperature, consistency). Repeat r draws the samples from seeds
+    r K .. r K + K - 1: the figures are their means, each repeat's figures are kept, and the spread
+    of best - mean over repeats says how much of a difference is the draw."""
+    predict = pipe.predictor(guidance=guidance)
+    draws = []
+    for r in range(repeats):
+        h = heldout_samples_3d(predict, pipe.decoder, split, pipe.cfg.render, pipe.tau, samples, first_seed=r * samples)
+        codes = torch.stack([predict_codes(predict, split, r * samples + j) for j in range(samples)], dim=1)  # (N, K, *latent)
+        draws.append({"best_of_k": h["best_of_k"], "mean_of_k": h["mean_of_k"], "best_minus_mean": h["best_of_k"] - h["mean_of_k"],
+                      "mean_code": h["mean_code_3d_iou"], "code_spread": float(np.mean([code_spread(c) for c in codes])),
+                      "input_iou_mean_of_k": h["input_iou_mean_of_k"],
+                      "samples_within_90pct_of_mean_input_iou": h["samples_within_90pct_of_mean_input_iou"],
+                      "lowest_input_iou_ratio": h["lowest_input_iou_ratio"]})
+    f = pipe.cfg.flow
+    point = {"guidance": guidance, "temperature": f.temperature, "consistency": f.consistency,
+             "consistency_tries": f.consistency_tries, "k": samples, "shapes": len(split), "repeats": draws}
+    point.update({key: float(np.mean([d[key] for d in draws])) for key in POINT_KEYS})
+    point["lowest_input_iou_ratio"] = min(d["lowest_input_iou_ratio"] for d in draws)
+    point["best_minus_mean_range"] = [min(d["best_minus_mean"] for d in draws), max(d["best_minus_mean"] for d in draws)]
+    return point
 
 
 def guidance_curve(points: list[dict]) -> Figure:
@@ -115,6 +131,11 @@ def main() -> None:
     p.add_argument("--reference", type=Path, help="--sweep: a run whose deterministic encoder (its 'cnn' model) is "
                                                    "scored on the same shapes by the same measure, K = 1")
     p.add_argument("--temperature", type=float, help="source-noise scale (default: the run's flow.temperature)")
+    p.add_argument("--consistency", type=float, help="redraw samples below this share of the noiseless sample's input-view "
+                                                     "IoU (default: the run's flow.consistency; 0 = off)")
+    p.add_argument("--consistency-tries", type=int, help="draws per sample at most (default: the run's)")
+    p.add_argument("--repeats", type=int, default=1, help="--sweep: score this many disjoint sets of K samples per "
+                                                        "point (seeds r K .. r K + K - 1), report their mean and range")
     p.add_argument("--heldout-seed", type=int, help="--sweep: fresh shapes (--shapes of them, default 40) drawn by the run's "
                                                     "data recipe from this data seed, instead of its held-out split")
     p.add_argument("--unfinished", action="store_true", help="accept the run's latest, unfinished flow (e.g. Phase 1 alone)")
@@ -130,8 +151,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pipe = FlowSDF.from_run(args.run, "flow", "cpu", finished=not args.unfinished)
-    if args.temperature is not None:
-        pipe.cfg.flow.temperature = args.temperature
+    for key in ("temperature", "consistency", "consistency_tries"):
+        if getattr(args, key) is not None:
+            setattr(pipe.cfg.flow, key, getattr(args, key))
     split = runs.heldout_split(pipe.cfg, args.run, args.heldout_seed, args.shapes)
     if args.sweep:
         n = min(len(split), args.shapes or len(split))
@@ -147,11 +169,14 @@ def main() -> None:
                   f"{h['input_iou_mean_of_k']:.3f}", flush=True)
         points = result["points"]
         for w in args.sweep:
-            points.append(sweep_point(pipe, split, w, args.samples))
+            points.append(sweep_point(pipe, split, w, args.samples, args.repeats))
             pt = points[-1]
-            print(f"W {w:g}, {n} held-out shapes: 3-D IoU best-of-{pt['k']} {pt['best_of_k']:.3f}, mean-of-{pt['k']} "
-                  f"{pt['mean_of_k']:.3f}, mean code {pt['mean_code']:.3f}; spread {pt['code_spread']:.3f}; samples "
-                  f"within 90 % of the mean's input IoU {pt['samples_within_90pct_of_mean_input_iou']:.2f}", flush=True)
+            low, high = pt["best_minus_mean_range"]
+            print(f"W {w:g}, {n} held-out shapes, {args.repeats} x K = {pt['k']}: 3-D IoU best-of-K {pt['best_of_k']:.3f}, "
+                  f"mean-of-K {pt['mean_of_k']:.3f} (best - mean {pt['best_minus_mean']:.3f}, {low:.3f} to {high:.3f}), "
+                  f"mean code {pt['mean_code']:.3f}; spread {pt['code_spread']:.3f}; samples within 90 % of the mean's "
+                  f"input IoU {pt['samples_within_90pct_of_mean_input_iou']:.3f} (lowest ratio "
+                  f"{pt['lowest_input_iou_ratio']:.2f})", flush=True)
             write_json(args.out.with_suffix(".json"), result)
         save_figure(guidance_curve(points), args.out)
         print(f"wrote {args.out}")

@@ -11,7 +11,8 @@ mean: the Spearman rank correlation between std and error; the AUROC of std for 
 distance from the origin (an uncertainty that only says "far out is harder" would match it); the
 spread of the samples (mean pairwise code distance vs mean code norm) and the std in voxels.
 
---guidance sets W (default: the run's flow.guidance), several values for a curve. --heldout-seed S
+--guidance sets W (default: the run's flow.guidance), several values for a curve; --temperature and
+--consistency (flowsdf.consistency) override the run's sampling settings. --heldout-seed S
 scores fresh shapes (--shapes of them, default 40, drawn by the run's data recipe from data seed
 S: flowsdf.runs.fresh_heldout) instead of the run's held-out split.
 
@@ -95,6 +96,9 @@ def main() -> None:
     p.add_argument("--guidance", type=float, nargs="+", help="W values (default: the run's flow.guidance)")
     p.add_argument("--shapes", type=int, help="at most this many held-out shapes (default all)")
     p.add_argument("--temperature", type=float, help="source-noise scale (default: the run's flow.temperature)")
+    p.add_argument("--consistency", type=float, help="redraw samples below this share of the noiseless sample's input-view "
+                                                     "IoU (default: the run's flow.consistency; 0 = off)")
+    p.add_argument("--consistency-tries", type=int, help="draws per sample at most (default: the run's)")
     p.add_argument("--heldout-seed", type=int, help="fresh shapes (--shapes of them, default 40) drawn by the run's data "
                                                     "recipe from this data seed, instead of its held-out split")
     p.add_argument("--unfinished", action="store_true", help="accept the run's latest, unfinished flow")
@@ -104,12 +108,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)  # before the work: a missing folder must not lose it
     pipe = FlowSDF.from_run(args.run, "flow", "cpu", finished=not args.unfinished)
-    if args.temperature is not None:
-        pipe.cfg.flow.temperature = args.temperature
+    for key in ("temperature", "consistency", "consistency_tries"):
+        if getattr(args, key) is not None:
+            setattr(pipe.cfg.flow, key, getattr(args, key))
     split = runs.heldout_split(pipe.cfg, args.run, args.heldout_seed, args.shapes)
     n = min(len(split), args.shapes or len(split))
     result = {"run": str(args.run), "heldout_seed": args.heldout_seed, "stages": list(pipe.stages), "samples": args.samples, "resolution": args.resolution,
-              "frame": pipe.cfg.frame, "temperature": pipe.cfg.flow.temperature, "device": device_name("cpu"), "sigma": pipe.sigma, "runs": []}
+              "frame": pipe.cfg.frame, "temperature": pipe.cfg.flow.temperature, "consistency": pipe.cfg.flow.consistency,
+              "consistency_tries": pipe.cfg.flow.consistency_tries, "device": device_name("cpu"), "sigma": pipe.sigma, "runs": []}
     for w in args.guidance or [pipe.cfg.flow.guidance]:
         rows, pooled = [], []
         for i in range(n):

@@ -151,6 +151,7 @@ def evaluate_run(
                 "heldout_3d": heldout_samples_3d(predict, model.decoder, data.heldout, cfg.render, tau, k),
                 "guidance": model._guidance(guidance),
                 "temperature": model.cfg.flow.temperature,
+                "consistency": model.cfg.flow.consistency,  # heldout_3d's samples; diversity is of plain draws
             }
         r["latency"] = inference_latency(model, mesh_resolution=mesh_resolution, repeats=timing_repeats)
         result["models"][name] = r

@@ -55,6 +55,10 @@ class FlowConfig:
     temperature: sampling only: the source noise is drawn at sigma x temperature. 1 = the noise the
         flow was trained from (the seed); above 1 the samples of one picture spread wider, for some
         mean accuracy (docs/scaling.md measures the trade). Training never reads it.
+    consistency / consistency_tries: sampling only, view frame: a sample whose silhouette from the
+        input camera reaches less than `consistency` x the input-view IoU of the noiseless sample
+        (source noise 0) is drawn again, up to `consistency_tries` draws in all, else its best
+        draw is kept (flowsdf.consistency). 0 = off (the seed): every draw is kept.
     """
 
     steps: int = 8
@@ -69,13 +73,16 @@ class FlowConfig:
     logit_std: float = 1.0
     time_shift: float = 1.0
     temperature: float = 1.0
+    consistency: float = 0.0
+    consistency_tries: int = 4
 
     RULES = {"steps": int_range(1, 1000), "noise_scaling": ANY_BOOL, "velocity_weight": NON_NEGATIVE,
              "sampling_weight": NON_NEGATIVE, "cond_dropout": FRACTION, "guidance": NON_NEGATIVE,
              "guidance_until": FRACTION, "time_sampling": one_of("uniform", "logit_normal"),
              "logit_mean": Rule("a number", lambda v: True), "logit_std": POSITIVE,
              "time_shift": Rule("a number >= 1", lambda v: v >= 1),
-             "temperature": Rule("a number from 0.1 to 10", lambda v: 0.1 <= v <= 10)}
+             "temperature": Rule("a number from 0.1 to 10", lambda v: 0.1 <= v <= 10),
+             "consistency": FRACTION, "consistency_tries": int_range(1, 100)}
 
 
 def _expand_t(t: Tensor | float, like: Tensor) -> Tensor:

@@ -9,7 +9,9 @@ come from flowsdf.loading ("cnn", "flow" or "flow-noscale").
 
 Sampling: sample k of every picture starts from the noise of seed `seed + k`, drawn by a CPU
 generator per row, so a code depends only on its picture, the seed and k — not on the batch it
-came in or the device. Codes are sampled with the inference sampler (flowsdf.fast_sampler).
+came in or the device. Codes are sampled with the inference sampler (flowsdf.fast_sampler). With
+flow.consistency > 0 a sample that disagrees with its picture is drawn again from seeds of its own
+(flowsdf.consistency), so that still holds.
 
 The input camera: a code says what the shape is in its model's frame; rendering its silhouette
 "as the picture saw it", or fitting it to the picture, needs the camera the picture was taken
@@ -34,9 +36,11 @@ from torch.nn import functional as F
 
 from flowsdf.data.frames import canonical_c2w
 from flowsdf.data.images import foreground_mask
+from flowsdf.consistency import consistent_draws, retry_seeds
 from flowsdf.data.prepare import Prepared, prepare_picture
 from flowsdf.errors import FlowSDFError
 from flowsdf.fast_sampler import ReferenceSampler, make_sampler, sampler_predictor
+from flowsdf.flow import sample_noise
 from flowsdf.fields import PointField, Predictor, bounded, code_field
 from flowsdf.loading import Trained, load_model
 from flowsdf.mesh.export import to_trimesh
@@ -76,6 +80,12 @@ class InputCamera:
     K: Tensor  # (3, 3) intrinsics
     c2w: Tensor  # (4, 4) camera-to-world
     searched: bool  # True: searched (world frame); False: the view frame's C0, known by construction
+
+
+def view_camera(image_size: int, fov_deg: float, distance: float) -> InputCamera:
+    """A view-frame model's input camera: C0, whatever the picture."""
+    K = torch.from_numpy(cameras.intrinsics(image_size, fov_deg)).float()
+    return InputCamera(K, torch.from_numpy(canonical_c2w(distance)).float(), searched=False)
 
 
 class FlowSDF:
@@ -144,7 +154,23 @@ class FlowSDF:
         if self.encoder is not None:
             encoder = self.encoder
             return lambda images, gen: encoder(images)
-        return sampler_predictor(self.conditioner, self.sampler(steps), self._guidance(guidance))
+        sampler, w = self.sampler(steps), self._guidance(guidance)
+        if self.cfg.flow.consistency == 0:
+            return sampler_predictor(self.conditioner, sampler, w)
+
+        def predict(images: Tensor, gen: torch.Generator) -> Tensor:
+            # Draw 0 is the plain predictor's noise; every retry's noise is drawn up front too, so the
+            # generator moves on by the same amount whatever is accepted: later batches do not
+            # depend on this one's outcome.
+            B, L, n = images.shape[0], sampler.latent_shape, self.cfg.flow.consistency_tries
+            z0 = torch.cat([sample_noise((1, B, *L), sampler.sigma, gen, images.device),
+                            sample_noise((n - 1, B, *L), sampler.sigma, gen, images.device)])  # (n, B, *latent)
+            with torch.no_grad():
+                cond = self.conditioner(images)
+            picture = torch.arange(B, device=images.device)
+            return self._agreeing(sampler, cond, foreground_mask(images), picture, lambda j, rows: z0[j, rows], w)
+
+        return predict
 
     def _guidance(self, guidance: float | None) -> float:
         w = self.cfg.flow.guidance if guidance is None else guidance
@@ -232,13 +258,47 @@ class FlowSDF:
             codes = self.encoder(batch)[:, None].expand(N, K, *L).contiguous()  # (N, K, *latent)
             return Result(batch, codes, seed, 0, codes[None] if trajectory else None, prepared)
         sampler = self.sampler(steps)
+        seeds = [seed + k for k in range(K)] * N
+        if self.cfg.flow.consistency > 0:
+            if trajectory:
+                raise FlowSDFError("the flow's trajectory is not kept with flow.consistency > 0 (a sample may be drawn "
+                                   "again); set it to 0 to see the path")
+            picture = torch.arange(N, device=self.device).repeat_interleave(K)  # (N*K,) each row's picture
+            noise = lambda j, rows: sampler.noise(retry_seeds([seeds[r] for r in rows.tolist()], j), self.device)  # noqa: E731
+            codes = self._agreeing(sampler, self.conditioner(batch), foreground_mask(batch), picture, noise, guidance)
+            return Result(batch, codes.view(N, K, *L), seed, sampler.steps, None, prepared)
         cond = self.conditioner(batch).repeat_interleave(K, dim=0)  # (N*K, ...)
-        z0 = sampler.noise([seed + k for k in range(K)] * N, self.device)  # (N*K, *latent)
+        z0 = sampler.noise(seeds, self.device)  # (N*K, *latent)
         out = sampler(cond, z0, trajectory, guidance=guidance)
         codes, traj = out if trajectory else (out, None)
         if traj is not None:
             traj = traj.view(sampler.steps + 1, N, K, *L)  # (steps + 1, N, K, *latent)
         return Result(batch, codes.view(N, K, *L), seed, sampler.steps, traj, prepared)
+
+    def _agreeing(self, sampler: ReferenceSampler, cond: Tensor, masks: Tensor, picture: Tensor, noise, guidance: float
+                  ) -> Tensor:
+        """Codes (B, *latent) drawn under flow.consistency (flowsdf.consistency): conditions cond
+        (P, ...) and foreground masks (P, S, S) of P pictures, `picture` (B,) the picture of each
+        row, `noise(j, rows)` the source noise (R, *latent) of try j of the rows (R,)."""
+        if self.cfg.frame != "view":
+            raise FlowSDFError("flow.consistency needs a view-frame model: a world-frame picture does not say where it "
+                               "was seen from, so its samples cannot be checked against it; set flow.consistency to 0")
+        f = self.cfg.flow
+        camera = view_camera(self.image_size, self.cfg.data.fov_deg, self.cfg.data.cam_distance)
+        K, c2w = camera.K.to(self.device), camera.c2w.to(self.device)
+
+        def agreement(codes: Tensor, pictures: Tensor) -> Tensor:  # (R, *latent), (R,) -> (R,) input-view IoU
+            n = len(pictures)
+            sil = self.silhouettes(codes, K.expand(n, 3, 3), c2w.expand(n, 4, 4), masks.shape[-1])  # (R, S, S)
+            return silhouette_iou(sil, masks[pictures])
+
+        P = cond.shape[0]
+        centre = sampler(cond, torch.zeros(P, *sampler.latent_shape, device=self.device), guidance=guidance)  # (P, *latent)
+        reference = agreement(centre, torch.arange(P, device=self.device))[picture]  # (B,)
+        draw = lambda j, rows: sampler(cond[picture[rows]], noise(j, rows), guidance=guidance)  # noqa: E731
+        codes, _ = consistent_draws(draw, lambda c, rows: agreement(c, picture[rows]), reference, f.consistency,
+                                    f.consistency_tries)
+        return codes
 
     def refine(self, codes: Tensor, images: Tensor, steps: int) -> Tensor:
         """Codes (M, *latent) fitted for `steps` steps to the foreground masks of their pictures
@@ -300,8 +360,7 @@ class FlowSDF:
         (else one is made at 64^3). An empty shape gets the default camera.
         """
         if self.cfg.frame == "view":
-            K = torch.from_numpy(cameras.intrinsics(self.image_size, self.cfg.data.fov_deg)).float()
-            return InputCamera(K, torch.from_numpy(canonical_c2w(self.cfg.data.cam_distance)).float(), searched=False)
+            return view_camera(self.image_size, self.cfg.data.fov_deg, self.cfg.data.cam_distance)
         if mesh is None:
             mesh = to_trimesh(*extract_mesh_coarse_to_fine(self.field(code), resolution=64, device=self.device))
         if len(mesh.faces) == 0:

@@ -18,7 +18,7 @@ LAYERS = [
     ["flowsdf.errors"],
     ["flowsdf.device", "flowsdf.schema", "flowsdf.fields", "flowsdf.checkpoint", "flowsdf.provenance"],
     ["flowsdf.flow", "flowsdf.models"],
-    ["flowsdf.fast_sampler"],
+    ["flowsdf.fast_sampler", "flowsdf.consistency"],
     ["flowsdf.render"],
     ["flowsdf.mesh"],
     ["flowsdf.data"],

@@ -8,6 +8,7 @@ from flowsdf.fast_sampler import make_sampler
 from flowsdf.metrics.samples import (
     best_and_mean,
     flow_trajectory,
+    heldout_samples_3d,
     pairwise_distance,
     sample_codes,
     sample_diversity,
@@ -63,3 +64,16 @@ def test_pairwise_distance_is_the_mean_over_distinct_pairs():
     codes = torch.tensor([[[0.0, 0.0], [3.0, 0.0], [4.0, 0.0]], [[1.0, 2.0]] * 3])  # (2, 3, 2)
     got = pairwise_distance(codes)
     assert torch.allclose(got, torch.tensor([8.0 / 3.0, 0.0]), atol=1e-6)
+
+
+def test_heldout_samples_3d_draws_the_samples_of_seeds_first_seed_onwards(tiny_flow_run, tiny_data_dir):
+    pipe = FlowSDF.from_run(tiny_flow_run, "flow", "cpu")
+    split = dataset.load(tiny_data_dir).heldout
+    predict, seeds = pipe.predictor(), []
+
+    def recording(images, gen):
+        seeds.append(gen.initial_seed())
+        return predict(images, gen)
+
+    r = heldout_samples_3d(recording, pipe.decoder, split, pipe.cfg.render, pipe.tau, 2, n_volume=2000, first_seed=5)
+    assert sorted(set(seeds)) == [5, 6] and r["k"] == 2 and len(r["per_shape_3d_iou"]) == len(split)

@@ -66,6 +66,7 @@ def test_writes_k_meshes_preview_and_summary(capsys, shaped_run, pictures, tmp_p
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed"] == [] and len(summary["images"]) == 1 and summary["skipped"] == []
     assert summary["temperature"] == FlowSDF.from_run(shaped_run, "flow", "cpu").cfg.flow.temperature == 1.0
+    assert summary["consistency"] == 0.0  # the default: every draw kept
     entry = summary["images"][0]
     assert entry["file"] == str(pictures / "shape0.png") and entry["model"] == "flow" and entry["seed"] == 3
     assert len(entry["meshes"]) == 2 and entry["samples"] == entry["samples_requested"] == 2
@@ -100,7 +101,7 @@ def test_a_deterministic_model_asked_for_k_samples_says_so_once_and_writes_one_m
                          "shapes; one mesh per picture is made")]  # once for the call, not once per picture
     summary = json.loads((out / "summary.json").read_text())
     assert [e["file"] for e in summary["images"]] == [str(pictures / "shape0.png"), str(pictures / "shape1.png")]
-    assert summary["temperature"] is None  # no noise to scale
+    assert summary["temperature"] is None and summary["consistency"] is None  # no noise to scale or redraw
     for e in summary["images"]:
         assert len(e["meshes"]) == 1 and e["uncertainty"] is None
         assert e["samples"] == 1 and e["samples_requested"] == 4 and "deterministic" in e["notes"][0]

@@ -186,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             warnings.append(str(file))
     summary = {"run": str(args.run), "model": args.model, "device": str(pipe.device), "prepare": args.prepare,
                "samples_requested": args.samples, "temperature": pipe.cfg.flow.temperature if pipe.is_flow else None,
+               "consistency": pipe.cfg.flow.consistency if pipe.is_flow else None,
                "images": entries, "failed": failures,
                "low_confidence": warnings, "skipped": [str(p) for p in found.skipped],
                "provenance": provenance(pipe.device)}

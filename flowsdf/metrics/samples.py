@@ -104,13 +104,13 @@ def novel_view_samples(predict, decoder: nn.Module, split: ShapeSplit, render_cf
 
 @torch.no_grad()
 def heldout_samples_3d(predict, decoder: nn.Module, split: ShapeSplit, render_cfg: RenderConfig, tau: float, k: int,
-                       n_volume: int = 50_000) -> dict:
-    """K samples per shape (sample j: the predictor's noise from seed j) scored in 3-D and on the
+                       n_volume: int = 50_000, first_seed: int = 0) -> dict:
+    """K samples per shape (sample j: the predictor's noise from seed first_seed + j) scored in 3-D and on the
     input view: `best_and_mean` of the volumetric IoU with the true shape, the same for the mean of
     the K codes, and how well every sample agrees with the picture: each sample's input-view IoU
     over the mean code's (the share of samples at >= 0.9 of it, and the lowest ratio)."""
     specs = split.shapes
-    codes = torch.stack([predict_codes(predict, split, seed) for seed in range(k)])  # (K, N, *latent)
+    codes = torch.stack([predict_codes(predict, split, first_seed + j) for j in range(k)])  # (K, N, *latent)
     vol = torch.zeros(k, len(specs))  # (K, N)
     for j in range(k):
         for i, spec in enumerate(specs):
