@@ -135,6 +135,7 @@ def test_the_views_gen_preset_is_views_with_the_generative_recipe():
     assert gen.encoder.kind == "table" and views.encoder.kind == "picture"
     assert gen.flow.sampling_weight == 0 and gen.flow.cond_dropout > 0 and gen.phase2.best_of > 1
     assert gen.flow.temperature > 1 and views.flow.temperature == 1  # only the generative preset samples hotter
+    assert gen.flow.consistency > 0 and views.flow.consistency == 0  # and redraws samples its picture contradicts
 
 
 def test_the_viewer_opens_a_generative_run_and_plots_its_tables_codes(generative_run):
