@@ -341,3 +341,25 @@ def test_guidance_reaches_the_samples_and_is_recorded(capsys, shaped_run, pictur
     code, _, err = reconstruct(capsys, pictures / "shape0.png", "--run", shaped_run, "--out", tmp_path / "bad",
                                "--guidance", "101")
     assert code == 2 and err.startswith("flowsdf: error: --guidance") and not (tmp_path / "bad").exists()
+
+
+def test_temperature_and_consistency_flags_reach_the_run_and_are_recorded(capsys, shaped_run, pictures, tmp_path):
+    """--temperature T widens the samples (other meshes than T = 1) and is recorded; --consistency
+    on a world-frame run (the tiny one) is one error line before any output; out-of-range values
+    too."""
+    meshes = {}
+    for label, flags in (("plain", []), ("hot", ["--temperature", "3"])):
+        out = tmp_path / label
+        code, _, err = reconstruct(capsys, pictures / "shape0.png", "--run", shaped_run, "--out", out, "--samples", "1",
+                                   "--resolution", "16", "--format", "ply", *flags)
+        assert code == 0, err
+        summary = json.loads((out / "summary.json").read_text())
+        meshes[label] = (summary["temperature"], np.asarray(load_mesh(out / summary["images"][0]["meshes"][0]["path"]).vertices))
+    assert meshes["plain"][0] == 1.0 and meshes["hot"][0] == 3.0
+    assert meshes["hot"][1].shape != meshes["plain"][1].shape or not np.array_equal(meshes["hot"][1], meshes["plain"][1])
+    for flags, message in ((["--consistency", "0.9"], "--consistency needs a view-frame run"),
+                           (["--consistency", "1.5"], "--consistency must be"), (["--temperature", "0"], "--temperature must be")):
+        out = tmp_path / "refused"
+        code, _, err = reconstruct(capsys, pictures / "shape0.png", "--run", shaped_run, "--out", out, *flags)
+        assert code == 2 and err.startswith(f"flowsdf: error: {message}") and err.count("\n") == 1, err
+        assert not out.exists()
