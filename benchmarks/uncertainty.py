@@ -9,7 +9,8 @@ error: its distance to the true surface, |analytic sdf| at the vertex. Reported 
 mean: the Spearman rank correlation between std and error; the AUROC of std for "error > 2 voxels"
 (over all vertices of all shapes, and per shape); as a trivial baseline, the same for the vertex's
 distance from the origin (an uncertainty that only says "far out is harder" would match it); the
-spread of the samples (mean pairwise code distance vs mean code norm) and the std in voxels.
+spread of the samples (mean pairwise code distance vs mean code norm) and the std in voxels; and the
+error the samples share: the share of wrong vertices at which their std is under one voxel.
 
 --guidance sets W (default: the run's flow.guidance), several values for a curve; --temperature and
 --consistency (flowsdf.consistency) override the run's sampling settings. --heldout-seed S
@@ -130,6 +131,10 @@ def main() -> None:
                                                  "error_median_voxels", "wrong_share")}
         summary.update({"pooled_spearman_std_error": rank_correlation(std, error),
                         "pooled_auroc_std": auroc(std, wrong), "pooled_auroc_radius": auroc(radius, wrong),
+                        # Error the samples share: wrong vertices where the samples agree to within a voxel.
+                        "wrong_with_std_under_1_voxel": float((std[wrong] < 1.0).mean()) if wrong.any() else None,
+                        "pooled_std_median_wrong_voxels": float(np.median(std[wrong])) if wrong.any() else None,
+                        "pooled_error_median_wrong_voxels": float(np.median(error[wrong])) if wrong.any() else None,
                         "positive_shapes": sum(1 for r in rows if (r["spearman_std_error"] or 0) > 0),
                         "shapes_with_mesh": sum(1 for r in rows if r["vertices"] > 0)})
         result["runs"].append({"guidance": w, "mean": summary, "per_shape": rows})
@@ -137,7 +142,8 @@ def main() -> None:
               f"{summary['spearman_std_error']} per shape, {summary['pooled_spearman_std_error']} pooled "
               f"(baseline radius {summary['spearman_radius_error']}); AUROC(std, error > {ERROR_VOXELS:g} voxels) "
               f"{summary['pooled_auroc_std']} pooled (radius {summary['pooled_auroc_radius']}); code spread "
-              f"{summary['code_pairwise_l2']} / norm {summary['code_norm']}", flush=True)
+              f"{summary['code_pairwise_l2']} / norm {summary['code_norm']}; wrong vertices where the samples agree "
+              f"within 1 voxel: {summary['wrong_with_std_under_1_voxel']}", flush=True)
         write_json(args.out, result)
     print(f"wrote {args.out}")
 
