@@ -3,8 +3,8 @@ short of the flow's own central guess is drawn again.
 
 Why: above temperature 1 the flow's samples spread where one picture leaves the shape open (depth
 along the camera axis, the hidden back), which is what a generative flow is for; but a few also
-stray from what the picture does show. Measured on 40 fresh shapes at T = 1.25, 4 % of draws (7 % at
-T = 1.5) reach less than 0.9 of the input-view IoU of the noiseless sample (docs/scaling.md). What the
+stray from what the picture does show: measured on 40 fresh shapes at T = 1.25, 1-7 % of the samples,
+depending on the draw, reach less than 0.9 of the mean code's input-view IoU (docs/scaling.md). What the
 picture shows is known at inference (its foreground mask on the black background), and in the view
 frame so is its camera, so each draw can be checked where it is cheap: one silhouette at the
 picture's size.

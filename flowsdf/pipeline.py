@@ -34,9 +34,9 @@ from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
 
+from flowsdf.consistency import consistent_draws, retry_seeds
 from flowsdf.data.frames import canonical_c2w
 from flowsdf.data.images import foreground_mask
-from flowsdf.consistency import consistent_draws, retry_seeds
 from flowsdf.data.prepare import Prepared, prepare_picture
 from flowsdf.errors import FlowSDFError
 from flowsdf.fast_sampler import ReferenceSampler, make_sampler, sampler_predictor
