@@ -93,18 +93,23 @@ def refined_predictor(model: FlowSDF, predict, steps: int):
 def evaluate_run(
     run_dir: Path, data_dir: Path | None = None, device: str = "auto", k: int = 4, mesh_resolution: int | None = None,
     timing_repeats: int = 5, progress: bool = True, refine: int = 0, guidance: float | None = None,
+    temperature: float | None = None, consistency: float | None = None,
 ) -> dict:
     """Every figure for every finished model of `run_dir` (see the module docstring).
 
     `mesh_resolution` defaults to the run's `eval.mesh_resolution`. `refine` > 0: the silhouette
     and 3-D figures score codes refined for that many steps against the input picture's mask
     (flow sampling figures and timings do not). `guidance`: the flow's classifier-free guidance W
-    (default: the run's flow.guidance).
+    (default: the run's flow.guidance). `temperature`, `consistency`: the flow's sampling settings
+    (default: the run's flow.temperature and flow.consistency).
     """
     t0 = time.perf_counter()
     dev = pick_device(device)
     run_dir = Path(run_dir)
     cfg = runs.read_config(run_dir)
+    if consistency is not None and consistency > 0 and cfg.frame != "view":
+        raise FlowSDFError(f"consistency needs a view-frame run; {run_dir} predicts in the world frame, where a "
+                           "picture does not say where it was seen from")
     mesh_resolution = mesh_resolution or cfg.eval.mesh_resolution
     data = run_data(cfg, run_dir, data_dir).to(dev)
     result: dict[str, Any] = {"run": str(run_dir), "data": str(data.root.resolve()), "preset": cfg.preset,
@@ -112,6 +117,10 @@ def evaluate_run(
                               "frame": cfg.frame, "models": {}}
     for name, trained in finished_models(run_dir, dev).items():
         model = FlowSDF(trained)
+        if temperature is not None:
+            model.cfg.flow.temperature = temperature
+        if consistency is not None:
+            model.cfg.flow.consistency = consistency
         tau, predict = model.tau, model.predictor(guidance=guidance)
         if refine > 0:
             predict = refined_predictor(model, predict, refine)

@@ -135,3 +135,21 @@ def test_consistency_refuses_a_world_frame_model_and_a_trajectory(tiny_flow_run,
     pipe.cfg.frame = "world"
     with pytest.raises(FlowSDFError, match="view-frame"):
         pipe(images, samples=2)
+
+
+def test_eval_takes_the_sampling_settings_and_refuses_consistency_in_the_world_frame(tiny_flow_run, tiny_data_dir,
+                                                                                     tmp_path, capsys):
+    import json
+
+    from flowsdf.cli import main
+
+    out = tmp_path / "e.json"
+    assert main(["eval", str(tiny_flow_run), "--data", str(tiny_data_dir), "--k", "1", "--mesh-resolution", "8",
+                 "--temperature", "2", "--out", str(out), "--quiet"]) == 0
+    sampling = json.loads(out.read_text())["models"]["flow"]["sampling"]
+    assert sampling["temperature"] == 2.0 and sampling["consistency"] == 0.0
+    refused = tmp_path / "c.json"
+    assert main(["eval", str(tiny_flow_run), "--consistency", "0.9", "--out", str(refused), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flowsdf: error: consistency needs a view-frame run") and err.count("\n") == 1
+    assert not refused.exists()

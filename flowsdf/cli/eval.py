@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flowsdf.cli.options import GUIDANCE, MESH_RESOLUTION, REFINE_STEPS, SAMPLES, add_device, check_range
+from flowsdf.cli.options import (
+    CONSISTENCY,
+    GUIDANCE,
+    MESH_RESOLUTION,
+    REFINE_STEPS,
+    SAMPLES,
+    TEMPERATURE,
+    add_device,
+    check_range,
+)
 from flowsdf.errors import FlowSDFError
 from flowsdf.runs import clean_temporaries_of, ensure_writable
 
@@ -25,6 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--guidance", type=float, metavar="W",
                    help=f"classifier-free guidance of the flow's samples, {GUIDANCE[0]} to {GUIDANCE[1]} "
                         "(1 = none; default: the run's flow.guidance)")
+    e.add_argument("--temperature", type=float, metavar="T",
+                   help=f"the flow's source noise x T, {TEMPERATURE[0]:,} to {TEMPERATURE[1]:,} (default: the run's "
+                        "flow.temperature)")
+    e.add_argument("--consistency", type=float, metavar="C",
+                   help=f"view-frame flows: redraw samples below C x the noiseless sample's input-view IoU, "
+                        f"{CONSISTENCY[0]:,} to {CONSISTENCY[1]:,} (0 = off; default: the run's flow.consistency)")
     e.add_argument("--refine", type=int, default=0, metavar="STEPS",
                    help="fit each predicted code for STEPS steps to the input picture's mask before scoring, "
                         f"{REFINE_STEPS[0]} to {REFINE_STEPS[1]:,} (default 0)")
@@ -40,13 +55,16 @@ def run(args: argparse.Namespace) -> int:
     check_range("--mesh-resolution", args.mesh_resolution, *MESH_RESOLUTION)
     check_range("--refine", args.refine, *REFINE_STEPS)
     check_range("--guidance", args.guidance, *GUIDANCE)
+    check_range("--temperature", args.temperature, *TEMPERATURE)
+    check_range("--consistency", args.consistency, *CONSISTENCY)
     out = Path(args.out) if args.out else Path(args.run) / "eval" / "eval.json"
     if out.is_dir():
         raise FlowSDFError(f"--out {out} is a folder; give a file name such as {out / 'eval.json'}")
     ensure_writable(out.parent)
     clean_temporaries_of([out, out.with_suffix(".md")])  # what a killed earlier eval left
     result = evaluate_run(Path(args.run), args.data, args.device, args.k, args.mesh_resolution, progress=not args.quiet,
-                          refine=args.refine, guidance=args.guidance)
+                          refine=args.refine, guidance=args.guidance, temperature=args.temperature,
+                          consistency=args.consistency)
     write(result, out)
     print(markdown_tables(result))
     print(f"wrote {out} and {out.with_suffix('.md')}")

@@ -33,5 +33,5 @@ REFINE_STEPS = (0, 100_000)  # test-time fitting steps per picture
 BENCH_BATCH = (1, 1024)  # images rendered at once in a timed training step
 GRAD_BATCH = (1, 65_536)  # as the config's batch_size (the dataset caps it anyway)
 GUIDANCE = (0, 100)  # classifier-free guidance W (1 = the plain conditional flow)
-TEMPERATURE = (0.1, 10)  # as the config's flow.temperature
-CONSISTENCY = (0, 1)  # as the config's flow.consistency
+TEMPERATURE = (0.1, 10.0)  # as the config's flow.temperature
+CONSISTENCY = (0.0, 1.0)  # as the config's flow.consistency

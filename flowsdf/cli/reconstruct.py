@@ -61,12 +61,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"classifier-free guidance of the flow, {GUIDANCE[0]:g} to {GUIDANCE[1]:g} (1 = none; default: "
                         "the run's flow.guidance)")
     r.add_argument("--temperature", type=float, metavar="T",
-                   help=f"the flow's source noise x T, {TEMPERATURE[0]:g} to {TEMPERATURE[1]:g}: wider samples above 1 "
+                   help=f"the flow's source noise x T, {TEMPERATURE[0]:,} to {TEMPERATURE[1]:,}: wider samples above 1 "
                         "(default: the run's flow.temperature)")
     r.add_argument("--consistency", type=float, metavar="C",
                    help="view-frame flows: draw a sample again while its silhouette from the picture's camera reaches "
-                        "less than C x the noiseless sample's IoU with the picture, 0 to 1 (0 = off; default: the "
-                        "run's flow.consistency)")
+                        f"less than C x the noiseless sample's IoU with the picture, {CONSISTENCY[0]:,} to "
+                        f"{CONSISTENCY[1]:,} (0 = off; default: the run's flow.consistency)")
     r.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION, metavar="R",
                    help=f"marching-cubes grid R^3, {MESH_RESOLUTION[0]}-{MESH_RESOLUTION[1]} "
                         f"(default {DEFAULT_RESOLUTION}, as the viewer)")
