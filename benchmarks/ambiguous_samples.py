@@ -43,9 +43,8 @@ from flowsdf.figures.plots import save_figure
 from flowsdf.figures.preview import SAMPLE_COLOUR, draw_mesh
 from flowsdf.mesh.export import to_trimesh
 from flowsdf.mesh.extract import extract_mesh
-from flowsdf.metrics.samples import heldout_samples_3d, pairwise_distance
+from flowsdf.metrics.samples import heldout_samples_3d, relative_spread
 from flowsdf.metrics.shapes import gt_field
-from flowsdf.metrics.views import predict_codes
 from flowsdf.pipeline import FlowSDF
 
 AZIMUTH, ELEVATION = 60.0, 25.0  # oblique to the view frame's input camera (+x axis, level)
@@ -53,7 +52,7 @@ AZIMUTH, ELEVATION = 60.0, 25.0  # oblique to the view frame's input camera (+x 
 
 def code_spread(codes: torch.Tensor) -> float:
     """Mean pairwise L2 distance of K codes (K, *latent), over their mean norm (0 = one shape)."""
-    return float(pairwise_distance(codes[None])[0] / codes.flatten(1).norm(dim=1).mean())
+    return float(relative_spread(codes[None])[0])
 
 
 def ambiguous_figure(pipe: FlowSDF, images: torch.Tensor, specs: list, codes: list[torch.Tensor], spreads: list[float],
@@ -91,9 +90,8 @@ def sweep_point(pipe: FlowSDF, split, guidance: float, samples: int, repeats: in
     draws = []
     for r in range(repeats):
         h = heldout_samples_3d(predict, pipe.decoder, split, pipe.cfg.render, pipe.tau, samples, first_seed=r * samples)
-        codes = torch.stack([predict_codes(predict, split, r * samples + j) for j in range(samples)], dim=1)  # (N, K, *latent)
         draws.append({"best_of_k": h["best_of_k"], "mean_of_k": h["mean_of_k"], "best_minus_mean": h["best_of_k"] - h["mean_of_k"],
-                      "mean_code": h["mean_code_3d_iou"], "code_spread": float(np.mean([code_spread(c) for c in codes])),
+                      "mean_code": h["mean_code_3d_iou"], "code_spread": h["code_spread"],
                       "input_iou_mean_of_k": h["input_iou_mean_of_k"],
                       "samples_within_90pct_of_mean_input_iou": h["samples_within_90pct_of_mean_input_iou"],
                       "lowest_input_iou_ratio": h["lowest_input_iou_ratio"]})
@@ -151,9 +149,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pipe = FlowSDF.from_run(args.run, "flow", "cpu", finished=not args.unfinished)
-    for key in ("temperature", "consistency", "consistency_tries"):
-        if getattr(args, key) is not None:
-            setattr(pipe.cfg.flow, key, getattr(args, key))
+    pipe.set_sampling(args.temperature, args.consistency, args.consistency_tries)
     split = runs.heldout_split(pipe.cfg, args.run, args.heldout_seed, args.shapes)
     if args.sweep:
         n = min(len(split), args.shapes or len(split))

@@ -109,9 +109,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)  # before the work: a missing folder must not lose it
     pipe = FlowSDF.from_run(args.run, "flow", "cpu", finished=not args.unfinished)
-    for key in ("temperature", "consistency", "consistency_tries"):
-        if getattr(args, key) is not None:
-            setattr(pipe.cfg.flow, key, getattr(args, key))
+    pipe.set_sampling(args.temperature, args.consistency, args.consistency_tries)
     split = runs.heldout_split(pipe.cfg, args.run, args.heldout_seed, args.shapes)
     n = min(len(split), args.shapes or len(split))
     result = {"run": str(args.run), "heldout_seed": args.heldout_seed, "stages": list(pipe.stages), "samples": args.samples, "resolution": args.resolution,

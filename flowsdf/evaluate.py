@@ -117,10 +117,7 @@ def evaluate_run(
                               "frame": cfg.frame, "models": {}}
     for name, trained in finished_models(run_dir, dev).items():
         model = FlowSDF(trained)
-        if temperature is not None:
-            model.cfg.flow.temperature = temperature
-        if consistency is not None:
-            model.cfg.flow.consistency = consistency
+        model.set_sampling(temperature=temperature, consistency=consistency)
         tau, predict = model.tau, model.predictor(guidance=guidance)
         if refine > 0:
             predict = refined_predictor(model, predict, refine)

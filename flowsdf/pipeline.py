@@ -135,6 +135,15 @@ class FlowSDF:
     def is_flow(self) -> bool:
         return self.velocity is not None
 
+    def set_sampling(self, temperature: float | None = None, consistency: float | None = None,
+                     consistency_tries: int | None = None) -> None:
+        """Override the flow's sampling settings (flowsdf.flow.FlowConfig) for this pipeline; None
+        keeps the run's. The next samples use them (samplers are keyed by the settings)."""
+        for key, value in (("temperature", temperature), ("consistency", consistency),
+                           ("consistency_tries", consistency_tries)):
+            if value is not None:
+                setattr(self.cfg.flow, key, value)
+
     def sampler(self, steps: int | None = None) -> ReferenceSampler:
         """The flow's inference sampler for `steps` Euler steps (default: the run's)."""
         steps = self.cfg.flow.steps if steps is None else steps

@@ -10,6 +10,7 @@ from flowsdf.metrics.samples import (
     flow_trajectory,
     heldout_samples_3d,
     pairwise_distance,
+    relative_spread,
     sample_codes,
     sample_diversity,
 )
@@ -77,3 +78,9 @@ def test_heldout_samples_3d_draws_the_samples_of_seeds_first_seed_onwards(tiny_f
 
     r = heldout_samples_3d(recording, pipe.decoder, split, pipe.cfg.render, pipe.tau, 2, n_volume=2000, first_seed=5)
     assert sorted(set(seeds)) == [5, 6] and r["k"] == 2 and len(r["per_shape_3d_iou"]) == len(split)
+
+
+def test_relative_spread_is_the_pairwise_distance_over_the_norm():
+    codes = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]],  # distance 2, norm 1
+                          [[3.0, 4.0], [3.0, 4.0]]])  # one shape twice
+    torch.testing.assert_close(relative_spread(codes), torch.tensor([2.0, 0.0]))

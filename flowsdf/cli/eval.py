@@ -6,14 +6,14 @@ import argparse
 from pathlib import Path
 
 from flowsdf.cli.options import (
-    CONSISTENCY,
     GUIDANCE,
     MESH_RESOLUTION,
     REFINE_STEPS,
     SAMPLES,
-    TEMPERATURE,
     add_device,
+    add_sampling,
     check_range,
+    check_sampling,
 )
 from flowsdf.errors import FlowSDFError
 from flowsdf.runs import clean_temporaries_of, ensure_writable
@@ -34,12 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--guidance", type=float, metavar="W",
                    help=f"classifier-free guidance of the flow's samples, {GUIDANCE[0]} to {GUIDANCE[1]} "
                         "(1 = none; default: the run's flow.guidance)")
-    e.add_argument("--temperature", type=float, metavar="T",
-                   help=f"the flow's source noise x T, {TEMPERATURE[0]:,} to {TEMPERATURE[1]:,} (default: the run's "
-                        "flow.temperature)")
-    e.add_argument("--consistency", type=float, metavar="C",
-                   help=f"view-frame flows: redraw samples below C x the noiseless sample's input-view IoU, "
-                        f"{CONSISTENCY[0]:,} to {CONSISTENCY[1]:,} (0 = off; default: the run's flow.consistency)")
+    add_sampling(e)
     e.add_argument("--refine", type=int, default=0, metavar="STEPS",
                    help="fit each predicted code for STEPS steps to the input picture's mask before scoring, "
                         f"{REFINE_STEPS[0]} to {REFINE_STEPS[1]:,} (default 0)")
@@ -55,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
     check_range("--mesh-resolution", args.mesh_resolution, *MESH_RESOLUTION)
     check_range("--refine", args.refine, *REFINE_STEPS)
     check_range("--guidance", args.guidance, *GUIDANCE)
-    check_range("--temperature", args.temperature, *TEMPERATURE)
-    check_range("--consistency", args.consistency, *CONSISTENCY)
+    check_sampling(args)
     out = Path(args.out) if args.out else Path(args.run) / "eval" / "eval.json"
     if out.is_dir():
         raise FlowSDFError(f"--out {out} is a folder; give a file name such as {out / 'eval.json'}")

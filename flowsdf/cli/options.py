@@ -35,3 +35,20 @@ GRAD_BATCH = (1, 65_536)  # as the config's batch_size (the dataset caps it anyw
 GUIDANCE = (0, 100)  # classifier-free guidance W (1 = the plain conditional flow)
 TEMPERATURE = (0.1, 10.0)  # as the config's flow.temperature
 CONSISTENCY = (0.0, 1.0)  # as the config's flow.consistency
+
+
+def add_sampling(parser: argparse.ArgumentParser) -> None:
+    """--temperature and --consistency: a flow's sampling settings for this call (FlowSDF.set_sampling)."""
+    parser.add_argument("--temperature", type=float, metavar="T",
+                        help=f"the flow's source noise x T, {TEMPERATURE[0]:,} to {TEMPERATURE[1]:,}: wider samples above "
+                             "1 (default: the run's flow.temperature)")
+    parser.add_argument("--consistency", type=float, metavar="C",
+                        help="view-frame flows: draw a sample again while its silhouette from the picture's camera "
+                             f"reaches less than C x the noiseless sample's IoU with the picture, {CONSISTENCY[0]:,} to "
+                             f"{CONSISTENCY[1]:,} (0 = off; default: the run's flow.consistency)")
+
+
+def check_sampling(args: argparse.Namespace) -> None:
+    """The bounds of add_sampling's numbers, before any work."""
+    check_range("--temperature", args.temperature, *TEMPERATURE)
+    check_range("--consistency", args.consistency, *CONSISTENCY)

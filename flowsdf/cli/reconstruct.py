@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from flowsdf.cli.options import (
-    CONSISTENCY,
     GUIDANCE,
     MESH_RESOLUTION,
     REFINE_STEPS,
     SAMPLES,
-    TEMPERATURE,
     add_device,
+    add_sampling,
     check_range,
+    check_sampling,
 )
 from flowsdf.cli.outputs import make_out_folder, mesh_entry, png_bytes
 from flowsdf.errors import FlowSDFError
@@ -60,13 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--guidance", type=float, metavar="W",
                    help=f"classifier-free guidance of the flow, {GUIDANCE[0]:g} to {GUIDANCE[1]:g} (1 = none; default: "
                         "the run's flow.guidance)")
-    r.add_argument("--temperature", type=float, metavar="T",
-                   help=f"the flow's source noise x T, {TEMPERATURE[0]:,} to {TEMPERATURE[1]:,}: wider samples above 1 "
-                        "(default: the run's flow.temperature)")
-    r.add_argument("--consistency", type=float, metavar="C",
-                   help="view-frame flows: draw a sample again while its silhouette from the picture's camera reaches "
-                        f"less than C x the noiseless sample's IoU with the picture, {CONSISTENCY[0]:,} to "
-                        f"{CONSISTENCY[1]:,} (0 = off; default: the run's flow.consistency)")
+    add_sampling(r)
     r.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION, metavar="R",
                    help=f"marching-cubes grid R^3, {MESH_RESOLUTION[0]}-{MESH_RESOLUTION[1]} "
                         f"(default {DEFAULT_RESOLUTION}, as the viewer)")
@@ -91,8 +85,7 @@ def _check_args(args: argparse.Namespace) -> None:
     check_range("--refine", args.refine, *REFINE_STEPS)
     check_range("--resolution", args.resolution, *MESH_RESOLUTION)
     check_range("--guidance", args.guidance, *GUIDANCE)
-    check_range("--temperature", args.temperature, *TEMPERATURE)
-    check_range("--consistency", args.consistency, *CONSISTENCY)
+    check_sampling(args)
 
 
 def output_names(name: str, samples: int, fmt: str) -> list[str]:
@@ -173,10 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     pipe = FlowSDF.from_run(args.run, args.model, args.device)  # a refused run leaves no output folder
-    if args.temperature is not None:
-        pipe.cfg.flow.temperature = args.temperature
-    if args.consistency is not None:
-        pipe.cfg.flow.consistency = args.consistency
+    pipe.set_sampling(temperature=args.temperature, consistency=args.consistency)
     if pipe.is_flow and pipe.cfg.flow.consistency > 0 and pipe.cfg.frame != "view":
         raise FlowSDFError(f"--consistency needs a view-frame run; {args.run} predicts in the world frame, where a "
                            "picture does not say where it was seen from")

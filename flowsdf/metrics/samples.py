@@ -44,6 +44,12 @@ def pairwise_distance(codes: Tensor) -> Tensor:
     return torch.cdist(flat, flat)[:, pair].mean(1)  # (N,)
 
 
+def relative_spread(codes: Tensor) -> Tensor:
+    """Mean pairwise L2 distance of the K >= 2 samples of each item over their mean code norm:
+    codes (N, K, *latent) -> (N,) (0 = one shape; the seed's flow: ~0.006)."""
+    return pairwise_distance(codes) / codes.flatten(2).norm(dim=-1).mean(1)  # (N,)
+
+
 @torch.no_grad()
 def sample_diversity(conditioner: nn.Module, sampler: ReferenceSampler, decoder: nn.Module, split: ShapeSplit,
                      render_cfg: RenderConfig, tau: float, k: int = 4, n_shapes: int = 8, seed: int = 0) -> dict:
@@ -108,7 +114,9 @@ def heldout_samples_3d(predict, decoder: nn.Module, split: ShapeSplit, render_cf
     """K samples per shape (sample j: the predictor's noise from seed first_seed + j) scored in 3-D and on the
     input view: `best_and_mean` of the volumetric IoU with the true shape, the same for the mean of
     the K codes, and how well every sample agrees with the picture: each sample's input-view IoU
-    over the mean code's (the share of samples at >= 0.9 of it, and the lowest ratio)."""
+    over the mean code's (the share of samples at >= 0.9 of it, and the lowest ratio); and for
+    K >= 2 the samples' spread: per shape, their mean pairwise code distance over their mean code
+    norm, averaged over the shapes (0 = one shape)."""
     specs = split.shapes
     codes = torch.stack([predict_codes(predict, split, first_seed + j) for j in range(k)])  # (K, N, *latent)
     vol = torch.zeros(k, len(specs))  # (K, N)
@@ -127,7 +135,9 @@ def heldout_samples_3d(predict, decoder: nn.Module, split: ShapeSplit, render_cf
         return silhouette_iou(probs, first.masks[:, 0])
     sample_iou = torch.stack([input_iou(codes[j]) for j in range(k)])  # (K, N)
     ratio = sample_iou / input_iou(mean_codes).clamp(min=1e-6)  # (K, N)
+    spread = relative_spread(codes.transpose(0, 1)) if k >= 2 else None  # (N,)
     return {**best_and_mean(vol), "mean_code_3d_iou": sum(mean_vol) / len(mean_vol),
+            "code_spread": spread.mean().item() if spread is not None else None,
             "input_iou_best_of_k": sample_iou.max(0).values.mean().item(), "input_iou_mean_of_k": sample_iou.mean().item(),
             "samples_within_90pct_of_mean_input_iou": (ratio >= 0.9).float().mean().item(),
             "lowest_input_iou_ratio": ratio.min().item(), "per_shape_3d_iou": vol.T.tolist()}
