@@ -27,7 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                     "Stage-1 run's own settings; ignored with --resume")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--data", type=Path, help="dataset folder (default: the preset's cached dataset, made if missing)")
-    t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the run's last checkpoint (with --stage flow, before Phase 2 begins, "
+                        "--set phase1.iterations=N lengthens Phase 1)")
     # Shortcuts for the most common --set items, nothing more: each is recorded in config.json
     # as the --set it stands for (the trained phase is stage1 for --stage cnn, phase2 for flow).
     t.add_argument("--epochs", type=int, metavar="N", help="alias of --set PHASE.epochs=N (PHASE: stage1, or phase2 "
@@ -110,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.init is None:
             raise FlowSDFError("--stage flow needs --init STAGE1_RUN_DIR (a finished `--stage cnn` run)")
+        longer = cfg.phase1.iterations if args.resume and "phase1.iterations" in overrides.keys(args.overrides) else None
         summary = train_flow(cfg, Path(args.out), args.init, args.data, args.resume, not args.quiet,
-                                   args.device, args.until_epoch)
+                             args.device, args.until_epoch, phase1_iterations=longer)
     from flowsdf.train import distributed
 
     if not distributed.is_main():  # rank 0 reports for all processes
@@ -141,12 +144,18 @@ def base_config(args: argparse.Namespace) -> config_mod.Config:
     return config_mod.preset("quick")
 
 
+def lengthening(args: argparse.Namespace) -> tuple[str, ...]:
+    """The --set keys a resumed run may change: Phase 1's length, until Phase 2 begins (train_flow checks)."""
+    return ("phase1.iterations",) if args.stage == "flow" else ()
+
+
 def set_overrides(cfg: config_mod.Config, args: argparse.Namespace) -> config_mod.Config:
     """Apply `--set`; a resumed run must already have those values, and Stage 2 takes every
     section but its own from the Stage-1 run."""
     cfg = overrides.apply(cfg, args.overrides)
     if args.overrides and args.resume:
-        overrides.check_recorded(runs.read_config(Path(args.out)), args.overrides, args.out)
+        fixed = [item for item, key in zip(args.overrides, overrides.keys(args.overrides)) if key not in lengthening(args)]
+        overrides.check_recorded(runs.read_config(Path(args.out)), fixed, args.out)
     elif args.stage in ("flow", "text"):
         own = runs.STAGE2_FIELDS if args.stage == "flow" else runs.TEXT_FIELDS
         fixed = [k for k in overrides.keys(args.overrides) if k.split(".")[0] not in own]

@@ -1,14 +1,23 @@
 """Flow Phase 1: distil the frozen Stage-1 encoder's codes into a rectified flow (no rendering).
 
 A non-finite loss or gradient stops Phase 1 with one line naming the iteration (checked on the
-device every step, fetched with the logged losses: no extra sync per step); Phase 1 writes its
-files only once it is done, so nothing of it is left, and the Stage-1 run is never written to.
+device every step, fetched with the logged losses: no extra sync per step); nothing non-finite is
+ever saved, and the Stage-1 run is never written to.
+
+Phase 1 saves where it stands (weights, Adam's moments, the generator that draws batches and
+noise, the loss history) every few minutes to phase1/partial.safetensors, and once done to
+phase1/last.safetensors: an interrupted Phase 1 resumes from its last save, and a finished one can
+be lengthened (`--set phase1.iterations=N --resume`, before Phase 2 starts) as if it had been
+asked for N iterations from the start.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +29,7 @@ from flowsdf import checkpoint, runs
 from flowsdf.build import build_flow
 from flowsdf.checkpoint import write_json
 from flowsdf.config import Config
-from flowsdf.errors import FlowSDFError
+from flowsdf.errors import FlowSDFError, warn
 from flowsdf.flow import (
     FlowConfig,
     draw_objective_noise,
@@ -83,10 +92,62 @@ class DistillObjective(nn.Module):
         return total * distributed.loss_scale(z1.shape[0], images.shape[0]), parts
 
 
+SAVE_SECONDS = 300.0  # how often a running Phase 1 saves where it stands
+
+
+@dataclass
+class DistillState:
+    """Where a distillation stands, beside its weights and Adam's moments (checkpoint meta)."""
+
+    iteration: int = 0  # iterations done
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0  # training time so far, over every session
+    generator: str | None = None  # base64 of the generator's state after `iteration` iterations
+
+    def meta(self) -> dict:
+        return {"iteration": self.iteration, "history": self.history, "seconds": self.seconds,
+                "generator": self.generator}
+
+
+def generator_state(gen: torch.Generator) -> str:
+    return base64.b64encode(gen.get_state().numpy().tobytes()).decode("ascii")
+
+
+def set_generator_state(gen: torch.Generator, state: str) -> None:
+    gen.set_state(torch.frombuffer(bytearray(base64.b64decode(state)), dtype=torch.uint8))
+
+
+@dataclass
+class Saving:
+    """Where and with what a distillation saves itself (rank 0 writes; None: never saves)."""
+
+    path: Path  # phase1/partial.safetensors
+    meta: dict  # sigma, stage, the Stage-1 record
+
+
+@dataclass
+class Distilled:
+    """A finished distillation: what its checkpoint holds."""
+
+    conditioner: ImageConditioner
+    velocity: VelocityNet
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    state: DistillState
+
+    def save(self, path: Path, meta: dict) -> None:
+        save_state(path, meta, self.conditioner, self.velocity, self.optimizer, self.generator, self.state)
+
+
 def distill(
-    cfg: Config, images: Tensor, targets: Tensor, sigma: float, progress: bool, label: str
-) -> tuple[ImageConditioner, VelocityNet, list[dict]]:
-    """Phase 1: fit conditioner + velocity net to the target codes (velocity + sampling loss)."""
+    cfg: Config, images: Tensor, targets: Tensor, sigma: float, progress: bool, label: str,
+    start: Path | None = None, saving: Saving | None = None,
+) -> Distilled:
+    """Phase 1: fit conditioner + velocity net to the target codes (velocity + sampling loss).
+
+    `start`: a Phase-1 checkpoint to go on from (its weights, Adam and generator state, history);
+    `saving`: save there every SAVE_SECONDS and after the last iteration.
+    """
     pc, device = cfg.phase1, targets.device
     conditioner, velocity = (m.to(device) for m in build_flow(cfg))
     params = [*conditioner.parameters(), *velocity.parameters()]
@@ -94,13 +155,21 @@ def distill(
     # On the training device: every draw of an iteration (its batch, noise and times) is made there,
     # so a GPU iteration does no host work but launching kernels (on a CPU: the same draws as ever).
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+    state = DistillState()
+    if start is not None:
+        state = load_state(start, conditioner, velocity, optimizer, gen, cfg.seed, device)
+        if state.iteration > pc.iterations:
+            raise FlowSDFError(f"{start} holds {state.iteration} Phase-1 iterations, more than phase1.iterations "
+                               f"({pc.iterations}); Phase 1 can be lengthened, not shortened")
     step_loss = distributed.wrap(DistillObjective(conditioner, velocity, cfg.flow))
     n_batch = min(pc.batch_size, len(targets))
     if n_batch < distributed.world_size():
         raise FlowSDFError(f"Phase 1's batch ({n_batch}) is smaller than the number of processes ({distributed.world_size()})")
-    history = []
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first non-finite iteration, on the device
-    bar = tqdm(range(pc.iterations), desc=label, leave=False, disable=not (progress and distributed.is_main()))
+    bar = tqdm(range(state.iteration, pc.iterations), desc=label, leave=False, initial=state.iteration,
+               total=pc.iterations, disable=not (progress and distributed.is_main()))
+    t0 = last_save = time.perf_counter()
+    seconds0 = state.seconds
     for it in bar:
         idx = torch.randperm(len(targets), generator=gen, device=device)[: pc.batch_size]
         part = distributed.share(len(idx))
@@ -115,14 +184,59 @@ def distill(
             b = part.stop - part.start  # the terms are means over this rank's share: weight them
             terms = {k: distributed.all_sum(v.item() * b) / len(idx) for k, v in parts.items()}
             total = cfg.flow.velocity_weight * terms["velocity"] + cfg.flow.sampling_weight * terms["sampling"]
-            history.append({"iteration": it + 1, "loss": total, **terms})
+            state.history.append({"iteration": it + 1, "loss": total, **terms})
             bar.set_postfix(loss=f"{total:.5f}")
+        if saving is not None and time.perf_counter() - last_save >= SAVE_SECONDS and it < pc.iterations - 1:
+            check_finite(first_bad, label, pc.iterations, pc.lr)  # never save a step that went wrong
+            state.iteration, state.seconds = it + 1, seconds0 + time.perf_counter() - t0
+            save_state(saving.path, saving.meta, conditioner, velocity, optimizer, gen, state)
+            last_save = time.perf_counter()
+    state.iteration, state.seconds = pc.iterations, seconds0 + time.perf_counter() - t0
+    state.generator = generator_state(gen)
     weights = {f"{n}.{k}": v for n, m in (("conditioner", conditioner), ("velocity", velocity)) for k, v in m.state_dict().items()}
     bad = checkpoint.non_finite(weights)  # finite steps can still overflow a weight
     if bad is not None:
         raise FlowSDFError(f"{label} diverged by its last iteration ({pc.iterations} of {pc.iterations}): {bad} is not "
-                           f"finite; nothing of Phase 1 is saved; lower phase1.lr ({pc.lr:g}) and train again")
-    return conditioner, velocity, history
+                           f"finite; nothing of it is saved after its last good save; lower phase1.lr ({pc.lr:g}) "
+                           "and train again")
+    if saving is not None:
+        save_state(saving.path, saving.meta, conditioner, velocity, optimizer, gen, state)
+    return Distilled(conditioner, velocity, optimizer, gen, state)
+
+
+def save_state(path: Path, meta: dict, conditioner: nn.Module, velocity: nn.Module, optimizer: torch.optim.Optimizer,
+               gen: torch.Generator, state: DistillState) -> None:
+    """Save a distillation as it stands (rank 0; the others hold the same weights and draws)."""
+    if not distributed.is_main():
+        return
+    state.generator = generator_state(gen)
+    checkpoint.save(path, {"conditioner": conditioner, "velocity": velocity}, optimizer, {**meta, **state.meta()})
+
+
+def load_state(path: Path, conditioner: nn.Module, velocity: nn.Module, optimizer: torch.optim.Optimizer,
+               gen: torch.Generator, seed: int, device: torch.device) -> DistillState:
+    """Load a Phase-1 checkpoint to go on from; returns where it stood.
+
+    A checkpoint from before Phase 1 saved its progress has neither Adam's moments nor the
+    generator's state: it goes on with fresh moments and a generator seeded by its iteration
+    count, said in a warning (the result is then not the run an uninterrupted Phase 1 makes).
+    """
+    header = checkpoint.read_header(path)
+    has_optimizer = "optimizer_groups" in header
+    meta = checkpoint.load(path, {"conditioner": conditioner, "velocity": velocity},
+                           optimizer if has_optimizer else None, map_location=device)
+    if "iteration" in meta:
+        state = DistillState(int(meta["iteration"]), list(meta["history"]), float(meta["seconds"]), meta.get("generator"))
+    else:  # a finished Phase 1 from before: its summary says how far it went
+        old = json.loads((Path(path).parent / "summary.json").read_text())
+        state = DistillState(int(old["iterations"]), list(old.get("history", [])), float(old.get("seconds", 0.0)))
+    if state.generator is not None and has_optimizer:
+        set_generator_state(gen, state.generator)
+    else:
+        gen.manual_seed(seed + 2 + state.iteration)
+        warn(f"{path} predates Phase-1 progress saving: Adam's moments and the batch draws start afresh at "
+             f"iteration {state.iteration}")
+    return state
 
 
 def check_finite(first_bad: Tensor, label: str, iterations: int, lr: float) -> None:
@@ -135,41 +249,52 @@ def check_finite(first_bad: Tensor, label: str, iterations: int, lr: float) -> N
 
 
 def phase1(
-    cfg: Config, run_dir: Path, images: Tensor, targets: Tensor, sigma: float, progress: bool, init_ckpt: Path
+    cfg: Config, run_dir: Path, images: Tensor, targets: Tensor, sigma: float, progress: bool, init_ckpt: Path,
+    start: Path | None = None,
 ) -> tuple[ImageConditioner, VelocityNet]:
     """Distil with noise scaling (and, for the ablation, without); save and report both.
 
-    The main checkpoint is written last, so its presence means all of Phase 1 is done; an
-    interruption anywhere before simply reruns Phase 1 (about a minute on the quick preset).
+    `start`: phase1/partial.safetensors (an interrupted Phase 1) or phase1/last.safetensors (a
+    finished one, lengthened), to go on from. The main checkpoint is written last, so its
+    presence means all of Phase 1 is done.
     """
     # Sizes from the models as they are built (on the CPU: a pretrained conditioner loads its file,
     # which a meta device cannot hold), before any training.
-    sizes = checkpoint.state_bytes(dict(zip(("conditioner", "velocity"), build_flow(cfg))))
-    checkpoint.ensure_space(Path(run_dir) / "phase1", sizes * (2 if cfg.phase1.ablation else 1), "Phase 1's checkpoints")
+    flow_modules = dict(zip(("conditioner", "velocity"), build_flow(cfg)))
+    weights = checkpoint.state_bytes(flow_modules)
+    with_adam = checkpoint.state_bytes(flow_modules, torch.optim.Adam([p for m in flow_modules.values() for p in m.parameters()]))
+    # partial.safetensors and last.safetensors side by side for a moment, and the ablation's weights
+    checkpoint.ensure_space(Path(run_dir) / "phase1", 2 * with_adam + (weights if cfg.phase1.ablation else 0),
+                            "Phase 1's checkpoints")
     t0 = time.perf_counter()
-    conditioner, velocity, history = distill(cfg, images, targets, sigma, progress, "phase1 distil")
-    seconds = time.perf_counter() - t0
+    meta = {"sigma": sigma, "stage": "phase1", **init_record(run_dir, init_ckpt)}
+    partial = Path(run_dir) / "phase1" / "partial.safetensors"
+    main = distill(cfg, images, targets, sigma, progress, "phase1 distil", start, Saving(partial, meta))
+    conditioner, velocity, seconds = main.conditioner, main.velocity, main.state.seconds
     steps = cfg.flow.steps
     report = {
         "sigma": sigma,
         "seconds": seconds,
         "iterations": cfg.phase1.iterations,
-        "history": history,
+        "history": main.state.history,
         "with_scaling": code_agreement(conditioner, velocity, images, targets, sigma, steps, cfg.seed),
     }
+    if start is not None:
+        report["resumed_from"] = start.name
     if cfg.phase1.ablation:
-        c_off, v_off, hist_off = distill(cfg, images, targets, 1.0, progress, "phase1 ablation (no scaling)")
-        report["without_scaling"] = code_agreement(c_off, v_off, images, targets, 1.0, steps, cfg.seed)
-        report["history_without_scaling"] = hist_off
+        ablation = distill(cfg, images, targets, 1.0, progress, "phase1 ablation (no scaling)")
+        report["without_scaling"] = code_agreement(ablation.conditioner, ablation.velocity, images, targets, 1.0, steps, cfg.seed)
+        report["history_without_scaling"] = ablation.state.history
     if not distributed.is_main():  # rank 0 writes Phase 1's files
         return conditioner, velocity
     if cfg.phase1.ablation:
-        checkpoint.save(Path(run_dir) / "phase1" / "noscale.safetensors", {"conditioner": c_off, "velocity": v_off},
+        checkpoint.save(Path(run_dir) / "phase1" / "noscale.safetensors",
+                        {"conditioner": ablation.conditioner, "velocity": ablation.velocity},
                         meta={"sigma": 1.0, "stage": "phase1-ablation"})
     report["provenance"] = provenance(targets.device, seconds={"wall": time.perf_counter() - t0, "training": seconds})
     write_json(Path(run_dir) / "phase1" / "summary.json", report)
-    checkpoint.save(runs.checkpoint_path(run_dir, "phase1"), {"conditioner": conditioner, "velocity": velocity},
-                    meta={"sigma": sigma, "stage": "phase1", **init_record(run_dir, init_ckpt)})
+    main.save(runs.checkpoint_path(run_dir, "phase1"), meta)
+    partial.unlink(missing_ok=True)  # last.safetensors holds all of it now
     if progress:
         w = report["with_scaling"]
         line = f"phase1: sigma {sigma:.4f}  cosine {w['cosine']:.3f}  norm ratio {w['norm_ratio']:.3f}"

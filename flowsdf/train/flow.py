@@ -65,6 +65,45 @@ def check_phase1_init(p1_ckpt: Path, meta: dict, init_ckpt: Path) -> None:
         raise FlowSDFError(f"{p1_ckpt} was distilled from {meta.get('init')}, not {init_ckpt.resolve()}")
 
 
+def phase1_start(run_dir: Path, iterations: int) -> Path | None:
+    """The Phase-1 checkpoint a resumed run goes on from, or None if Phase 1 is done (or not begun).
+
+    phase1/partial.safetensors is an interrupted Phase 1 (its first run or a lengthening);
+    phase1/last.safetensors with fewer than `iterations` iterations is a finished one to lengthen.
+    """
+    partial, done = Path(run_dir) / "phase1" / "partial.safetensors", runs.checkpoint_path(run_dir, "phase1")
+    if partial.exists():
+        return partial
+    if done.exists() and phase1_iterations_done(done) < iterations:
+        return done
+    return None
+
+
+def phase1_iterations_done(path: Path) -> int:
+    """How many iterations a finished Phase 1 ran (its checkpoint says; older ones, their summary)."""
+    meta = checkpoint.read_header(path)["meta"]
+    if "iteration" in meta:
+        return int(meta["iteration"])
+    summary = Path(path).parent / "summary.json"
+    if not summary.exists():
+        raise FlowSDFError(f"{path} does not say how many Phase-1 iterations it holds (nor does {summary})")
+    return int(json.loads(summary.read_text())["iterations"])
+
+
+def lengthened_phase1(cfg: Config, run_dir: Path, iterations: int, resume: bool) -> Config:
+    """The run's config with Phase 1 lengthened to `iterations`, if it still can be."""
+    done = runs.checkpoint_path(run_dir, "phase1")
+    if not resume or not (done.exists() or (run_dir / "phase1" / "partial.safetensors").exists()):
+        raise FlowSDFError("phase1.iterations is lengthened with --resume, in a run that has begun Phase 1")
+    if runs.checkpoint_path(run_dir, "phase2").exists():
+        raise FlowSDFError(f"{run_dir} has begun Phase 2: its Phase 1 can no longer be lengthened; start a new run "
+                           "(another --out) from the same Stage 1")
+    if iterations < cfg.phase1.iterations:
+        raise FlowSDFError(f"phase1.iterations={iterations}: {run_dir} was made with {cfg.phase1.iterations}; "
+                           "Phase 1 can be lengthened, not shortened")
+    return dataclasses.replace(cfg, phase1=dataclasses.replace(cfg.phase1, iterations=iterations))
+
+
 def train_flow(
     cfg: Config,
     run_dir: Path,
@@ -74,12 +113,15 @@ def train_flow(
     progress: bool = True,
     device: str = "auto",
     until_epoch: int | None = None,
+    phase1_iterations: int | None = None,
 ) -> dict | None:
     """Stage 2: Phase 1 (distil the Stage-1 codes) then Phase 2 (end to end through the renderer).
 
-    Phase 1 is short and saved once done; `resume` continues Phase 2 from its last epoch (or starts
-    it, reusing a finished Phase 1). Returns Phase 2's summary, or None if stopped early; under
-    torchrun rank 0 evaluates and returns the summary, the other ranks {}.
+    `resume` continues Phase 1 from its last save, or Phase 2 from its last epoch (or starts it,
+    reusing a finished Phase 1). `phase1_iterations` with `resume`, before Phase 2 has begun:
+    lengthen Phase 1 to that many iterations (recorded in config.json). Returns Phase 2's summary,
+    or None if stopped early; under torchrun rank 0 evaluates and returns the summary, the other
+    ranks {}.
     """
     dev = distributed.init_from_env(pick_device(device))
     run_dir, init_dir = Path(run_dir), Path(init_dir)
@@ -94,9 +136,13 @@ def train_flow(
         cfg = dataclasses.replace(base, **{f: getattr(cfg, f) for f in runs.STAGE2_FIELDS})
     init_ckpt = check_stage1_run(init_dir, cfg)
     p1_ckpt = runs.checkpoint_path(run_dir, "phase1")
+    p1_partial = run_dir / "phase1" / "partial.safetensors"
     resume_p2 = resume and runs.checkpoint_path(run_dir, "phase2").exists()
-    if resume and not (resume_p2 or p1_ckpt.exists()):
+    if resume and not (resume_p2 or p1_ckpt.exists() or p1_partial.exists()):
         raise FlowSDFError(f"nothing to resume in {run_dir}: no Stage-2 checkpoint yet")
+    if phase1_iterations is not None and phase1_iterations != cfg.phase1.iterations:
+        cfg = lengthened_phase1(cfg, run_dir, phase1_iterations, resume)
+    p1_start = phase1_start(run_dir, cfg.phase1.iterations) if resume and not resume_p2 else None
     cfg, _ = runs.prepare(run_dir, cfg, "phase2", resume_p2)
     with distributed.main_first():
         data = run_data(cfg, run_dir, data_dir, (init_dir,), progress).to(dev)
@@ -118,13 +164,17 @@ def train_flow(
         targets = encoder.eval()(pictures)  # (M, *latent) the Stage-1 codes
     sigma = noise_scale(targets) if cfg.flow.noise_scaling else 1.0
 
-    if p1_ckpt.exists():  # written last by phase1(): its presence means Phase 1 finished
+    if p1_ckpt.exists() and p1_start is None:  # written last by phase1(): its presence means Phase 1 finished
         conditioner, velocity = (m.to(dev) for m in build_flow(cfg))
         meta = checkpoint.load(p1_ckpt, {"conditioner": conditioner, "velocity": velocity}, map_location=dev)
         check_phase1_init(p1_ckpt, meta, init_ckpt)
         sigma = meta["sigma"]
     else:
-        conditioner, velocity = phase1(cfg, run_dir, pictures, targets, sigma, progress, init_ckpt)
+        if p1_start is not None:
+            meta = checkpoint.read_header(p1_start)["meta"]
+            check_phase1_init(p1_start, meta, init_ckpt)
+            sigma = meta["sigma"]  # the flow was fitted to noise of this scale
+        conditioner, velocity = phase1(cfg, run_dir, pictures, targets, sigma, progress, init_ckpt, p1_start)
 
     phase = Phase(
         name="phase2",
