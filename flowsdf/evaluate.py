@@ -30,6 +30,7 @@ import torch
 from flowsdf import runs
 from flowsdf.checkpoint import atomic_write_text, write_json
 from flowsdf.device import device_name, pick_device
+from flowsdf.consistency import check_frame
 from flowsdf.errors import FlowSDFError, warn
 from flowsdf.loading import finished_models
 from flowsdf.metrics.normals import evaluate_normals
@@ -107,9 +108,7 @@ def evaluate_run(
     dev = pick_device(device)
     run_dir = Path(run_dir)
     cfg = runs.read_config(run_dir)
-    if consistency is not None and consistency > 0 and cfg.frame != "view":
-        raise FlowSDFError(f"consistency needs a view-frame run; {run_dir} predicts in the world frame, where a "
-                           "picture does not say where it was seen from")
+    check_frame(cfg.frame, consistency or 0.0, run_dir)  # before any data is read
     mesh_resolution = mesh_resolution or cfg.eval.mesh_resolution
     data = run_data(cfg, run_dir, data_dir).to(dev)
     result: dict[str, Any] = {"run": str(run_dir), "data": str(data.root.resolve()), "preset": cfg.preset,

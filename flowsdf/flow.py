@@ -57,8 +57,8 @@ class FlowConfig:
         mean accuracy (docs/scaling.md measures the trade). Training never reads it.
     consistency / consistency_tries: sampling only, view frame: a sample whose silhouette from the
         input camera reaches less than `consistency` x the input-view IoU of the noiseless sample
-        (source noise 0) is drawn again, up to `consistency_tries` draws in all, else its best
-        draw is kept (flowsdf.consistency). 0 = off (the seed): every draw is kept.
+        (source noise 0) is drawn again, up to `consistency_tries` draws in all, else it is the
+        noiseless sample (flowsdf.consistency). 0 = off (the seed): every draw is kept.
     """
 
     steps: int = 8

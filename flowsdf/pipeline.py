@@ -34,7 +34,7 @@ from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
 
-from flowsdf.consistency import consistent_draws, retry_seeds
+from flowsdf.consistency import check_frame, consistent_draws, retry_seeds
 from flowsdf.data.frames import canonical_c2w
 from flowsdf.data.images import foreground_mask
 from flowsdf.data.prepare import Prepared, prepare_picture
@@ -138,7 +138,9 @@ class FlowSDF:
     def set_sampling(self, temperature: float | None = None, consistency: float | None = None,
                      consistency_tries: int | None = None) -> None:
         """Override the flow's sampling settings (flowsdf.flow.FlowConfig) for this pipeline; None
-        keeps the run's. The next samples use them (samplers are keyed by the settings)."""
+        keeps the run's. The next samples use them (samplers are keyed by the settings). Consistency
+        on a world-frame run is one error line (flowsdf.consistency.check_frame)."""
+        check_frame(self.cfg.frame, consistency or 0.0, self.run_dir)
         for key, value in (("temperature", temperature), ("consistency", consistency),
                            ("consistency_tries", consistency_tries)):
             if value is not None:
@@ -306,7 +308,7 @@ class FlowSDF:
         reference = agreement(centre, torch.arange(P, device=self.device))[picture]  # (B,)
         draw = lambda j, rows: sampler(cond[picture[rows]], noise(j, rows), guidance=guidance)  # noqa: E731
         codes, _ = consistent_draws(draw, lambda c, rows: agreement(c, picture[rows]), reference, f.consistency,
-                                    f.consistency_tries)
+                                    f.consistency_tries, centre[picture])
         return codes
 
     def refine(self, codes: Tensor, images: Tensor, steps: int) -> Tensor:

@@ -28,24 +28,26 @@ def scripted_draws():
     return draw, agreement, asked
 
 
-def test_a_row_keeps_its_first_draw_that_reaches_the_bar_else_its_best():
+FALLBACK = torch.full((4, 2), -1.0)  # each row's code of last resort
+
+
+def test_a_row_keeps_its_first_draw_that_reaches_the_bar_else_its_fallback():
     draw, agreement, asked = scripted_draws()
     reference = torch.tensor([1.0, 1.0, 0.3, 1.0])  # the bar is 0.9 x each row's own reference
-    codes, used = consistent_draws(draw, agreement, reference, 0.9, tries=3)
+    codes, used = consistent_draws(draw, agreement, reference, 0.9, tries=3, fallback=FALLBACK)
     # Row 0 reaches at draw 0; row 1 at draw 1 (not its later, higher draw 2); row 2's bar is 0.27,
-    # reached at draw 1; row 3 never reaches 0.9 and keeps its best draw, 1 (0.70).
-    assert codes[:, 0].tolist() == [0.0, 1.0, 1.0, 1.0]
-    assert codes[:, 1].tolist() == [0.0, 1.0, 2.0, 3.0]  # every row keeps a draw of its own
+    # reached at draw 1; row 3 never reaches 0.9 (its best, 0.70, does not count) and takes its fallback.
+    assert codes.tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 2.0], [-1.0, -1.0]]
     assert used.tolist() == [1, 2, 2, 3]
     assert asked == [(0, [0, 1, 2, 3]), (1, [1, 2, 3]), (2, [3])]  # only rows short of their bar are drawn again
 
 
 def test_one_try_keeps_the_plain_draws():
     draw, agreement, asked = scripted_draws()
-    codes, used = consistent_draws(draw, agreement, torch.ones(4), 0.9, tries=1)
-    assert codes[:, 0].tolist() == [0.0] * 4 and used.tolist() == [1] * 4 and len(asked) == 1
+    codes, used = consistent_draws(draw, agreement, torch.full((4,), 0.5), 0.9, tries=1, fallback=FALLBACK)
+    assert codes[:, 0].tolist() == [0.0, 0.0, -1.0, 0.0] and used.tolist() == [1] * 4 and len(asked) == 1
     with pytest.raises(ValueError):
-        consistent_draws(draw, agreement, torch.ones(4), 0.9, tries=0)
+        consistent_draws(draw, agreement, torch.ones(4), 0.9, tries=0, fallback=FALLBACK)
 
 
 def test_retry_seeds_start_at_the_plain_seeds_and_never_meet_another_samples():
@@ -94,7 +96,7 @@ def test_the_pipeline_keeps_each_samples_first_agreeing_draw(tiny_flow_run, imag
     ratio, tries, seed, K = 0.97, 3, 4, 3
     pipe = view_pipe(tiny_flow_run, ratio, tries)
     got = pipe(images, samples=K, seed=seed, guidance=1).codes  # (2, K, *latent)
-    sampler, redrawn = pipe.sampler(), 0
+    sampler, redrawn, centred = pipe.sampler(), 0, 0
     with torch.no_grad():
         for i, image in enumerate(images):
             cond = pipe.conditioner(image[None])
@@ -104,10 +106,11 @@ def test_the_pipeline_keeps_each_samples_first_agreeing_draw(tiny_flow_run, imag
                 draws = torch.cat([sampler(cond, sampler.noise(retry_seeds([seed + k], j), "cpu")) for j in range(tries)])
                 iou = input_view_iou(pipe, draws, image)  # (tries,)
                 reaching = (iou >= bar).nonzero()
-                chosen = int(reaching[0]) if len(reaching) else int(iou.argmax())
-                torch.testing.assert_close(got[i, k], draws[chosen], rtol=1e-5, atol=1e-6)
-                redrawn += chosen > 0
-    assert redrawn > 0  # the bar was high enough to be tested at all
+                kept = draws[int(reaching[0])] if len(reaching) else centre[0]  # else the noiseless sample
+                torch.testing.assert_close(got[i, k], kept, rtol=1e-5, atol=1e-6)
+                redrawn += not (len(reaching) and int(reaching[0]) == 0)
+                centred += not len(reaching)
+    assert redrawn > centred > 0  # the bar was high enough to test both: a later draw kept, and the fallback
     # Sample k still depends only on (picture, seed, k), not on the batch it came in.
     torch.testing.assert_close(pipe(images[1:2], samples=1, seed=seed + 2, guidance=1).codes[0, 0], got[1, 2],
                                rtol=1e-5, atol=1e-6)

@@ -357,7 +357,7 @@ def test_temperature_and_consistency_flags_reach_the_run_and_are_recorded(capsys
         meshes[label] = (summary["temperature"], np.asarray(load_mesh(out / summary["images"][0]["meshes"][0]["path"]).vertices))
     assert meshes["plain"][0] == 1.0 and meshes["hot"][0] == 3.0
     assert meshes["hot"][1].shape != meshes["plain"][1].shape or not np.array_equal(meshes["hot"][1], meshes["plain"][1])
-    for flags, message in ((["--consistency", "0.9"], "--consistency needs a view-frame run"),
+    for flags, message in ((["--consistency", "0.9"], "consistency needs a view-frame run"),
                            (["--consistency", "1.5"], "--consistency must be"), (["--temperature", "0"], "--temperature must be")):
         out = tmp_path / "refused"
         code, _, err = reconstruct(capsys, pictures / "shape0.png", "--run", shaped_run, "--out", out, *flags)

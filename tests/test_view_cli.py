@@ -28,11 +28,18 @@ def test_runs_it_cannot_load_are_one_error_line(case, message, tmp_path, tiny_st
 
 
 @pytest.mark.parametrize("flag, value", [("--port", "70000"), ("--max-upload-mb", "0"), ("--max-samples", "0"),
-                                         ("--max-resolution", "8"), ("--guidance", "9")])
+                                         ("--max-resolution", "8"), ("--guidance", "9"), ("--temperature", "0"),
+                                         ("--consistency", "1.5")])
 def test_bad_limits_are_one_error_line(flag, value, tiny_flow_run, capsys):
     assert main(["view", str(tiny_flow_run), flag, value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("flowsdf: error: ") and flag in err[0]
+
+
+def test_consistency_on_a_world_frame_run_is_one_error_line(tiny_flow_run, capsys):
+    assert main(["view", str(tiny_flow_run), "--device", "cpu", "--consistency", "0.9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flowsdf: error: consistency needs a view-frame run")
 
 
 def test_damaged_run_through_the_command_prints_one_line_and_serves_nothing(tmp_path):

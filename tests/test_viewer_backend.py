@@ -12,6 +12,7 @@ from PIL import Image
 from flowsdf.data import dataset
 from flowsdf.errors import FlowSDFError
 from flowsdf.metrics.silhouette import silhouette_iou
+from flowsdf.pipeline import FlowSDF
 from flowsdf.viewer import panes
 from flowsdf.viewer.backend import MAX_SEED, Limits, Viewer
 from flowsdf.viewer.latent import fit_frame
@@ -256,3 +257,14 @@ def test_the_reconstruct_tabs_starting_guidance_is_the_runs_unless_the_command_s
     v = Viewer.load(tiny_flow_run, "cpu", progress=False)
     assert v.default_guidance == max(1.0, v.flow.cfg.flow.guidance)
     assert Viewer.load(tiny_flow_run, "cpu", progress=False, guidance=3.5).default_guidance == 3.5
+
+
+def test_the_viewer_samples_at_the_temperature_the_command_gives(tiny_flow_run, data):
+    images = data.heldout.input.images[:2, 0]  # (2, 3, S, S)
+    hot = Viewer.load(tiny_flow_run, "cpu", progress=False, temperature=2.0)
+    plain = FlowSDF.from_run(tiny_flow_run, "flow", "cpu")
+    at_two = FlowSDF.from_run(tiny_flow_run, "flow", "cpu")
+    at_two.cfg.flow.temperature = 2.0
+    got = hot.flow(images, samples=2, seed=5).codes
+    torch.testing.assert_close(got, at_two(images, samples=2, seed=5).codes)
+    assert not torch.allclose(got, plain(images, samples=2, seed=5).codes)

@@ -45,7 +45,8 @@ def add_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consistency", type=float, metavar="C",
                         help="view-frame flows: draw a sample again while its silhouette from the picture's camera "
                              f"reaches less than C x the noiseless sample's IoU with the picture, {CONSISTENCY[0]:,} to "
-                             f"{CONSISTENCY[1]:,} (0 = off; default: the run's flow.consistency)")
+                             f"{CONSISTENCY[1]:,}; a sample none of whose draws reaches it is the noiseless one (0 = off; "
+                             "default: the run's flow.consistency)")
 
 
 def check_sampling(args: argparse.Namespace) -> None:

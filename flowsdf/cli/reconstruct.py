@@ -166,10 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     pipe = FlowSDF.from_run(args.run, args.model, args.device)  # a refused run leaves no output folder
-    pipe.set_sampling(temperature=args.temperature, consistency=args.consistency)
-    if pipe.is_flow and pipe.cfg.flow.consistency > 0 and pipe.cfg.frame != "view":
-        raise FlowSDFError(f"--consistency needs a view-frame run; {args.run} predicts in the world frame, where a "
-                           "picture does not say where it was seen from")
+    pipe.set_sampling(temperature=args.temperature, consistency=args.consistency)  # checks the frame
     out = Path(args.out)
     make_out_folder(out)
     found = list_pictures(args.inputs)

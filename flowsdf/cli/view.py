@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flowsdf.cli.options import add_device
+from flowsdf.cli.options import add_device, add_sampling, check_sampling
 from flowsdf.errors import FlowSDFError
 
 
@@ -46,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--guidance", type=float, metavar="W",
                    help="the Reconstruct tab's starting classifier-free guidance, 1 to 7 (1 = none; default: the "
                         "run's flow.guidance); the page's slider changes it per request")
+    add_sampling(v)
     v.set_defaults(func=run)
 
 
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise FlowSDFError("--max-samples must be at least 1")
     if args.guidance is not None and not 1 <= args.guidance <= 7:
         raise FlowSDFError(f"--guidance must be from 1 to 7 (the page's range), got {args.guidance:g}")
+    check_sampling(args)
     if not is_loopback(args.host):
         if not args.allow_remote:
             raise FlowSDFError(f"--host {args.host} lets other machines reach the viewer, which has no login; "
@@ -90,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         from flowsdf.viewer.app import Stopped, build_app, serve
         from flowsdf.viewer.backend import Viewer
 
-        viewer = Viewer.load(args.run, args.device, args.data, limits, workdir=workdir, guidance=args.guidance)
+        viewer = Viewer.load(args.run, args.device, args.data, limits, workdir=workdir, guidance=args.guidance,
+                             temperature=args.temperature, consistency=args.consistency)
         try:
             serve(build_app(viewer), limits.max_upload_bytes, limits.uploads_per_minute, args.host, args.port)
         except (KeyboardInterrupt, Stopped) as e:

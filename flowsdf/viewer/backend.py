@@ -156,14 +156,17 @@ class Viewer:
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", data_dir: Path | None = None,
              limits: Limits = Limits(), progress: bool = True, workdir: Path | None = None,
-             guidance: float | None = None) -> Viewer:
+             guidance: float | None = None, temperature: float | None = None,
+             consistency: float | None = None) -> Viewer:
         """Load everything the page needs; any problem is one FlowSDFError, before serving.
-        `guidance`: the Reconstruct tab's starting W (None: the run's flow.guidance)."""
+        `guidance`: the Reconstruct tab's starting W (None: the run's flow.guidance); `temperature`,
+        `consistency`: the flow's sampling settings (FlowSDF.set_sampling; None: the run's)."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise FlowSDFError(f"{run_dir} is not a folder")
         dev = pick_device(device)
         flow = FlowSDF.from_run(run_dir, "flow", dev)
+        flow.set_sampling(temperature=temperature, consistency=consistency)
         has_noscale = (run_dir / "phase1" / "noscale.safetensors").is_file()
         noscale = FlowSDF.from_run(run_dir, "flow-noscale", dev) if has_noscale else None
         data = runs.run_data(flow.cfg, run_dir, data_dir, progress=progress)
