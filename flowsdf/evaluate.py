@@ -35,7 +35,7 @@ from flowsdf.errors import FlowSDFError, warn
 from flowsdf.loading import finished_models
 from flowsdf.metrics.normals import evaluate_normals
 from flowsdf.metrics.retrieval import retrieval_baseline
-from flowsdf.metrics.samples import heldout_samples_3d, novel_view_samples, sample_diversity
+from flowsdf.metrics.samples import DIVERSITY_SHAPES, heldout_samples_3d, novel_view_samples, sample_diversity
 from flowsdf.metrics.shapes import evaluate_shapes
 from flowsdf.metrics.views import evaluate_views, predict_codes
 from flowsdf.pipeline import FlowSDF
@@ -151,12 +151,13 @@ def evaluate_run(
             r["sampling"] = {
                 "novel_views": novel_view_samples(predict, model.decoder, data.train, cfg.render, tau, k),
                 "heldout_novel": novel_view_samples(predict, model.decoder, data.heldout, cfg.render, tau, k),
-                "diversity": sample_diversity(model.conditioner, model.sampler(), model.decoder, data.train,
-                                              cfg.render, tau, k=k, seed=cfg.seed),
+                "diversity": sample_diversity(model(data.train.input.images[: min(DIVERSITY_SHAPES, len(data.train)), 0],
+                                                    samples=k, seed=cfg.seed, guidance=guidance).codes,
+                                              model.decoder, data.train, cfg.render, tau),
                 "heldout_3d": heldout_samples_3d(predict, model.decoder, data.heldout, cfg.render, tau, k),
                 "guidance": model._guidance(guidance),
                 "temperature": model.cfg.flow.temperature,
-                "consistency": model.cfg.flow.consistency,  # heldout_3d's samples; diversity is of plain draws
+                "consistency": model.cfg.flow.consistency,
             }
         r["latency"] = inference_latency(model, mesh_resolution=mesh_resolution, repeats=timing_repeats)
         result["models"][name] = r

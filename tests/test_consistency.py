@@ -6,6 +6,7 @@ from flowsdf.data import dataset
 from flowsdf.data.images import foreground_mask
 from flowsdf.errors import FlowSDFError
 from flowsdf.fast_sampler import sampler_predictor
+from flowsdf.metrics.samples import pairwise_distance
 from flowsdf.metrics.silhouette import silhouette_iou
 from flowsdf.pipeline import FlowSDF
 
@@ -147,10 +148,17 @@ def test_eval_takes_the_sampling_settings_and_refuses_consistency_in_the_world_f
     from flowsdf.cli import main
 
     out = tmp_path / "e.json"
-    assert main(["eval", str(tiny_flow_run), "--data", str(tiny_data_dir), "--k", "1", "--mesh-resolution", "8",
+    assert main(["eval", str(tiny_flow_run), "--data", str(tiny_data_dir), "--k", "2", "--mesh-resolution", "8",
                  "--temperature", "2", "--out", str(out), "--quiet"]) == 0
     sampling = json.loads(out.read_text())["models"]["flow"]["sampling"]
     assert sampling["temperature"] == 2.0 and sampling["consistency"] == 0.0
+    # the diversity figure is of the samples drawn with these settings too
+    pipe = FlowSDF.from_run(tiny_flow_run, "flow", "cpu")
+    pipe.set_sampling(temperature=2.0)
+    d = sampling["diversity"]
+    pictures = dataset.load(tiny_data_dir).train.input.images[: d["shapes"], 0]
+    hot = pipe(pictures, samples=2, seed=pipe.cfg.seed).codes
+    assert d["k"] == 2 and d["code_pairwise_l2"] == pytest.approx(pairwise_distance(hot).mean().item(), rel=1e-5)
     refused = tmp_path / "c.json"
     assert main(["eval", str(tiny_flow_run), "--consistency", "0.9", "--out", str(refused), "--quiet"]) == 2
     err = capsys.readouterr().err

@@ -40,10 +40,11 @@ def test_samples_follow_their_seeds_and_diversity_is_zero_for_equal_samples(tiny
     codes = sample_codes(pipe.conditioner, pipe.sampler(), images, 3, seed=4)  # (2, 3, D)
     torch.testing.assert_close(codes, pipe(images, samples=3, seed=4).codes)  # the pipeline's seeds
     assert not torch.equal(codes[:, 0], codes[:, 1])
-    d = sample_diversity(pipe.conditioner, pipe.sampler(), pipe.decoder, data.train, pipe.cfg.render, pipe.tau, k=3)
-    assert d["code_pairwise_l2"] > 0 and d["shapes"] == 4 and d["k"] == 3
+    d = sample_diversity(codes, pipe.decoder, data.train, pipe.cfg.render, pipe.tau)
+    assert d["code_pairwise_l2"] > 0 and d["shapes"] == 2 and d["k"] == 3
     frozen = make_sampler(pipe.velocity, 0.0, pipe.cfg.flow.steps, pipe.latent_shape)  # sigma 0: every seed alike
-    same = sample_diversity(pipe.conditioner, frozen, pipe.decoder, data.train, pipe.cfg.render, pipe.tau, k=3)
+    alike = sample_codes(pipe.conditioner, frozen, images, 3, seed=4)
+    same = sample_diversity(alike, pipe.decoder, data.train, pipe.cfg.render, pipe.tau)
     assert same["code_pairwise_l2"] == 0.0 and same["silhouette_pairwise_l1"] == 0.0
 
 

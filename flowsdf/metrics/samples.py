@@ -50,14 +50,16 @@ def relative_spread(codes: Tensor) -> Tensor:
     return pairwise_distance(codes) / codes.flatten(2).norm(dim=-1).mean(1)  # (N,)
 
 
+DIVERSITY_SHAPES = 8  # sample_diversity scores the first shapes of a split, this many at most
+
+
 @torch.no_grad()
-def sample_diversity(conditioner: nn.Module, sampler: ReferenceSampler, decoder: nn.Module, split: ShapeSplit,
-                     render_cfg: RenderConfig, tau: float, k: int = 4, n_shapes: int = 8, seed: int = 0) -> dict:
-    """K samples per image of the first `n_shapes` shapes: mean pairwise code distance and soft
-    silhouette difference on the input view (mean absolute difference; 0 = identical), and the
-    mean code norm to read the distance against."""
-    n = min(n_shapes, len(split))
-    codes = sample_codes(conditioner, sampler, split.input.images[:n, 0], k, seed)  # (n, k, *latent)
+def sample_diversity(codes: Tensor, decoder: nn.Module, split: ShapeSplit, render_cfg: RenderConfig, tau: float) -> dict:
+    """K samples (n, K, *latent) of the input pictures of a split's first n shapes: mean pairwise
+    code distance and soft silhouette difference on the input view (mean absolute difference;
+    0 = identical), and the mean code norm to read the distance against. The caller draws the
+    samples (the training summary: plain draws at temperature 1; eval: the run's sampling)."""
+    n, k = codes.shape[:2]
     K, c2w = split.input.K[:n, 0].repeat_interleave(k, 0), split.input.c2w[:n, 0].repeat_interleave(k, 0)
     size = split.input.masks.shape[-1]
     sils = silhouettes(decoder.field(codes.flatten(0, 1)), K, c2w, size, render_cfg, tau)  # (n*k, S, S)

@@ -23,7 +23,7 @@ from flowsdf.fast_sampler import make_sampler
 from flowsdf.figures.plots import flow_strip
 from flowsdf.flow import flow_predictor, noise_scale
 from flowsdf.loading import load_model
-from flowsdf.metrics.samples import flow_trajectory, sample_diversity
+from flowsdf.metrics.samples import DIVERSITY_SHAPES, flow_trajectory, sample_codes, sample_diversity
 from flowsdf.metrics.views import evaluate_views
 from flowsdf.runs import run_data
 from flowsdf.train import distributed
@@ -207,7 +207,9 @@ def train_flow(
     if start_file.exists():  # runs from before this record have none
         summary["start_train_views"] = json.loads(start_file.read_text())
     sampler = make_sampler(velocity, sigma, cfg.flow.steps, cfg.decoder.latent_shape)
-    summary["diversity"] = sample_diversity(conditioner, sampler, decoder, data.train, cfg.render, tau, seed=cfg.seed)
+    pictures = data.train.input.images[: min(DIVERSITY_SHAPES, len(data.train)), 0]  # (n, 3, H, W)
+    summary["diversity"] = sample_diversity(sample_codes(conditioner, sampler, pictures, 4, cfg.seed), decoder, data.train,
+                                            cfg.render, tau)
     summary["flow_strip"] = str(flow_strip_figure(cfg, run_dir, data, init_ckpt))
     write_json(run_dir / "phase2" / "summary.json", summary)
     return summary
