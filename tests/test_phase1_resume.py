@@ -90,7 +90,8 @@ def test_an_interrupted_phase1_resumes_from_its_last_save(tmp_path, monkeypatch,
                                                           straight_run):
     run = tmp_path / "run"
     shutil.copytree(tiny_stage1_run, run)
-    monkeypatch.setattr(distill, "SAVE_SECONDS", 0.0)  # save after every iteration
+    monkeypatch.setattr(distill, "SAVE_SECONDS", 0.0)  # save at every logged iteration: 1, 11, 21, ...
+    monkeypatch.setattr(distill, "LOG_EVERY", 10)
     forward = distill.DistillObjective.forward
     calls = []
 
@@ -105,12 +106,12 @@ def test_an_interrupted_phase1_resumes_from_its_last_save(tmp_path, monkeypatch,
     with pytest.raises(KeyboardInterrupt):
         train_flow(cfg, run, run, tiny_data_dir, progress=False)
     partial = run / "phase1" / "partial.safetensors"
-    assert checkpoint.read_header(partial)["meta"]["iteration"] == 24
+    assert checkpoint.read_header(partial)["meta"]["iteration"] == 21
     assert not runs.checkpoint_path(run, "phase1").exists()  # not taken as finished
     calls.clear()
     monkeypatch.setattr(distill.DistillObjective, "forward", counted(forward, calls))
     phase1_only(cfg, run, tiny_data_dir, resume=True)
-    assert len(calls) == (40 - 24) + 40  # the rest of the main flow, then the whole ablation
+    assert len(calls) == (40 - 21) + 40  # the rest of the main flow, then the whole ablation
     assert_same_weights(runs.checkpoint_path(run, "phase1"), runs.checkpoint_path(straight_run, "phase1"))
     assert not partial.exists()
 

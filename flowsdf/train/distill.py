@@ -92,7 +92,8 @@ class DistillObjective(nn.Module):
         return total * distributed.loss_scale(z1.shape[0], images.shape[0]), parts
 
 
-SAVE_SECONDS = 300.0  # how often a running Phase 1 saves where it stands
+LOG_EVERY = 50  # iterations between logged losses (and the finite check they carry)
+SAVE_SECONDS = 300.0  # how often a running Phase 1 saves where it stands, at a logged iteration
 
 
 @dataclass
@@ -179,26 +180,26 @@ def distill(
         finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm(params))
         first_bad = torch.where((first_bad < 0) & ~finite, it, first_bad)
         optimizer.step()
-        if it % 50 == 0 or it == pc.iterations - 1:
-            check_finite(first_bad, label, pc.iterations, pc.lr)
+        if it % LOG_EVERY == 0 or it == pc.iterations - 1:
+            check_finite(first_bad, label, pc.iterations, pc.lr)  # so nothing saved below went wrong
             b = part.stop - part.start  # the terms are means over this rank's share: weight them
             terms = {k: distributed.all_sum(v.item() * b) / len(idx) for k, v in parts.items()}
             total = cfg.flow.velocity_weight * terms["velocity"] + cfg.flow.sampling_weight * terms["sampling"]
             state.history.append({"iteration": it + 1, "loss": total, **terms})
             bar.set_postfix(loss=f"{total:.5f}")
-        if saving is not None and time.perf_counter() - last_save >= SAVE_SECONDS and it < pc.iterations - 1:
-            check_finite(first_bad, label, pc.iterations, pc.lr)  # never save a step that went wrong
-            state.iteration, state.seconds = it + 1, seconds0 + time.perf_counter() - t0
-            save_state(saving.path, saving.meta, conditioner, velocity, optimizer, gen, state)
-            last_save = time.perf_counter()
+            # Every process decides together (a collective at the same iteration), whatever its clock says.
+            due = distributed.all_sum(float(time.perf_counter() - last_save >= SAVE_SECONDS)) > 0
+            if saving is not None and due and it < pc.iterations - 1:
+                state.iteration, state.seconds = it + 1, seconds0 + time.perf_counter() - t0
+                save_state(saving.path, saving.meta, conditioner, velocity, optimizer, gen, state)
+                last_save = time.perf_counter()
     state.iteration, state.seconds = pc.iterations, seconds0 + time.perf_counter() - t0
     state.generator = generator_state(gen)
     weights = {f"{n}.{k}": v for n, m in (("conditioner", conditioner), ("velocity", velocity)) for k, v in m.state_dict().items()}
     bad = checkpoint.non_finite(weights)  # finite steps can still overflow a weight
     if bad is not None:
         raise FlowSDFError(f"{label} diverged by its last iteration ({pc.iterations} of {pc.iterations}): {bad} is not "
-                           f"finite; nothing of it is saved after its last good save; lower phase1.lr ({pc.lr:g}) "
-                           "and train again")
+                           f"finite; {KEPT}; lower phase1.lr ({pc.lr:g}) and train again")
     if saving is not None:
         save_state(saving.path, saving.meta, conditioner, velocity, optimizer, gen, state)
     return Distilled(conditioner, velocity, optimizer, gen, state)
@@ -239,13 +240,16 @@ def load_state(path: Path, conditioner: nn.Module, velocity: nn.Module, optimize
     return state
 
 
+KEPT = "nothing of Phase 1 is saved after its last good save"
+
+
 def check_finite(first_bad: Tensor, label: str, iterations: int, lr: float) -> None:
     """Stop Phase 1 (every process together) if any iteration so far had a non-finite loss or gradient."""
     bad = int(first_bad.item())
     if distributed.all_sum(float(bad >= 0)) > 0:
         where = f"iteration {bad + 1} of {iterations}" if bad >= 0 else "an iteration of another process"
         raise FlowSDFError(f"{label} diverged at {where} (Phase 1 counts iterations, not epochs): the loss or its gradient "
-                           f"is not finite; nothing of Phase 1 is saved; lower phase1.lr ({lr:g}) and train again")
+                           f"is not finite; {KEPT}; lower phase1.lr ({lr:g}) and train again")
 
 
 def phase1(
