@@ -38,7 +38,7 @@ from flowsdf.metrics.views import predict_codes
 from flowsdf.pipeline import FlowSDF
 from flowsdf.provenance import provenance
 from flowsdf.runs import run_data
-from flowsdf.train.flow import train_flow
+from flowsdf.train.flow import phase1_begun, train_flow
 from flowsdf.train.stage1 import train_stage1
 
 
@@ -76,7 +76,7 @@ def reproduce(
         train_stage1(cfg, out, data_root, resume=s1 == "partial", progress=progress, device=device)
     p2 = _stage_state(out, "phase2")
     if p2 != "done":
-        resume = p2 == "partial" or runs.checkpoint_path(out, "phase1").exists()
+        resume = p2 == "partial" or phase1_begun(out)
         train_flow(cfg, out, out, data_root, resume=resume, progress=progress, device=device)
 
     s3_dir = train_stage3(cfg, out, data_root, device, progress) if has_stage3(cfg) else None

@@ -14,7 +14,7 @@ from flowsdf.cli import main
 from flowsdf.errors import FlowSDFError
 from flowsdf.train import distill
 from flowsdf.train import flow as train_flow_mod
-from flowsdf.train.flow import train_flow
+from flowsdf.train.flow import phase1_begun, train_flow
 
 
 class AfterPhase1(Exception):
@@ -108,6 +108,7 @@ def test_an_interrupted_phase1_resumes_from_its_last_save(tmp_path, monkeypatch,
     partial = run / "phase1" / "partial.safetensors"
     assert checkpoint.read_header(partial)["meta"]["iteration"] == 21
     assert not runs.checkpoint_path(run, "phase1").exists()  # not taken as finished
+    assert phase1_begun(run)  # what `flowsdf reproduce` asks before it resumes Stage 2
     calls.clear()
     monkeypatch.setattr(distill.DistillObjective, "forward", counted(forward, calls))
     phase1_only(cfg, run, tiny_data_dir, resume=True)
@@ -157,3 +158,11 @@ def test_phase1_is_not_lengthened_after_phase2_began_nor_shortened(tmp_path, tin
     shutil.rmtree(run / "phase2")
     with pytest.raises(FlowSDFError, match="lengthened, not shortened"):
         train_flow(runs.read_config(run), run, run, tiny_data_dir, resume=True, progress=False, phase1_iterations=n - 1)
+
+
+def test_a_finished_phase1_is_not_reused_under_other_phase1_settings(tmp_path, tiny_cfg, tiny_data_dir, straight_run):
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    with pytest.raises(FlowSDFError, match="other phase1 settings"):
+        train_flow(with_iterations(tiny_cfg, 60), run, run, tiny_data_dir, progress=False)
+    assert checkpoint.read_header(runs.checkpoint_path(run, "phase1"))["meta"]["iteration"] == 40

@@ -65,6 +65,11 @@ def check_phase1_init(p1_ckpt: Path, meta: dict, init_ckpt: Path) -> None:
         raise FlowSDFError(f"{p1_ckpt} was distilled from {meta.get('init')}, not {init_ckpt.resolve()}")
 
 
+def phase1_begun(run_dir: Path) -> bool:
+    """Whether a run has a Phase-1 checkpoint to go on from: a finished Phase 1 or a progress save."""
+    return runs.checkpoint_path(run_dir, "phase1").exists() or (Path(run_dir) / "phase1" / "partial.safetensors").exists()
+
+
 def phase1_start(run_dir: Path, iterations: int) -> Path | None:
     """The Phase-1 checkpoint a resumed run goes on from, or None if Phase 1 is done (or not begun).
 
@@ -92,8 +97,7 @@ def phase1_iterations_done(path: Path) -> int:
 
 def lengthened_phase1(cfg: Config, run_dir: Path, iterations: int, resume: bool) -> Config:
     """The run's config with Phase 1 lengthened to `iterations`, if it still can be."""
-    done = runs.checkpoint_path(run_dir, "phase1")
-    if not resume or not (done.exists() or (run_dir / "phase1" / "partial.safetensors").exists()):
+    if not resume or not phase1_begun(run_dir):
         raise FlowSDFError("phase1.iterations is lengthened with --resume, in a run that has begun Phase 1")
     if runs.checkpoint_path(run_dir, "phase2").exists():
         raise FlowSDFError(f"{run_dir} has begun Phase 2: its Phase 1 can no longer be lengthened; start a new run "
@@ -136,13 +140,15 @@ def train_flow(
         cfg = dataclasses.replace(base, **{f: getattr(cfg, f) for f in runs.STAGE2_FIELDS})
     init_ckpt = check_stage1_run(init_dir, cfg)
     p1_ckpt = runs.checkpoint_path(run_dir, "phase1")
-    p1_partial = run_dir / "phase1" / "partial.safetensors"
     resume_p2 = resume and runs.checkpoint_path(run_dir, "phase2").exists()
-    if resume and not (resume_p2 or p1_ckpt.exists() or p1_partial.exists()):
+    if resume and not (resume_p2 or phase1_begun(run_dir)):
         raise FlowSDFError(f"nothing to resume in {run_dir}: no Stage-2 checkpoint yet")
     if phase1_iterations is not None and phase1_iterations != cfg.phase1.iterations:
         cfg = lengthened_phase1(cfg, run_dir, phase1_iterations, resume)
     p1_start = phase1_start(run_dir, cfg.phase1.iterations) if resume and not resume_p2 else None
+    if not resume and p1_ckpt.exists() and runs.read_config(run_dir).phase1 != cfg.phase1:
+        raise FlowSDFError(f"{run_dir} holds a finished Phase 1 made with other phase1 settings than these; --resume "
+                           "goes on with it (and `--set phase1.iterations=N --resume` lengthens it), or choose another --out")
     cfg, _ = runs.prepare(run_dir, cfg, "phase2", resume_p2)
     with distributed.main_first():
         data = run_data(cfg, run_dir, data_dir, (init_dir,), progress).to(dev)
@@ -207,8 +213,8 @@ def train_flow(
     if start_file.exists():  # runs from before this record have none
         summary["start_train_views"] = json.loads(start_file.read_text())
     sampler = make_sampler(velocity, sigma, cfg.flow.steps, cfg.decoder.latent_shape)
-    pictures = data.train.input.images[: min(DIVERSITY_SHAPES, len(data.train)), 0]  # (n, 3, H, W)
-    summary["diversity"] = sample_diversity(sample_codes(conditioner, sampler, pictures, 4, cfg.seed), decoder, data.train,
+    firsts = data.train.input.images[: min(DIVERSITY_SHAPES, len(data.train)), 0]  # (n, 3, H, W)
+    summary["diversity"] = sample_diversity(sample_codes(conditioner, sampler, firsts, 4, cfg.seed), decoder, data.train,
                                             cfg.render, tau)
     summary["flow_strip"] = str(flow_strip_figure(cfg, run_dir, data, init_ckpt))
     write_json(run_dir / "phase2" / "summary.json", summary)
