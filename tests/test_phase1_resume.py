@@ -160,9 +160,9 @@ def test_phase1_is_not_lengthened_after_phase2_began_nor_shortened(tmp_path, tin
         train_flow(runs.read_config(run), run, run, tiny_data_dir, resume=True, progress=False, phase1_iterations=n - 1)
 
 
-def test_a_finished_phase1_is_not_reused_under_other_phase1_settings(tmp_path, tiny_cfg, tiny_data_dir, straight_run):
+def test_a_finished_phase1_is_not_reused_for_another_length(tmp_path, tiny_cfg, tiny_data_dir, straight_run):
     run = tmp_path / "run"
     shutil.copytree(straight_run, run)
-    with pytest.raises(FlowSDFError, match="other phase1 settings"):
+    with pytest.raises(FlowSDFError, match="Phase 1 of 40 iterations, not phase1.iterations=60"):
         train_flow(with_iterations(tiny_cfg, 60), run, run, tiny_data_dir, progress=False)
     assert checkpoint.read_header(runs.checkpoint_path(run, "phase1"))["meta"]["iteration"] == 40

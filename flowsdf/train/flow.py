@@ -146,9 +146,9 @@ def train_flow(
     if phase1_iterations is not None and phase1_iterations != cfg.phase1.iterations:
         cfg = lengthened_phase1(cfg, run_dir, phase1_iterations, resume)
     p1_start = phase1_start(run_dir, cfg.phase1.iterations) if resume and not resume_p2 else None
-    if not resume and p1_ckpt.exists() and runs.read_config(run_dir).phase1 != cfg.phase1:
-        raise FlowSDFError(f"{run_dir} holds a finished Phase 1 made with other phase1 settings than these; --resume "
-                           "goes on with it (and `--set phase1.iterations=N --resume` lengthens it), or choose another --out")
+    if not resume and p1_ckpt.exists() and (done := phase1_iterations_done(p1_ckpt)) != cfg.phase1.iterations:
+        raise FlowSDFError(f"{run_dir} holds a finished Phase 1 of {done} iterations, not phase1.iterations="
+                           f"{cfg.phase1.iterations}; `--set phase1.iterations=N --resume` lengthens it, or choose another --out")
     cfg, _ = runs.prepare(run_dir, cfg, "phase2", resume_p2)
     with distributed.main_first():
         data = run_data(cfg, run_dir, data_dir, (init_dir,), progress).to(dev)
