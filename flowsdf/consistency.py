@@ -13,10 +13,9 @@ The rule (flow.consistency c > 0, flow.consistency_tries n): the reference of a 
 with its mask of its noiseless sample (source noise 0, the flow's path from the centre of its
 noise). Draw 0 of a sample is the plain sample; while its IoU is below c x the reference it is drawn
 again from fresh noise, up to n draws in all; if no draw reaches it, the sample is the noiseless
-one, which reaches it by definition. (Keeping the best of the n draws instead left 0.2-0.4 % of the
-samples below 0.9 of the mean's IoU on two of four sets of fresh shapes: the few pictures whose
-every draw strays.) Only a row's own draws decide its outcome, so with per-row noise (the
-pipeline's seeds) sample k still depends only on (picture, seed, k).
+one, which reaches it by definition, so no sample falls below the bar. Only a row's own draws
+decide its outcome, so with per-row noise (the pipeline's seeds) sample k still depends only on
+(picture, seed, k).
 """
 
 from __future__ import annotations

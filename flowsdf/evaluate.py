@@ -29,8 +29,8 @@ import torch
 
 from flowsdf import runs
 from flowsdf.checkpoint import atomic_write_text, write_json
-from flowsdf.device import device_name, pick_device
 from flowsdf.consistency import check_frame
+from flowsdf.device import device_name, pick_device
 from flowsdf.errors import FlowSDFError, warn
 from flowsdf.loading import finished_models
 from flowsdf.metrics.normals import evaluate_normals
