@@ -187,9 +187,10 @@ def distill(
             total = cfg.flow.velocity_weight * terms["velocity"] + cfg.flow.sampling_weight * terms["sampling"]
             state.history.append({"iteration": it + 1, "loss": total, **terms})
             bar.set_postfix(loss=f"{total:.5f}")
-            # Every process decides together (a collective at the same iteration), whatever its clock says.
-            due = distributed.all_sum(float(time.perf_counter() - last_save >= SAVE_SECONDS)) > 0
-            if saving is not None and due and it < pc.iterations - 1:
+            # Every process decides together (a collective at the same iteration), whatever its clock
+            # says; `saving` is the same on every process, so they all ask or none does.
+            if saving is not None and it < pc.iterations - 1 and \
+                    distributed.all_sum(float(time.perf_counter() - last_save >= SAVE_SECONDS)) > 0:
                 state.iteration, state.seconds = it + 1, seconds0 + time.perf_counter() - t0
                 save_state(saving.path, saving.meta, conditioner, velocity, optimizer, gen, state)
                 last_save = time.perf_counter()
